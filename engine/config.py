@@ -1,0 +1,84 @@
+"""Frozen dataclass configs, one per component, saved as JSON beside the weights.
+
+Glossary
+  V   vocabulary size (every token id the model can emit, specials included)
+  D   model width (d_model)
+  N   SSM state size per channel (complex modes; N/2 conjugate pairs are implied by taking Re)
+  L   sequence length (any; nothing in the SFDLM depends on a maximum length)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The denoiser network (and the baselines of equal width and depth)."""
+
+    vocab_size: int = 8192
+    d_model: int = 256  # D
+    n_layers: int = 6  # number of blocks; U-Net long skips join block i and n_layers-1-i
+    d_state: int = 64  # N: complex diagonal SSM modes per channel
+    mlp_mult: int = 4  # channel MLP hidden = mlp_mult * D
+    fourier_blocks: int = 8  # block-diagonal complex MLP in the Fourier layer (D divisible)
+    fourier_mult: int = 2  # hidden width multiplier of the complex MLP per block
+    dropout: float = 0.0
+    arch: Literal["sfdlm", "transformer", "causal"] = "sfdlm"
+    n_heads: int = 4  # transformer baselines only
+    time_dim: int = 128  # sinusoidal time features before the time MLP
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    noise: Literal["uniform", "absorbing"] = "uniform"
+    schedule: Literal["loglinear", "cosine"] = "loglinear"
+    eps: float = 1e-3  # alpha(1) = eps (≈ 0); t is sampled in [t_min, 1]
+    t_min: float = 1e-4
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    steps: int = 32
+    temperature: float = 1.0
+    top_p: float = 1.0
+    greedy_last: bool = True  # the final step writes argmax x̂_0 for every free position
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seq_len: int = 256
+    batch_size: int = 8
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 200
+    max_steps: int = 10_000
+    grad_clip: float = 1.0
+    eval_every: int = 500
+    seed: int = 0
+    clean_prob: float = 0.5  # chance a training sequence gets clean spans (prefix / spans / headings)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Build `cls` from a dict; unknown keys are an error that names them."""
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown field(s) {', '.join(unknown)}")
+    return cls(**data)
+
+
+def save_json(path: Path, **configs: Any) -> None:
+    """Write several configs into one JSON object keyed by name (e.g. model=..., diffusion=...)."""
+    path.write_text(json.dumps({k: to_dict(v) for k, v in configs.items()}, indent=2, sort_keys=True))
