@@ -1,0 +1,360 @@
+"""`python -m engine.train`: one training loop for the SFDLM, the transformer denoiser and the
+causal baseline; single process, or several through `torchrun` (DDP; gloo on CPU, nccl on GPU).
+
+Glossary
+  stream   all training tokens, documents joined by <eos> (1-D LongTensor)
+  window   seq_len consecutive tokens of the stream: one training sequence
+  step     one optimizer update over batch_size windows per process
+  clean    positions of a window that are given clean (prefix / spans / headings), so the
+           denoiser learns to infill around pins; excluded from the loss
+  run dir  --out: train_state.pt (everything needed to resume exactly), model/ (a model folder
+           for engine.sample / engine.evaluate), log.jsonl (one line per log / eval)
+
+Resuming (--resume) restores the weights, the optimizer, the step, and every random generator
+(data windows, noise, clean spans, torch's global RNG), so a run stopped and resumed makes the
+same updates as one that never stopped. The learning rate is a pure function of the step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from engine import checkpoint
+from engine.config import DiffusionConfig, ModelConfig, SamplerConfig, TrainConfig, from_dict, to_dict
+from engine.corpus import CorpusError, load_documents, read_split, split_random
+from engine.diffusion import make_diffusion, random_clean_mask
+from engine.model import build_model, count_parameters
+from engine.tokenizer import EOS, Tokenizer
+
+STATE = "train_state.pt"
+
+
+class TrainError(RuntimeError):
+    """A training run cannot start or resume; the message says why."""
+
+
+# ----- data ------------------------------------------------------------------------------------
+def load_texts(data: str | Path, column: str | None = None) -> tuple[list[str], list[str]]:
+    """(train, validation) texts: a prepared corpus folder (train.jsonl, validation.jsonl, as
+    written by `engine.corpus`) or anything `engine.corpus.load_documents` reads, split 95 / 5."""
+    data = Path(data)
+    if (data / "train.jsonl").is_file():
+        train = read_split(data, "train")
+        val = read_split(data, "validation") if (data / "validation.jsonl").is_file() else []
+    else:
+        try:
+            result = load_documents(data, column)
+        except CorpusError as exc:
+            raise TrainError(str(exc)) from exc
+        for s in result.skipped:
+            print(f"skipped {s.source}: {s.reason}", file=sys.stderr)
+        parts = split_random(result.documents, (0.95, 0.05, 0.0), seed=0)
+        train, val = [d.text for d in parts["train"]], [d.text for d in parts["validation"]]
+    if not train:
+        raise TrainError(f"no training documents in {data}")
+    return train, val
+
+
+def token_stream(texts: Sequence[str], tok: Tokenizer) -> Tensor:
+    ids: list[int] = []
+    for text in texts:
+        ids.extend(tok.encode(text))
+        ids.append(EOS)
+    return torch.tensor(ids, dtype=torch.long)  # (N,)
+
+
+def windows(stream: Tensor, seq_len: int, batch: int, gen: torch.Generator) -> Tensor:
+    """(batch, seq_len) random windows of the stream (wrapping when the stream is short)."""
+    n = stream.numel()
+    if n > seq_len:
+        starts = torch.randint(0, n - seq_len + 1, (batch,), generator=gen)  # (B,)
+        return torch.stack([stream[s : s + seq_len] for s in starts.tolist()])
+    reps = seq_len // n + 1
+    return stream.repeat(reps)[:seq_len].expand(batch, seq_len).clone()
+
+
+def eval_windows(stream: Tensor, seq_len: int, max_windows: int) -> Tensor:
+    """Consecutive, non-overlapping windows from the start of the stream: a fixed eval set."""
+    k = min(max_windows, max(1, stream.numel() // seq_len))
+    if stream.numel() < seq_len:
+        return windows(stream, seq_len, 1, torch.Generator())
+    return stream[: k * seq_len].view(k, seq_len)  # (k, seq_len)
+
+
+# ----- objectives ------------------------------------------------------------------------------
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to 10 % of cfg.lr at max_steps."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    frac = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def batch_loss(model: nn.Module, arch: str, diffusion: Any, x0: Tensor, gen: torch.Generator, clean_prob: float) -> tuple[Tensor, float, int]:
+    """(differentiable loss, nelbo sum in nats, tokens counted) for one batch of windows."""
+    if arch == "causal":
+        logits = model(x0[:, :-1])  # (B, L-1, V)
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x0[:, 1:].reshape(-1), reduction="sum")
+        n = x0[:, 1:].numel()
+        return nll / n, float(nll.detach()), n
+    clean = random_clean_mask(x0.shape[0], x0.shape[1], gen, p=clean_prob).to(x0.device)  # (B, L)
+    out = diffusion.loss(model, x0, clean, gen)
+    return out.loss, float(out.nelbo_sum), out.n_tokens
+
+
+@torch.no_grad()
+def evaluate_loss(model: nn.Module, arch: str, diffusion: Any, data: Tensor, batch: int, seed: int = 1234) -> dict[str, float]:
+    """Bits per token and perplexity bound on fixed windows, no clean positions, fixed noise."""
+    was = model.training
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    total, count = 0.0, 0
+    for i in range(0, data.shape[0], batch):
+        _, s, n = batch_loss(model, arch, diffusion, data[i : i + batch], gen, clean_prob=0.0)
+        total, count = total + s, count + n
+    model.train(was)
+    nats = total / max(count, 1)
+    return {"nelbo_bits_per_token": nats / math.log(2), "ppl_bound": math.exp(min(nats, 50.0)), "tokens": count}
+
+
+def diffusion_for(dcfg: DiffusionConfig, vocab_size: int, tok: Tokenizer) -> Any:
+    """The noise a model is trained and evaluated with: x̂0 never predicts <pad>, <mask>, <bos>."""
+    return make_diffusion(dcfg, vocab_size, tok.mask_id, forbidden_ids=tok.special_ids - {EOS})
+
+
+# ----- the run ---------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Setup:
+    model_cfg: ModelConfig
+    diffusion_cfg: DiffusionConfig
+    train_cfg: TrainConfig
+    tokenizer: Tokenizer
+
+
+def _dist() -> tuple[int, int]:
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _rng_state(gens: dict[str, torch.Generator]) -> dict[str, Tensor]:
+    return {**{k: g.get_state() for k, g in gens.items()}, "torch": torch.get_rng_state()}
+
+
+def train(setup: Setup, train_texts: Sequence[str], val_texts: Sequence[str], out: Path, *,
+          resume: bool = False, init_state: dict[str, Tensor] | None = None, device: str = "cpu",
+          log_every: int = 10, save_every: int = 0, name: str = "sfdlm", stop_after: int | None = None) -> dict[str, Any]:
+    """Run (or resume) training; returns the last validation metrics. Rank 0 writes the run dir.
+
+    `stop_after` ends the run early at that step, saved as if interrupted (for --resume)."""
+    rank, world = _dist()
+    cfg, mcfg = setup.train_cfg, setup.model_cfg
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    out.mkdir(parents=True, exist_ok=True)
+    tok = setup.tokenizer
+    stream = token_stream(train_texts, tok)
+    val = eval_windows(token_stream(val_texts, tok), cfg.seq_len, 64) if val_texts else None
+
+    torch.manual_seed(cfg.seed)  # same initial weights on every rank
+    model = build_model(mcfg).to(device)
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    diffusion = diffusion_for(setup.diffusion_cfg, mcfg.vocab_size, tok)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    gens = {"data": torch.Generator().manual_seed(cfg.seed * 1009 + rank), "noise": torch.Generator(device=device).manual_seed(cfg.seed * 2003 + rank + 1)}
+    torch.manual_seed(cfg.seed * 3001 + rank)
+    step, seen, elapsed, history = 0, 0, 0.0, []
+    state_path = out / (STATE if rank == 0 else f"train_state.rank{rank}.pt")
+    if resume:
+        if not state_path.is_file():
+            raise TrainError(f"--resume: no {state_path.name} in {out}")
+        st = torch.load(state_path, map_location=device, weights_only=True)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        for k, g in gens.items():
+            g.set_state(st["rng"][k])
+        torch.set_rng_state(st["rng"]["torch"])
+        step, seen, elapsed = int(st["step"]), int(st["tokens_seen"]), float(st["elapsed_s"])
+    net: nn.Module = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(model)
+    model.train()
+
+    def save() -> None:
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": _rng_state(gens),
+                    "step": step, "tokens_seen": seen, "elapsed_s": elapsed}, state_path)
+        if rank == 0:
+            checkpoint.save(out / "model", model, mcfg, tok, diffusion_cfg=setup.diffusion_cfg, sampler_cfg=SamplerConfig(),
+                            name=name, meta={"step": step, "tokens_seen": seen * world, "train_seconds": round(elapsed, 1),
+                                             "train_config": to_dict(cfg), "parameters": count_parameters(model),
+                                             "world_size": world, "device": device, "validation": history[-1] if history else None})
+
+    def log(row: dict[str, Any]) -> None:
+        if rank == 0:
+            with (out / "log.jsonl").open("a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    metrics: dict[str, Any] = {}
+    t_log, tok_log = time.perf_counter(), 0
+    while step < cfg.max_steps:
+        t0 = time.perf_counter()
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        x0 = windows(stream, cfg.seq_len, cfg.batch_size, gens["data"]).to(device)  # (B, L)
+        loss, _, _ = batch_loss(net, mcfg.arch, diffusion, x0, gens["noise"], cfg.clean_prob)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        step += 1
+        seen += x0.numel()
+        tok_log += x0.numel()
+        elapsed += time.perf_counter() - t0
+        if rank == 0 and (step % log_every == 0 or step == cfg.max_steps):
+            now = time.perf_counter()
+            rate = tok_log * world / max(now - t_log, 1e-9)
+            eta = (cfg.max_steps - step) * cfg.batch_size * cfg.seq_len * world / max(rate, 1e-9)
+            bar = "#" * int(30 * step / cfg.max_steps)
+            print(f"\r[{bar:<30}] step {step}/{cfg.max_steps} loss {loss.item():.4f} {rate:,.0f} tok/s ETA {eta / 60:.1f} min",
+                  end="\n" if not sys.stderr.isatty() else "", file=sys.stderr, flush=True)
+            log({"step": step, "loss": loss.item(), "tokens_per_s": rate, "lr": lr_at(step - 1, cfg)})
+            t_log, tok_log = now, 0
+        if val is not None and (step % cfg.eval_every == 0 or step == cfg.max_steps):
+            metrics = evaluate_loss(model, mcfg.arch, diffusion, val.to(device), cfg.batch_size) | {"step": step}
+            history.append(metrics)
+            log({"eval": metrics})
+            if rank == 0:
+                print(f"\nvalidation at step {step}: {metrics['nelbo_bits_per_token']:.3f} bits/token, "
+                      f"ppl bound {metrics['ppl_bound']:.1f}", file=sys.stderr)
+        if save_every and step % save_every == 0:
+            save()
+        if stop_after is not None and step >= stop_after:
+            break
+    save()
+    if world > 1:
+        torch.distributed.barrier()
+    return metrics
+
+
+# ----- CLI -------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m engine.train", description="Train a DiffDraft model (SFDLM, transformer denoiser, or causal baseline).")
+    p.add_argument("--data", type=Path, required=True, help="a prepared corpus folder (train.jsonl, validation.jsonl) or documents engine.corpus can read")
+    p.add_argument("--column", help="text column when --data is a CSV file")
+    p.add_argument("--out", type=Path, required=True, help="run folder: train_state.pt, model/, log.jsonl")
+    p.add_argument("--config", type=Path, help='JSON with optional "model", "diffusion", "train" sections; flags override it')
+    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    p.add_argument("--init-from", type=Path, help="fine-tune: start from this model folder's weights, configs and tokenizer")
+    p.add_argument("--tokenizer", type=Path, help="tokenizer.json to use (default: train one on the training split)")
+    p.add_argument("--vocab-size", type=int, help="vocabulary size of a newly trained tokenizer (default: the model config's)")
+    p.add_argument("--arch", choices=["sfdlm", "transformer"], help="denoiser network (default sfdlm)")
+    p.add_argument("--objective", choices=["diffusion", "ar"], default=None, help="ar trains the causal transformer baseline")
+    p.add_argument("--noise", choices=["uniform", "absorbing"], help="forward noise of the diffusion (default uniform)")
+    p.add_argument("--d-model", type=int, help="model width")
+    p.add_argument("--layers", type=int, help="number of blocks")
+    p.add_argument("--seq-len", type=int, help="training window length in tokens")
+    p.add_argument("--batch-size", type=int, help="windows per step per process")
+    p.add_argument("--max-steps", type=int, help="optimizer steps in all")
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--warmup-steps", type=int, help="linear warm-up steps")
+    p.add_argument("--eval-every", type=int, help="validate every this many steps")
+    p.add_argument("--save-every", type=int, default=0, help="also write train_state.pt and model/ every this many steps (0: only at the end)")
+    p.add_argument("--log-every", type=int, default=10, help="progress line every this many steps")
+    p.add_argument("--seed", type=int, help="seed of weights, data order, noise")
+    p.add_argument("--name", default=None, help="model name recorded in config.json (default: the architecture and noise)")
+    p.add_argument("--device", default=None, help="cpu or cuda[:i] (default: cuda when present, else cpu; under torchrun cuda:LOCAL_RANK)")
+    p.add_argument("--threads", type=int, help="torch CPU threads per process")
+    return p
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"python -m engine.train: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sections: dict[str, dict[str, Any]] = {"model": {}, "diffusion": {}, "train": {}}
+    if args.config:
+        try:
+            raw = json.loads(args.config.read_text())
+        except (OSError, ValueError) as exc:
+            _fail(f"--config {args.config}: {exc}")
+        for k, v in raw.items():
+            if k not in sections or not isinstance(v, dict):
+                _fail(f"--config {args.config}: unknown section {k!r} (expected model, diffusion, train)")
+            sections[k].update(v)
+    tokenizer: Tokenizer | None = None
+    init_state = None
+    if args.init_from:
+        try:
+            ck = checkpoint.load(args.init_from)
+        except checkpoint.CheckpointError as exc:
+            _fail(str(exc))
+        sections["model"] = to_dict(ck.model_cfg) | sections["model"]
+        sections["diffusion"] = to_dict(ck.diffusion_cfg) | sections["diffusion"]
+        tokenizer, init_state = ck.tokenizer, ck.model.state_dict()
+    flag = {("model", "arch"): "causal" if args.objective == "ar" else args.arch, ("model", "d_model"): args.d_model,
+            ("model", "n_layers"): args.layers, ("diffusion", "noise"): args.noise, ("train", "seq_len"): args.seq_len,
+            ("train", "batch_size"): args.batch_size, ("train", "max_steps"): args.max_steps, ("train", "lr"): args.lr,
+            ("train", "warmup_steps"): args.warmup_steps, ("train", "eval_every"): args.eval_every, ("train", "seed"): args.seed}
+    for (sec, key), value in flag.items():
+        if value is not None:
+            sections[sec][key] = value
+    try:
+        tcfg = from_dict(TrainConfig, sections["train"])
+        dcfg = from_dict(DiffusionConfig, sections["diffusion"])
+        train_texts, val_texts = load_texts(args.data, args.column)
+        if args.resume and (args.out / "model" / "tokenizer.json").is_file():
+            tokenizer = Tokenizer.load(args.out / "model" / "tokenizer.json")
+        elif args.tokenizer:
+            tokenizer = Tokenizer.load(args.tokenizer)
+        elif tokenizer is None:
+            vocab = args.vocab_size or sections["model"].get("vocab_size", ModelConfig.vocab_size)
+            tokenizer = Tokenizer.train(train_texts, vocab_size=vocab)
+        sections["model"]["vocab_size"] = tokenizer.vocab_size
+        mcfg = from_dict(ModelConfig, sections["model"])
+    except (ValueError, TypeError, OSError, TrainError) as exc:
+        _fail(str(exc))
+    if tcfg.max_steps < 1 or tcfg.batch_size < 1 or tcfg.seq_len < 2:
+        _fail("max_steps and batch_size must be >= 1 and seq_len >= 2")
+    rank, world = _dist()
+    device = args.device or (f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu")
+    name = args.name or (mcfg.arch if mcfg.arch == "causal" else f"{mcfg.arch}-{dcfg.noise}")
+    if rank == 0:
+        print(f"training {name}: {len(train_texts):,} documents, vocab {mcfg.vocab_size}, d={mcfg.d_model}, "
+              f"{mcfg.n_layers} layers, {world} process(es) on {device}", file=sys.stderr)
+    try:
+        metrics = train(Setup(mcfg, dcfg, tcfg, tokenizer), train_texts, val_texts, args.out, resume=args.resume,
+                        init_state=init_state, device=device, log_every=args.log_every, save_every=args.save_every, name=name)
+    except TrainError as exc:
+        _fail(str(exc))
+    if rank == 0:
+        print(json.dumps({"out": str(args.out / "model"), **metrics}))
+    if world > 1:
+        torch.distributed.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,136 @@
+"""The training loop: it learns, writes a loadable model folder, resumes exactly, trains every
+architecture and objective, fine-tunes, and keeps DDP processes in step."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine import checkpoint
+from engine.config import DiffusionConfig, TrainConfig
+from engine.tiny import SENTENCES, build_tiny_tokenizer, tiny_config
+from engine.train import Setup, diffusion_for, eval_windows, evaluate_loss, main, token_stream, train
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tiny_tokenizer()
+
+
+@pytest.fixture()
+def data_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "docs"
+    d.mkdir()
+    for i, s in enumerate(SENTENCES):
+        (d / f"r{i}.txt").write_text(s)
+    return d
+
+
+def _setup(tok, arch: str = "sfdlm", noise: str = "uniform", steps: int = 6) -> Setup:
+    tcfg = TrainConfig(seq_len=24, batch_size=2, lr=3e-3, warmup_steps=2, max_steps=steps, eval_every=3, seed=5)
+    return Setup(tiny_config(tok.vocab_size).__class__(**{**tiny_config(tok.vocab_size).__dict__, "arch": arch}),
+                 DiffusionConfig(noise=noise), tcfg, tok)
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    return torch.load(folder / "train_state.pt", weights_only=True)["model"]
+
+
+def test_writes_a_loadable_model_and_a_log(tok, tmp_path: Path) -> None:
+    texts = list(SENTENCES)
+    metrics = train(_setup(tok), texts, texts[:3], tmp_path / "run", log_every=2)
+    ck = checkpoint.load(tmp_path / "run" / "model")
+    assert ck.meta["step"] == 6 and ck.meta["tokens_seen"] == 6 * 2 * 24
+    assert metrics["step"] == 6 and metrics["nelbo_bits_per_token"] > 0
+    rows = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert any("eval" in r for r in rows) and any("tokens_per_s" in r for r in rows)
+
+
+def test_resume_continues_exactly(tok, tmp_path: Path) -> None:
+    texts = list(SENTENCES)
+    train(_setup(tok), texts, [], tmp_path / "straight")
+    train(_setup(tok), texts, [], tmp_path / "split", stop_after=3)
+    assert torch.load(tmp_path / "split" / "train_state.pt", weights_only=True)["step"] == 3
+    train(_setup(tok), texts, [], tmp_path / "split", resume=True)
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "split")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # and the run did move the weights
+    c = torch.load(tmp_path / "split" / "train_state.pt", weights_only=True)
+    assert c["step"] == 6
+
+
+@pytest.mark.parametrize(("arch", "noise"), [("sfdlm", "absorbing"), ("transformer", "uniform"), ("causal", "uniform")])
+def test_every_architecture_and_objective_trains(tok, tmp_path: Path, arch: str, noise: str) -> None:
+    m = train(_setup(tok, arch, noise, steps=3), list(SENTENCES), list(SENTENCES[:2]), tmp_path / arch)
+    assert m["nelbo_bits_per_token"] > 0
+    assert checkpoint.load(tmp_path / arch / "model").model_cfg.arch == arch
+
+
+@pytest.mark.slow
+def test_loss_goes_down_on_repeated_text(tok, tmp_path: Path) -> None:
+    s = _setup(tok, steps=60)
+    texts = list(SENTENCES[:2])
+    train(s, texts, [], tmp_path / "a", stop_after=1)
+    first = checkpoint.load(tmp_path / "a" / "model")
+    last = train(s, texts, texts, tmp_path / "a", resume=True)
+    data = eval_windows(token_stream(texts, tok), 24, 8)
+    diffusion = diffusion_for(s.diffusion_cfg, tok.vocab_size, tok)
+    before = evaluate_loss(first.model, "sfdlm", diffusion, data, 2)
+    assert last["nelbo_bits_per_token"] < 0.8 * before["nelbo_bits_per_token"]
+
+
+def test_cli_trains_tokenizer_and_fine_tunes(data_dir: Path, tmp_path: Path, capsys) -> None:
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"model": {"d_model": 32, "n_layers": 2, "d_state": 8, "fourier_blocks": 2, "n_heads": 2, "time_dim": 16},
+                               "train": {"seq_len": 16, "batch_size": 2, "warmup_steps": 1}}))
+    assert main(["--data", str(data_dir), "--out", str(tmp_path / "base"), "--config", str(cfg), "--vocab-size", "300",
+                 "--max-steps", "2", "--log-every", "1"]) == 0
+    base = checkpoint.load(tmp_path / "base" / "model")
+    assert base.tokenizer.vocab_size == 300 and base.model_cfg.d_model == 32
+    # fine-tuning with a zero learning rate must start from (and so keep) the base weights
+    assert main(["--data", str(data_dir), "--out", str(tmp_path / "ft"), "--init-from", str(tmp_path / "base" / "model"),
+                 "--max-steps", "1", "--lr", "0", "--warmup-steps", "1", "--seq-len", "16", "--batch-size", "2"]) == 0
+    ft = checkpoint.load(tmp_path / "ft" / "model")
+    assert ft.tokenizer.to_json() == base.tokenizer.to_json()
+    sb, sf = base.model.state_dict(), ft.model.state_dict()
+    assert all(torch.equal(sb[k], sf[k]) for k in sb)
+
+
+def test_cli_bad_input_exits_2(tmp_path: Path, capsys) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SystemExit) as exc:
+        main(["--data", str(empty), "--out", str(tmp_path / "o")])
+    assert exc.value.code == 2
+    assert "no training documents" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["--data", str(empty), "--out", str(tmp_path / "o"), "--resume", "--init-from", str(tmp_path / "missing")])
+    assert exc.value.code == 2 and "not found" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_ddp_processes_stay_in_step(data_dir: Path, tmp_path: Path) -> None:
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"model": {"d_model": 32, "n_layers": 2, "d_state": 8, "fourier_blocks": 2, "n_heads": 2, "time_dim": 16},
+                               "train": {"seq_len": 16, "batch_size": 2, "warmup_steps": 1, "max_steps": 3}}))
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "engine.train", "--data", str(data_dir), "--out", str(out), "--config", str(cfg),
+                           "--vocab-size", "300", "--device", "cpu", "--threads", "1"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0 = torch.load(out / "train_state.pt", weights_only=True)
+    r1 = torch.load(out / "train_state.rank1.pt", weights_only=True)
+    assert all(torch.equal(r0["model"][k], r1["model"][k]) for k in r0["model"])  # in step
+    assert not torch.equal(r0["rng"]["data"], r1["rng"]["data"])  # yet each read its own windows
+    assert checkpoint.load(out / "model").meta["world_size"] == 2
