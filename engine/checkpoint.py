@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from engine.config import DiffusionConfig, ModelConfig, SamplerConfig, from_dict, to_dict
-from engine.tokenizer import Tokenizer, TokenizerError
+from engine.diffusion import make_diffusion
+from engine.tokenizer import EOS, Tokenizer, TokenizerError
 
 FORMAT = 1
 FILES = ("weights.pt", "config.json", "tokenizer.json")
@@ -47,6 +48,16 @@ class Checkpoint:
     @property
     def model_id(self) -> str:
         return f"{self.name}@{self.checksum[:12]}"
+
+    def diffusion(self) -> Any:
+        """The noise this model was trained with (see `diffusion_for`)."""
+        return diffusion_for(self.diffusion_cfg, self.model_cfg.vocab_size, self.tokenizer)
+
+
+def diffusion_for(cfg: DiffusionConfig, vocab_size: int, tok: Tokenizer) -> Any:
+    """The noise a model is trained, evaluated and sampled with: x̂0 never predicts <pad>,
+    <mask> or <bos> (they are not data); <eos> separates documents and stays allowed."""
+    return make_diffusion(cfg, vocab_size, tok.mask_id, forbidden_ids=tok.special_ids - {EOS})
 
 
 def _sha256(path: Path) -> str:

@@ -84,7 +84,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     from engine import checkpoint, template
-    from engine.diffusion import make_diffusion
     from engine.sampler import ConstraintError, sample, validate_pins
 
     if args.threads:
@@ -137,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         changes["top_p"] = args.top_p
     cfg = dataclasses.replace(cfg, **changes)
 
-    diffusion = make_diffusion(ckpt.diffusion_cfg, ckpt.model_cfg.vocab_size, tok.mask_id)
+    diffusion = ckpt.diffusion()
     try:
         validate_pins(pins, length)
         last = None

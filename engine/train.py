@@ -33,9 +33,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from engine import checkpoint
+from engine.checkpoint import diffusion_for
 from engine.config import DiffusionConfig, ModelConfig, SamplerConfig, TrainConfig, from_dict, to_dict
 from engine.corpus import CorpusError, load_documents, read_split, split_random
-from engine.diffusion import make_diffusion, random_clean_mask
+from engine.diffusion import random_clean_mask
 from engine.model import build_model, count_parameters
 from engine.tokenizer import EOS, Tokenizer
 
@@ -128,11 +129,6 @@ def evaluate_loss(model: nn.Module, arch: str, diffusion: Any, data: Tensor, bat
     model.train(was)
     nats = total / max(count, 1)
     return {"nelbo_bits_per_token": nats / math.log(2), "ppl_bound": math.exp(min(nats, 50.0)), "tokens": count}
-
-
-def diffusion_for(dcfg: DiffusionConfig, vocab_size: int, tok: Tokenizer) -> Any:
-    """The noise a model is trained and evaluated with: x̂0 never predicts <pad>, <mask>, <bos>."""
-    return make_diffusion(dcfg, vocab_size, tok.mask_id, forbidden_ids=tok.special_ids - {EOS})
 
 
 # ----- the run ---------------------------------------------------------------------------------

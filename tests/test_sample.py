@@ -77,7 +77,7 @@ def test_prefix_is_kept(model_dir: Path, capsys) -> None:
     ("extra", "message"),
     [
         (("--length", "10", "--pin", "9=hydraulic pump"), "positions 0..9"),
-        (("--length", "10", "--pin", "-1=x"), "positions 0..9"),
+        (("--length", "10", "--pin=-1=x"), "positions 0..9"),
         (("--length", "30", "--pin", "2=hydraulic pump", "--pin", "3=leak"), "overlaps"),
         (("--length", "10", "--steps", "0"), "--steps"),
         (("--length", "0",), "--length"),

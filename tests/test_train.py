@@ -15,7 +15,8 @@ import torch
 from engine import checkpoint
 from engine.config import DiffusionConfig, TrainConfig
 from engine.tiny import SENTENCES, build_tiny_tokenizer, tiny_config
-from engine.train import Setup, diffusion_for, eval_windows, evaluate_loss, main, token_stream, train
+from engine.checkpoint import diffusion_for
+from engine.train import Setup, eval_windows, evaluate_loss, main, token_stream, train
 
 ROOT = Path(__file__).resolve().parent.parent
 
