@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from engine import checkpoint
 from engine.checkpoint import diffusion_for
 from engine.config import DiffusionConfig, ModelConfig, SamplerConfig, TrainConfig, from_dict, to_dict
-from engine.corpus import CorpusError, load_documents, read_split, split_random
+from engine.corpus import CorpusError, Document, load_documents, read_split, split_random
 from engine.diffusion import random_clean_mask
 from engine.model import build_model, count_parameters
 from engine.tokenizer import EOS, Tokenizer
@@ -48,6 +48,16 @@ class TrainError(RuntimeError):
 
 
 # ----- data ------------------------------------------------------------------------------------
+def _documents(data: Path, column: str | None) -> list[Document]:
+    try:
+        result = load_documents(data, column)
+    except CorpusError as exc:
+        raise TrainError(str(exc)) from exc
+    for s in result.skipped:
+        print(f"skipped {s.source}: {s.reason}", file=sys.stderr)
+    return result.documents
+
+
 def load_texts(data: str | Path, column: str | None = None) -> tuple[list[str], list[str]]:
     """(train, validation) texts: a prepared corpus folder (train.jsonl, validation.jsonl, as
     written by `engine.corpus`) or anything `engine.corpus.load_documents` reads, split 95 / 5."""
@@ -56,17 +66,25 @@ def load_texts(data: str | Path, column: str | None = None) -> tuple[list[str], 
         train = read_split(data, "train")
         val = read_split(data, "validation") if (data / "validation.jsonl").is_file() else []
     else:
-        try:
-            result = load_documents(data, column)
-        except CorpusError as exc:
-            raise TrainError(str(exc)) from exc
-        for s in result.skipped:
-            print(f"skipped {s.source}: {s.reason}", file=sys.stderr)
-        parts = split_random(result.documents, (0.95, 0.05, 0.0), seed=0)
+        parts = split_random(_documents(data, column), (0.95, 0.05, 0.0), seed=0)
         train, val = [d.text for d in parts["train"]], [d.text for d in parts["validation"]]
     if not train:
         raise TrainError(f"no training documents in {data}")
     return train, val
+
+
+def load_split_texts(data: str | Path, split: str, column: str | None = None) -> list[str]:
+    """One split of a prepared corpus folder, or every document at `data` otherwise."""
+    data = Path(data)
+    if (data / f"{split}.jsonl").is_file():
+        texts = read_split(data, split)
+    elif (data / "train.jsonl").is_file():
+        raise TrainError(f"{data} has no {split}.jsonl")
+    else:
+        texts = [d.text for d in _documents(data, column)]
+    if not texts:
+        raise TrainError(f"no documents in {data}")
+    return texts
 
 
 def token_stream(texts: Sequence[str], tok: Tokenizer) -> Tensor:

@@ -135,3 +135,34 @@ def test_two_ddp_processes_stay_in_step(data_dir: Path, tmp_path: Path) -> None:
     assert all(torch.equal(r0["model"][k], r1["model"][k]) for k in r0["model"])  # in step
     assert not torch.equal(r0["rng"]["data"], r1["rng"]["data"])  # yet each read its own windows
     assert checkpoint.load(out / "model").meta["world_size"] == 2
+
+
+def test_evaluate_reports_bound_infill_and_exact_pin_preservation(tok, tmp_path: Path, data_dir: Path, capsys) -> None:
+    from engine.evaluate import main as evaluate_main
+    from engine.evaluate import span_pins
+
+    train(_setup(tok, steps=2), list(SENTENCES), [], tmp_path / "run")
+    rc = evaluate_main(["--model", str(tmp_path / "run" / "model"), "--data", str(data_dir), "--json", "--seq-len", "24",
+                        "--max-windows", "4", "--infill-windows", "2", "--steps", "3", "--mc", "1", "--samples", "1"])
+    assert rc == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["pin_preservation"] == 1.0
+    assert set(rep["infill_accuracy"]) == {"0.15", "0.5", "0.85"}
+    assert all(0.0 <= v <= 1.0 for v in rep["infill_accuracy"].values())
+    assert rep["tokens"] > 0 and rep["ppl_bound"] == pytest.approx(2 ** rep["nelbo_bits_per_token"])
+    assert len(rep["samples"]) == 1
+    g = torch.Generator().manual_seed(0)
+    for frac in (0.15, 0.5, 0.85):
+        m = span_pins(100, frac, g)
+        assert int(m.sum()) == round(frac * 100)
+
+
+def test_evaluate_causal_reports_exact_perplexity(tok, tmp_path: Path, data_dir: Path, capsys) -> None:
+    from engine.evaluate import main as evaluate_main
+
+    train(_setup(tok, "causal", steps=2), list(SENTENCES), [], tmp_path / "ar")
+    assert evaluate_main(["--model", str(tmp_path / "ar" / "model"), "--data", str(data_dir), "--json", "--seq-len", "24",
+                          "--max-windows", "4", "--samples", "1"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["infill_accuracy"] is None and rep["ppl_bound"] > 1
+    assert evaluate_main(["--model", str(tmp_path / "nope"), "--data", str(data_dir)]) == 2
