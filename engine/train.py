@@ -247,7 +247,7 @@ def train(setup: Setup, train_texts: Sequence[str], val_texts: Sequence[str], ou
             log({"step": step, "loss": loss.item(), "tokens_per_s": rate, "lr": lr_at(step - 1, cfg)})
             t_log, tok_log = now, 0
         if val is not None and (step % cfg.eval_every == 0 or step == cfg.max_steps):
-            metrics = evaluate_loss(model, mcfg.arch, diffusion, val.to(device), cfg.batch_size) | {"step": step}
+            metrics = evaluate_loss(model, mcfg.arch, diffusion, val.to(device), cfg.batch_size) | {"step": step, "elapsed_s": round(elapsed, 2)}
             history.append(metrics)
             log({"eval": metrics})
             if rank == 0:
