@@ -1,0 +1,334 @@
+"""The constrained reverse process, as a generator of steps; pins and edits.
+
+Glossary
+  S          total reverse steps (cfg.steps);  k = 0..S the step index
+  t_k        the time grid t_k = 1 - k / S: step 0 is the initial noise x_1, step S is the draft
+  step k     (k >= 1) one ancestral transition x_{t_{k-1}} -> x_{t_k}: the denoiser is called on
+             x_{t_{k-1}} at time t_{k-1} and gives x̂0; x_{t_k} ~ q(x_{t_k} | x_{t_{k-1}}, x̂0'),
+             the exact posterior of the noise (`Diffusion.posterior`), where x̂0' is x̂0 after
+             temperature and top-p. If cfg.greedy_last, the last step (t_S = 0) instead writes
+             argmax x̂0 at every free position (under absorbing noise, unmasked tokens are kept:
+             their posterior is a point mass).
+  pin        position -> token id that is HARD: written into the sequence before the first
+             model call (the initial noise included), passed to the denoiser as clean=True,
+             never sampled, so it never changes at any step
+  held       pins plus `clean_extra` positions (held at their current tokens); Step.pinned
+  confidence per position of a step: the x̂0 probability (the denoiser's own, before temperature
+             and top-p) of the token the step now shows; 1.0 at held positions; 0.0 at free
+             positions of step 0 (no prediction has been made yet)
+  edit       replace tokens[start:end] by new ids (any length): later positions and pins shift
+             by the length difference and the new span is pinned (`apply_edit`, `edit_step`)
+
+Determinism: step k draws its randomness from a generator seeded by step_seed(cfg.seed, k) (the
+initial noise uses k = 0). Sampling happens on the CPU in float64, so a run is a function of
+(seed, pins, start) and of the denoiser's outputs only. Resuming from a recorded step k with
+the same pins therefore reproduces the original steps k+1..S exactly; resuming with new pins
+(or edited tokens, see `resume_from` / `edit_step`) continues from step k with them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from engine.config import SamplerConfig
+from engine.diffusion import Denoiser, Diffusion
+
+
+class ConstraintError(ValueError):
+    """A pin or an edit that cannot be applied (outside the sequence, overlapping a pin...)."""
+
+
+@dataclass(frozen=True, eq=False)
+class Step:
+    """One state of the reverse process. Tensors are on the CPU; treat them as read-only.
+
+    index        k: 0 = the initial noise, total_steps = the finished draft
+    t            t_k = 1 - k / total_steps
+    tokens       (L,) long: x_{t_k}, pins included
+    confidence   (L,) float32: x̂0 probability of the token shown (1.0 held, 0.0 free at step 0)
+    changed      (L,) bool: tokens that differ from the previous step (all False at step 0)
+    pinned       (L,) bool: held positions (pins and clean_extra)
+    """
+
+    index: int
+    t: float
+    tokens: Tensor
+    confidence: Tensor
+    changed: Tensor
+    pinned: Tensor
+    total_steps: int
+
+    @property
+    def length(self) -> int:
+        return int(self.tokens.numel())
+
+    @property
+    def done(self) -> bool:
+        return self.index == self.total_steps
+
+    def same_as(self, other: Step) -> bool:
+        """Every field equal (tensors element-wise)."""
+        return (
+            self.index == other.index
+            and self.t == other.t
+            and self.total_steps == other.total_steps
+            and all(torch.equal(getattr(self, f), getattr(other, f)) for f in ("tokens", "confidence", "changed", "pinned"))
+        )
+
+
+# ----- time grid and seeds ---------------------------------------------------------------------
+def time_grid(steps: int) -> list[float]:
+    """[t_0, ..., t_S] with t_k = 1 - k / S (t_0 = 1.0, t_S = 0.0 exactly)."""
+    return [(steps - k) / steps for k in range(steps + 1)]
+
+
+def step_seed(seed: int, index: int) -> int:
+    """A 63-bit seed for step `index` of the run seeded by `seed` (splitmix64 of the pair)."""
+    mask = (1 << 64) - 1
+    x = (int(seed) * 0x9E3779B97F4A7C15 + int(index) * 0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) & mask
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & mask
+    return (x ^ (x >> 31)) >> 1
+
+
+def _generator(seed: int, index: int) -> torch.Generator:
+    return torch.Generator().manual_seed(step_seed(seed, index))
+
+
+# ----- pins and edits --------------------------------------------------------------------------
+def validate_pins(pins: Mapping[int, int], length: int, vocab_size: int | None = None) -> None:
+    """Raise ConstraintError unless every pin position is in 0..length-1 (and, when vocab_size is
+    given, every pinned id is in 0..vocab_size-1)."""
+    for pos, tok in pins.items():
+        if isinstance(pos, bool) or not isinstance(pos, int):
+            raise ConstraintError(f"pin position {pos!r} is not an integer")
+        if not 0 <= pos < length:
+            last = f"0..{length - 1}" if length > 0 else "none: the sequence is empty"
+            raise ConstraintError(f"pin at position {pos} is outside the sequence (positions {last})")
+        if vocab_size is not None and not 0 <= int(tok) < vocab_size:
+            raise ConstraintError(f"pin at position {pos} has token id {tok}, outside the vocabulary 0..{vocab_size - 1}")
+
+
+def apply_edit(tokens: Tensor, pins: Mapping[int, int], start: int, end: int, new_ids: Sequence[int]) -> tuple[Tensor, dict[int, int]]:
+    """Replace tokens[start:end] by new_ids and pin them; positions and pins from `end` on move
+    by len(new_ids) - (end - start). start == end inserts; empty new_ids deletes.
+
+    Raises ConstraintError (and changes nothing) for a span outside the sequence, start > end,
+    a span that covers a pinned position, a negative id, or pins outside the sequence."""
+    L = int(tokens.numel())
+    validate_pins(pins, L)
+    if start > end:
+        raise ConstraintError(f"edit span start {start} is after its end {end}")
+    if not 0 <= start <= end <= L:
+        raise ConstraintError(f"edit span [{start}, {end}) is outside the sequence (positions 0..{L}, end exclusive)")
+    covered = sorted(p for p in pins if start <= p < end)
+    if covered:
+        raise ConstraintError(f"edit span [{start}, {end}) overlaps pinned position(s) {covered}; unpin them first")
+    ids = [int(i) for i in new_ids]
+    if any(i < 0 for i in ids):
+        raise ConstraintError(f"edit has negative token id(s) {[i for i in ids if i < 0]}")
+    new = torch.tensor(ids, dtype=tokens.dtype, device=tokens.device)  # (n,)
+    out = torch.cat([tokens[:start], new, tokens[end:]])  # (L + delta,)
+    delta = len(ids) - (end - start)
+    shifted = {(p if p < start else p + delta): int(v) for p, v in pins.items()}
+    shifted.update({start + i: tid for i, tid in enumerate(ids)})
+    return out, dict(sorted(shifted.items()))
+
+
+def lock_term(tokens: Tensor, pins: Mapping[int, int], term_ids: Sequence[int]) -> dict[int, int]:
+    """`pins` plus a pin on every occurrence of the id sequence term_ids in tokens (overlapping
+    occurrences included). No occurrence: the pins are returned unchanged (as a new dict)."""
+    term = [int(i) for i in term_ids]
+    if not term:
+        raise ConstraintError("cannot lock an empty term")
+    validate_pins(pins, int(tokens.numel()))
+    seq = tokens.tolist()
+    out = dict(pins)
+    n = len(term)
+    for i in range(len(seq) - n + 1):
+        if seq[i : i + n] == term:
+            for j, tid in enumerate(term):
+                if out.get(i + j, tid) != tid:
+                    raise ConstraintError(f"term at position {i} conflicts with the pin at position {i + j}")
+                out[i + j] = tid
+    return dict(sorted(out.items()))
+
+
+def _held_step(step: Step, tokens: Tensor, pins: Mapping[int, int], confidence: Tensor, changed: Tensor) -> Step:
+    L = int(tokens.numel())
+    validate_pins(pins, L)
+    tokens = tokens.detach().to("cpu", torch.long).clone()  # (L,)
+    pinned = torch.zeros(L, dtype=torch.bool)  # (L,)
+    for p, v in pins.items():
+        tokens[p] = int(v)
+        pinned[p] = True
+    confidence = torch.where(pinned, torch.ones(L), confidence.to(torch.float32))
+    return Step(step.index, step.t, tokens, confidence, changed, pinned, step.total_steps)
+
+
+def resume_from(step: Step, tokens: Tensor, pins: Mapping[int, int]) -> Step:
+    """The state to resume from after replacing step.tokens by `tokens` (any length) under `pins`:
+    same index and t, pins written in. Pass it as `start=` to `sample` with the same pins.
+    Confidence is kept where the length is unchanged (zero otherwise), 1.0 at pins; `changed`
+    marks tokens that differ from step.tokens (all, if the length changed)."""
+    L = int(tokens.numel())
+    same = L == step.length
+    conf = step.confidence if same else torch.zeros(L)
+    out = _held_step(step, tokens, pins, conf, torch.ones(L, dtype=torch.bool))
+    return dataclasses.replace(out, changed=out.tokens != step.tokens) if same else out
+
+
+def edit_step(step: Step, pins: Mapping[int, int], start: int, end: int, new_ids: Sequence[int]) -> tuple[Step, dict[int, int]]:
+    """apply_edit on a recorded step: returns (the step to resume from, the new pins). Confidence
+    and `changed` shift with the tokens; the new span has confidence 1.0 and changed=True."""
+    tokens, new_pins = apply_edit(step.tokens, pins, start, end, new_ids)
+    n = len(new_ids)
+    conf = torch.cat([step.confidence[:start], torch.ones(n), step.confidence[end:]])  # (L',)
+    changed = torch.cat([torch.zeros(start, dtype=torch.bool), torch.ones(n, dtype=torch.bool), torch.zeros(step.length - end, dtype=torch.bool)])
+    return _held_step(step, tokens, new_pins, conf, changed), new_pins
+
+
+# ----- x̂0 shaping ------------------------------------------------------------------------------
+def shape_x0(probs: Tensor, temperature: float = 1.0, top_p: float = 1.0) -> Tensor:
+    """(n, V) x̂0 with temperature (p^(1/T), renormalised; T = 0 is argmax) and then top-p (keep
+    the most probable ids until their mass reaches top_p, at least one, renormalised)."""
+    if temperature == 0.0:
+        return torch.nn.functional.one_hot(probs.argmax(-1), probs.shape[-1]).to(probs.dtype)
+    out = probs
+    if temperature != 1.0:
+        out = torch.softmax(torch.log(probs) / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = out.sort(dim=-1, descending=True)  # (n, V)
+        before = sorted_p.cumsum(-1) - sorted_p  # mass strictly before each id
+        keep_sorted = before < top_p
+        keep_sorted[..., 0] = True
+        keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+        out = torch.where(keep, out, torch.zeros_like(out))
+        out = out / out.sum(-1, keepdim=True)
+    return out
+
+
+def _check_config(cfg: SamplerConfig) -> None:
+    if isinstance(cfg.steps, bool) or not isinstance(cfg.steps, int) or cfg.steps < 1:
+        raise ValueError(f"sampler steps must be an integer >= 1, got {cfg.steps!r}")
+    if not (math.isfinite(cfg.temperature) and cfg.temperature >= 0.0):
+        raise ValueError(f"sampler temperature must be >= 0 (0 = argmax), got {cfg.temperature}")
+    if not 0.0 < cfg.top_p <= 1.0:
+        raise ValueError(f"sampler top_p must be in (0, 1], got {cfg.top_p}")
+
+
+def _device(model: object) -> torch.device:
+    params = getattr(model, "parameters", None)
+    if callable(params):
+        for p in params():
+            return p.device
+    return torch.device("cpu")
+
+
+def _free_logits(model: Denoiser, x: Tensor, t: Tensor, clean: Tensor, free_idx: Tensor) -> Tensor:
+    """(n, V) logits at the free positions only; uses model.features + model.head when present."""
+    with torch.inference_mode():
+        features, head = getattr(model, "features", None), getattr(model, "head", None)
+        if callable(features) and callable(head):
+            h = features(x, t, clean)  # (1, L, D)
+            return head(h[0, free_idx.to(h.device)])  # (n, V)
+        return model(x, t, clean)[0, free_idx.to(x.device)]  # (n, V)
+
+
+# ----- the reverse process ---------------------------------------------------------------------
+def sample(
+    model: Denoiser,
+    diffusion: Diffusion,
+    cfg: SamplerConfig,
+    *,
+    length: int | None = None,
+    pins: Mapping[int, int] | None = None,
+    start: Step | None = None,
+    clean_extra: Tensor | None = None,
+) -> Iterator[Step]:
+    """Yield the steps of one reverse run: steps 0..S for a fresh run of `length` tokens, or
+    steps k+1..S when resuming from `start` (a recorded Step of index k, possibly with tokens
+    replaced by `resume_from` / `edit_step`; its length is used and `length` must match or be None).
+
+    `pins` (position -> id) are hard at every step. `clean_extra` (L,) bool marks more positions
+    held at their current tokens of `start` and passed as clean (requires `start`).
+    Arguments are checked before the first step: ValueError for a bad config / length / start,
+    ConstraintError for bad pins."""
+    _check_config(cfg)
+    S = cfg.steps
+    pins = {int(p): int(v) for p, v in (pins or {}).items()}
+    if start is None:
+        if length is None:
+            raise ValueError("sample needs a length (fresh run) or a start step (resume)")
+        if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+            raise ValueError(f"length must be an integer >= 1, got {length!r}")
+        if clean_extra is not None:
+            raise ValueError("clean_extra holds tokens of a start step; give start= as well")
+        validate_pins(pins, length, diffusion.vocab_size)
+        tokens = diffusion.prior((length,), _generator(cfg.seed, 0), "cpu").to(torch.long)  # (L,)
+        k0 = 0
+    else:
+        length_s = start.length
+        if length is not None and length != length_s:
+            raise ValueError(f"length {length} does not match the start step's {length_s} tokens")
+        if start.total_steps != S:
+            raise ValueError(f"start step belongs to a run of {start.total_steps} steps, but cfg.steps is {S}")
+        if not 0 <= start.index <= S:
+            raise ValueError(f"start step index {start.index} is outside 0..{S}")
+        if length_s < 1:
+            raise ValueError("the start step has no tokens")
+        length = length_s
+        validate_pins(pins, length, diffusion.vocab_size)
+        tokens = start.tokens.detach().to("cpu", torch.long).clone()  # (L,)
+        k0 = start.index
+    held = torch.zeros(length, dtype=torch.bool)  # (L,)
+    for p, v in pins.items():
+        tokens[p] = v
+        held[p] = True
+    if clean_extra is not None:
+        extra = torch.as_tensor(clean_extra, dtype=torch.bool).cpu()
+        if extra.shape != (length,):
+            raise ValueError(f"clean_extra must have shape ({length},), got {tuple(extra.shape)}")
+        held |= extra
+    return _run(model, diffusion, cfg, tokens, held, k0, fresh=start is None)
+
+
+def _run(model: Denoiser, diffusion: Diffusion, cfg: SamplerConfig, tokens: Tensor, held: Tensor, k0: int, *, fresh: bool) -> Iterator[Step]:
+    S = cfg.steps
+    grid = time_grid(S)
+    L = int(tokens.numel())
+    device = _device(model)
+    free_idx = (~held).nonzero().flatten()  # (n,)
+    ones = torch.ones(L)
+    if fresh:
+        conf0 = torch.where(held, ones, torch.zeros(L))  # (L,)
+        yield Step(0, grid[0], tokens.clone(), conf0, torch.zeros(L, dtype=torch.bool), held.clone(), S)
+    for k in range(k0 + 1, S + 1):
+        t_prev, t_now = grid[k - 1], grid[k]
+        new = tokens.clone()  # (L,)
+        conf = ones.clone()  # (L,)
+        if free_idx.numel() > 0:
+            x = tokens[None].to(device)  # (1, L)
+            t_in = torch.full((1,), t_prev, dtype=torch.float32, device=device)  # (1,)
+            logits = _free_logits(model, x, t_in, held[None].to(device), free_idx)  # (n, V)
+            p0 = torch.softmax(diffusion.masked_logits(logits).to("cpu", torch.float64), dim=-1)  # (n, V)
+            z = tokens[free_idx]  # (n,)
+            if k == S and cfg.greedy_last:
+                chosen = torch.where(diffusion.is_decided(z), z, p0.argmax(-1))  # (n,)
+            else:
+                shaped = shape_x0(p0, cfg.temperature, cfg.top_p)  # (n, V)
+                tt = torch.tensor([t_prev], dtype=torch.float64)
+                ss = torch.tensor([t_now], dtype=torch.float64)
+                post = diffusion.posterior(z[None], shaped[None], tt, ss)[0]  # (n, V)
+                chosen = torch.multinomial(post, 1, generator=_generator(cfg.seed, k))[:, 0]  # (n,)
+            new[free_idx] = chosen
+            conf[free_idx] = p0.gather(-1, chosen[:, None])[:, 0].to(torch.float32)
+        changed = new != tokens
+        tokens = new
+        yield Step(k, t_now, tokens.clone(), conf, changed, held.clone(), S)
