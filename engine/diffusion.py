@@ -102,6 +102,7 @@ class Diffusion(Protocol):
     def prior(self, shape: tuple[int, ...], generator: torch.Generator, device: torch.device | str | None = None) -> Tensor: ...
     def x0_log_probs(self, logits: Tensor) -> Tensor: ...
     def posterior(self, x_t: Tensor, x0_probs: Tensor, t: Tensor, s: Tensor) -> Tensor: ...
+    def sample_posterior(self, z: Tensor, x0_weights: Tensor, t: float, s: float, generator: torch.Generator) -> Tensor: ...
     def integrand(self, x0: Tensor, x_t: Tensor, logits: Tensor, t: Tensor) -> Tensor: ...
     def step_kl(self, x0: Tensor, x_t: Tensor, logits: Tensor, t: Tensor, s: Tensor) -> Tensor: ...
     def prior_kl(self) -> float: ...
@@ -123,6 +124,19 @@ def _times(t: Tensor | float, n: int, device: torch.device) -> Tensor:
     """t as a float64 column (n, 1) on `device`."""
     t = torch.as_tensor(t, dtype=torch.float64, device=device)
     return t.expand(n).reshape(n, 1) if t.dim() == 0 else t.reshape(n, 1)
+
+
+def categorical(probs: Tensor, generator: torch.Generator, cdf: Tensor | None = None) -> Tensor:
+    """(n,) one draw per row of (n, V) probabilities by inverse CDF: one uniform per row and a
+    cumulative sum, instead of V random numbers per row. An id with probability 0 is never drawn
+    (the search takes the first id whose cumulative mass is strictly above u * total). Rows need
+    not be normalised; `cdf` may be passed when the caller already has probs.cumsum(-1)."""
+    cdf = probs.cumsum(-1) if cdf is None else cdf  # (n, V)
+    total = cdf[:, -1:]  # (n, 1)
+    u = torch.rand(probs.shape[0], 1, generator=generator, device=generator.device, dtype=cdf.dtype).to(cdf.device)
+    idx = torch.searchsorted(cdf, u * total, right=True)[:, 0]  # (n,)
+    over = idx >= probs.shape[-1]  # u * total rounded up to the total: take the most probable id
+    return torch.where(over, probs.argmax(-1), idx) if bool(over.any()) else idx
 
 
 class _DiffusionBase:
@@ -297,6 +311,28 @@ class UniformDiffusion(_DiffusionBase):
         joint = lik * marg_s
         return joint / joint.sum(-1, keepdim=True).clamp_min(torch.finfo(dt).tiny)
 
+    def sample_posterior(self, z: Tensor, x0_weights: Tensor, t: float, s: float, generator: torch.Generator) -> Tensor:
+        """(n,) one draw of x_s ~ `posterior` at each position, without building the (n, V) posterior.
+
+        `x0_weights` (n, V) is x̂0 up to a positive factor per row (probabilities, or exp(logits
+        - max)). With m = alpha_s x̂0 + (1 - alpha_s) / V (so sum m = 1) the posterior is the mixture
+          x_s = z                with probability w = a_ts m_z / ((1 - a_ts) / V + a_ts m_z),
+          x_s ~ m                otherwise, i.e. ~ x̂0 with probability alpha_s, else uniform.
+        Cost: one cumulative sum over (n, V) and O(n) random numbers."""
+        n, V = x0_weights.shape
+        a_t, a_s = float(self.schedule.alpha(t)), float(self.schedule.alpha(s))
+        a_ts = a_t / a_s
+        cdf = x0_weights.cumsum(-1)  # (n, V)
+        p_z = (x0_weights.gather(-1, z[:, None].to(cdf.device))[:, 0] / cdf[:, -1]).to("cpu", torch.float64)  # (n,)
+        m_z = a_s * p_z + (1.0 - a_s) / V  # (n,)
+        w = a_ts * m_z / ((1.0 - a_ts) / V + a_ts * m_z)  # (n,)
+        u_stay = torch.rand(n, generator=generator, dtype=torch.float64)
+        u_src = torch.rand(n, generator=generator, dtype=torch.float64)
+        uniform = torch.randint(V, (n,), generator=generator)
+        from_x0 = categorical(x0_weights, generator, cdf=cdf).cpu()
+        moved = torch.where(u_src < a_s, from_x0, uniform)
+        return torch.where(u_stay < w, z.cpu(), moved)
+
     def integrand(self, x0: Tensor, x_t: Tensor, logits: Tensor, t: Tensor) -> Tensor:
         """(B, L) float64 f(t): lim_{s -> t} KL(q(x_s | x_t, x0) || p(x_s | x_t)) / (t - s).
 
@@ -399,6 +435,23 @@ class AbsorbingDiffusion(_DiffusionBase):
         masked = joint / joint.sum(-1, keepdim=True).clamp_min(torch.finfo(dt).tiny)
         keep = F.one_hot(x_t, V).to(dt)  # (B, L, V)
         return torch.where((x_t == self.m)[..., None], masked, keep)
+
+    def sample_posterior(self, z: Tensor, x0_weights: Tensor, t: float, s: float, generator: torch.Generator) -> Tensor:
+        """(n,) one draw of x_s ~ `posterior`: an unmasked z stays; a mask is revealed with
+        probability (alpha_s - alpha_t)(1 - x̂0_m) / ((1 - alpha_s) + alpha_s x̂0_m + (alpha_s - alpha_t)(1 - x̂0_m)),
+        as a draw from x̂0 without m, else it stays m.
+        `x0_weights` (n, V) is x̂0 up to a positive factor per row. Cost: one cumulative sum over
+        (n, V) and O(n) random numbers."""
+        n = z.shape[0]
+        a_t, a_s = float(self.schedule.alpha(t)), float(self.schedule.alpha(s))
+        total = x0_weights.sum(-1)  # (n,)
+        p_m = (x0_weights[:, self.m] / total).to("cpu", torch.float64)  # (n,) 0 when m is forbidden
+        stay_mask = ((1.0 - a_s) + a_s * p_m) / ((1.0 - a_s) + a_s * p_m + (a_s - a_t) * (1.0 - p_m))  # (n,)
+        u = torch.rand(n, generator=generator, dtype=torch.float64)
+        without_m = x0_weights if not bool(p_m.any()) else x0_weights.index_fill(-1, torch.tensor([self.m], device=x0_weights.device), 0.0)
+        revealed = categorical(without_m, generator).cpu()
+        z = z.cpu()
+        return torch.where(z != self.m, z, torch.where(u < stay_mask, z, revealed))
 
     def integrand(self, x0: Tensor, x_t: Tensor, logits: Tensor, t: Tensor) -> Tensor:
         """(B, L) float64 f(t) = -alpha'_t / (1 - alpha_t) * (-log x̂0(x0)) at masked positions, 0

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from engine.config import SamplerConfig
-from engine.diffusion import Denoiser, Diffusion
+from engine.diffusion import FORBIDDEN_LOGIT, Denoiser, Diffusion
 
 
 class ConstraintError(ValueError):
@@ -236,8 +236,8 @@ def _free_logits(model: Denoiser, x: Tensor, t: Tensor, clean: Tensor, free_idx:
     with torch.inference_mode():
         features, head = getattr(model, "features", None), getattr(model, "head", None)
         if callable(features) and callable(head):
-            h = features(x, t, clean)  # (1, L, D)
-            return head(h[0, free_idx.to(h.device)])  # (n, V)
+            h = features(x, t, clean)[0]  # (L, D)
+            return head(h if free_idx.numel() == h.shape[0] else h[free_idx.to(h.device)])  # (n, V)
         return model(x, t, clean)[0, free_idx.to(x.device)]  # (n, V)
 
 
@@ -299,36 +299,52 @@ def sample(
     return _run(model, diffusion, cfg, tokens, held, k0, fresh=start is None)
 
 
+@torch.inference_mode()
+def _reverse_step(model: Denoiser, diffusion: Diffusion, cfg: SamplerConfig, tokens: Tensor, held: Tensor, free_idx: Tensor,
+                  forbidden_idx: Tensor, k: int, t_prev: float, t_now: float, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Step k: tokens at t_prev -> (tokens at t_now, confidence), both (L,), held positions kept.
+    Runs under inference mode; the mode ends before the generator yields to its caller."""
+    S = cfg.steps
+    new = tokens.clone()  # (L,)
+    conf = torch.ones(tokens.shape[0])  # (L,)
+    if free_idx.numel() == 0:
+        return new, conf
+    x = tokens[None].to(device)  # (1, L)
+    t_in = torch.full((1,), t_prev, dtype=torch.float32, device=device)  # (1,)
+    logits = _free_logits(model, x, t_in, held[None].to(device), free_idx).to("cpu", torch.float32)  # (n, V)
+    if forbidden_idx.numel():
+        logits.index_fill_(-1, forbidden_idx, FORBIDDEN_LOGIT)  # ours to change: fresh from the head
+    top = logits.amax(-1, keepdim=True)  # (n, 1)
+    weights = logits.sub_(top).exp_()  # (n, V) x̂0 up to a factor per row; logits is consumed
+    total = weights.sum(-1)  # (n,)
+    z = tokens[free_idx]  # (n,)
+    if k == S and cfg.greedy_last:
+        chosen = torch.where(diffusion.is_decided(z), z, weights.argmax(-1))  # (n,)
+    elif cfg.temperature == 1.0 and cfg.top_p == 1.0:
+        chosen = diffusion.sample_posterior(z, weights, t_prev, t_now, _generator(cfg.seed, k))  # (n,)
+    else:
+        shaped = shape_x0(weights / total[:, None], cfg.temperature, cfg.top_p)  # (n, V)
+        chosen = diffusion.sample_posterior(z, shaped, t_prev, t_now, _generator(cfg.seed, k))  # (n,)
+    new[free_idx] = chosen
+    conf[free_idx] = weights.gather(-1, chosen[:, None])[:, 0] / total
+    return new, conf
+
+
 def _run(model: Denoiser, diffusion: Diffusion, cfg: SamplerConfig, tokens: Tensor, held: Tensor, k0: int, *, fresh: bool) -> Iterator[Step]:
     S = cfg.steps
     grid = time_grid(S)
     L = int(tokens.numel())
     device = _device(model)
     free_idx = (~held).nonzero().flatten()  # (n,)
+    forbidden_idx = diffusion.forbidden.nonzero().flatten()  # ids x̂0 never puts mass on
     ones = torch.ones(L)
     if fresh:
         conf0 = torch.where(held, ones, torch.zeros(L))  # (L,)
         yield Step(0, grid[0], tokens.clone(), conf0, torch.zeros(L, dtype=torch.bool), held.clone(), S)
     for k in range(k0 + 1, S + 1):
         t_prev, t_now = grid[k - 1], grid[k]
-        new = tokens.clone()  # (L,)
-        conf = ones.clone()  # (L,)
-        if free_idx.numel() > 0:
-            x = tokens[None].to(device)  # (1, L)
-            t_in = torch.full((1,), t_prev, dtype=torch.float32, device=device)  # (1,)
-            logits = _free_logits(model, x, t_in, held[None].to(device), free_idx)  # (n, V)
-            p0 = torch.softmax(diffusion.masked_logits(logits).to("cpu", torch.float64), dim=-1)  # (n, V)
-            z = tokens[free_idx]  # (n,)
-            if k == S and cfg.greedy_last:
-                chosen = torch.where(diffusion.is_decided(z), z, p0.argmax(-1))  # (n,)
-            else:
-                shaped = shape_x0(p0, cfg.temperature, cfg.top_p)  # (n, V)
-                tt = torch.tensor([t_prev], dtype=torch.float64)
-                ss = torch.tensor([t_now], dtype=torch.float64)
-                post = diffusion.posterior(z[None], shaped[None], tt, ss)[0]  # (n, V)
-                chosen = torch.multinomial(post, 1, generator=_generator(cfg.seed, k))[:, 0]  # (n,)
-            new[free_idx] = chosen
-            conf[free_idx] = p0.gather(-1, chosen[:, None])[:, 0].to(torch.float32)
+        new, conf = _reverse_step(model, diffusion, cfg, tokens, held, free_idx, forbidden_idx, k, t_prev, t_now, device)
+        new, conf = new.clone(), conf.clone()  # ordinary tensors for the caller, not inference tensors
         changed = new != tokens
         tokens = new
         yield Step(k, t_now, tokens.clone(), conf, changed, held.clone(), S)
