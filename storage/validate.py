@@ -1,0 +1,101 @@
+"""Input checks shared by repository, audit and the CLIs. Each raises ValidationError with a
+message that says what was wrong and what is allowed."""
+
+from __future__ import annotations
+
+import re
+
+from storage.errors import ValidationError
+from storage.models import ROLES
+
+MAX_REASON_CHARS = 2_000
+MAX_NAME_CHARS = 64
+MAX_TITLE_CHARS = 200
+MAX_TEMPLATE_CHARS = 100_000
+MAX_DOCUMENT_CHARS = 1_000_000
+MAX_EDIT_CHARS = 20_000
+MIN_PASSWORD_CHARS = 8
+MAX_PASSWORD_CHARS = 1_024
+SYSTEM_ACTOR = "system"  # the identity of CLIs and start-up code; never a login
+
+_USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$")
+_IDENT = re.compile(r"^[a-z][a-z0-9_.]*$")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # all C0 controls except \t \n \r
+
+
+def reason(value: str | None, *, required: bool, what: str = "reason") -> str | None:
+    """None (when not required) or a non-blank string of at most MAX_REASON_CHARS."""
+    if value is None:
+        if required:
+            raise ValidationError(f"a {what} is required")
+        return None
+    if not isinstance(value, str):
+        raise ValidationError(f"the {what} must be text")
+    stripped = value.strip()
+    if not stripped:
+        raise ValidationError(f"the {what} is empty: say why (or leave it out where it is optional)")
+    if len(stripped) > MAX_REASON_CHARS:
+        raise ValidationError(f"the {what} is {len(stripped)} characters long; at most {MAX_REASON_CHARS} are allowed")
+    if _CONTROL.search(stripped):
+        raise ValidationError(f"the {what} contains control characters")
+    return stripped
+
+
+def user_name(value: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValidationError("a user name is required")
+    if len(value) > MAX_NAME_CHARS:
+        raise ValidationError(f"user name is {len(value)} characters long; at most {MAX_NAME_CHARS} are allowed")
+    if not _USER_NAME.match(value):
+        raise ValidationError(
+            f"user name {value!r} may hold only letters, digits and _ . @ - (starting with a letter or digit)"
+        )
+    if value == SYSTEM_ACTOR:
+        raise ValidationError(f"{SYSTEM_ACTOR!r} is reserved for the application itself")
+    return value
+
+
+def role(value: str) -> str:
+    if value not in ROLES:
+        raise ValidationError(f"unknown role {value!r}: choose one of {', '.join(ROLES)}")
+    return value
+
+
+def ident(value: str, what: str, max_chars: int = 64) -> str:
+    """Lower-case identifiers such as audit actions ('document.update') and object types."""
+    if not isinstance(value, str) or not _IDENT.match(value) or len(value) > max_chars:
+        raise ValidationError(
+            f"{what} {value!r} must be lower-case letters, digits, '_' and '.' (at most {max_chars})"
+        )
+    return value
+
+
+def text(value: str, what: str, *, max_chars: int, allow_empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise ValidationError(f"{what} must be text")
+    if not allow_empty and not value.strip():
+        raise ValidationError(f"{what} is empty")
+    if len(value) > max_chars:
+        raise ValidationError(f"{what} is {len(value)} characters long; at most {max_chars} are allowed")
+    if "\x00" in value:
+        raise ValidationError(f"{what} contains a NUL character")
+    return value
+
+
+def password(value: str) -> str:
+    if not isinstance(value, str) or len(value) < MIN_PASSWORD_CHARS:
+        raise ValidationError(f"the password must be at least {MIN_PASSWORD_CHARS} characters long")
+    if len(value) > MAX_PASSWORD_CHARS:
+        raise ValidationError(f"the password is longer than {MAX_PASSWORD_CHARS} characters")
+    return value
+
+
+def span(start: int, end: int, length: int, what: str, *, allow_empty: bool) -> None:
+    """0 <= start <= end <= length (start < end unless allow_empty)."""
+    if not isinstance(start, int) or not isinstance(end, int) or isinstance(start, bool) or isinstance(end, bool):
+        raise ValidationError(f"{what} positions must be whole numbers")
+    if start < 0 or end > length or start > end or (not allow_empty and start == end):
+        raise ValidationError(
+            f"{what} [{start}, {end}) lies outside the document (valid positions are 0 to {length})"
+            if (start < 0 or end > length) else f"{what} [{start}, {end}) is empty or reversed"
+        )

@@ -1,0 +1,239 @@
+"""db.py and migrations: SQLite settings, URL choice, clear errors for a locked, read-only or
+missing database (with nothing half-written), and the alembic schema matching the models."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import func, select, text
+
+import storage_fixtures as sf
+from storage import repository as repo
+from storage.audit import verify_chain
+from storage.db import (
+    default_sqlite_url,
+    open_database,
+    make_engine,
+    make_session_factory,
+    normalise_url,
+    resolve_url,
+    transaction,
+)
+from storage.errors import DatabaseLocked, DatabaseReadOnly, DatabaseUnavailable, StorageError
+from storage.migrations import current_revision, head_revision, migrate, require_current
+from storage.models import AuditEvent, Base, User
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _counts(url: str) -> tuple[int, int]:
+    engine = make_engine(url)
+    try:
+        with make_session_factory(engine, reads_only=True)() as s:
+            return (s.scalar(select(func.count()).select_from(User)),
+                    s.scalar(select(func.count()).select_from(AuditEvent)))
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_settings(sqlite_url):
+    engine = make_engine(sqlite_url, busy_timeout_s=2.5)
+    with engine.connect() as conn:
+        pragma = lambda name: conn.exec_driver_sql(f"PRAGMA {name}").scalar()  # noqa: E731
+        assert pragma("journal_mode") == "wal"
+        assert pragma("synchronous") == 2  # FULL
+        assert pragma("foreign_keys") == 1
+        assert pragma("busy_timeout") == 2500
+    engine.dispose()
+
+
+def test_write_sessions_begin_immediately_and_readers_do_not_wait(sqlite_url, cheap_argon2):
+    engine = make_engine(sqlite_url)
+    path = sqlite_url.removeprefix("sqlite:///")
+    with make_session_factory(engine)() as s:
+        s.execute(select(1))  # a write session's first statement takes the write lock
+        other = sqlite3.connect(path, timeout=0.05, isolation_level=None)
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            other.execute("BEGIN IMMEDIATE")
+        other.close()
+        with make_session_factory(engine, reads_only=True)() as r:  # readers still read
+            assert r.scalar(select(func.count()).select_from(User)) == 0
+    other = sqlite3.connect(path, timeout=0.05, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # released at the end of the session
+    other.execute("ROLLBACK")
+    other.close()
+    engine.dispose()
+
+
+def test_url_resolution(tmp_path, monkeypatch):
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.delenv("DIFFDRAFT_DATA_DIR", raising=False)
+    url = default_sqlite_url(tmp_path / "new" / "data")
+    assert url == f"sqlite:///{tmp_path / 'new' / 'data' / 'diffdraft.sqlite3'}" and (tmp_path / "new" / "data").is_dir()
+    assert resolve_url(None, tmp_path) == default_sqlite_url(tmp_path)
+    assert resolve_url("postgres://u@h/db") == "postgresql+psycopg://u@h/db"
+    monkeypatch.setenv("DIFFDRAFT_DATA_DIR", str(tmp_path / "env"))
+    assert resolve_url() == default_sqlite_url(tmp_path / "env")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u@h:5432/db")
+    assert resolve_url() == "postgresql+psycopg://u@h:5432/db"
+    assert resolve_url("sqlite:///x.db") == "sqlite:///x.db"  # an explicit URL wins
+    assert normalise_url("sqlite:///a") == "sqlite:///a"
+    with pytest.raises(StorageError, match="unsupported database URL"):
+        make_engine("mysql://u@h/db")
+    with pytest.raises(StorageError, match="psycopg driver"):
+        make_engine("postgresql+psycopg2://u@h/db")
+
+
+def test_locked_database_gives_a_clear_error_and_no_partial_rows(sqlite_url, cheap_argon2):
+    path = sqlite_url.removeprefix("sqlite:///")
+    before = _counts(sqlite_url)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another program holds the write lock
+    engine = make_engine(sqlite_url, busy_timeout_s=0.2)
+    try:
+        with pytest.raises(DatabaseLocked, match=r"is locked: another writer held it for more than 0.2 s\. "
+                                                  r"Nothing was saved"):
+            with transaction(make_session_factory(engine)) as s:
+                repo.create_user(s, "carl", "operator", "long enough pw")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert _counts(sqlite_url) == before
+    with transaction(make_session_factory(engine)) as s:  # works again once the lock is gone
+        repo.create_user(s, "carl", "operator", "long enough pw")
+    assert _counts(sqlite_url) == (before[0] + 1, before[1] + 1)
+    engine.dispose()
+
+
+def test_lock_released_while_waiting_lets_the_write_through(sqlite_url, cheap_argon2):
+    path = sqlite_url.removeprefix("sqlite:///")
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    timer = threading.Timer(0.3, lambda: holder.execute("ROLLBACK"))
+    timer.start()
+    engine = make_engine(sqlite_url, busy_timeout_s=5)
+    with transaction(make_session_factory(engine)) as s:  # waits for the busy timeout, then succeeds
+        repo.create_user(s, "carl", "operator", "long enough pw")
+    timer.join()
+    holder.close()
+    engine.dispose()
+    assert _counts(sqlite_url)[0] == 1
+
+
+def test_read_only_database_gives_a_clear_error_and_no_partial_rows(sqlite_url, cheap_argon2):
+    path = sqlite_url.removeprefix("sqlite:///")
+    before = _counts(sqlite_url)
+    ro_url = f"sqlite:///file:{path}?mode=ro&uri=true"  # what a read-only file or mount gives
+    engine = make_engine(ro_url)
+    try:
+        with make_session_factory(engine, reads_only=True)() as s:
+            assert verify_chain(s).ok  # reading still works
+        with pytest.raises(DatabaseReadOnly, match="is read-only .* Nothing was saved"):
+            with transaction(make_session_factory(engine)) as s:
+                repo.create_user(s, "carl", "operator", "long enough pw")
+    finally:
+        engine.dispose()
+    assert _counts(sqlite_url) == before
+
+
+def test_missing_database_folder_and_unreachable_server(tmp_path, cheap_argon2):
+    engine = make_engine(f"sqlite:///{tmp_path / 'gone' / 'x.sqlite3'}")
+    with pytest.raises(DatabaseUnavailable, match="cannot open the database"):
+        with transaction(make_session_factory(engine)) as s:
+            s.execute(select(1))
+    engine.dispose()
+    engine = make_engine("postgresql+psycopg://postgres:secret@127.0.0.1:9/none", busy_timeout_s=2)
+    with pytest.raises(DatabaseUnavailable, match="cannot reach the database") as info:
+        with transaction(make_session_factory(engine)) as s:
+            s.execute(select(1))
+    assert "secret" not in str(info.value)
+    engine.dispose()
+
+
+def test_migrations_match_the_models_and_repeat_safely(db_url):
+    engine = make_engine(db_url)
+    try:
+        assert current_revision(engine) == head_revision()
+        assert migrate(engine) == head_revision()  # a second run changes nothing
+        require_current(engine)
+        with engine.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+        assert diff == []
+    finally:
+        engine.dispose()
+
+
+def test_unmigrated_database_is_refused(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'empty.sqlite3'}")
+    with pytest.raises(StorageError, match="schema \\(empty\\), this code needs"):
+        require_current(engine)
+    engine.dispose()
+
+
+def test_migrate_cli(tmp_path):
+    url = f"sqlite:///{tmp_path / 'cli.sqlite3'}"
+    out = subprocess.run([sys.executable, "-m", "storage", "migrate", "--db-url", url], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert f"schema (empty) -> {head_revision()}" in out.stdout
+    from storage.__main__ import main
+
+    assert main(["migrate", "--db-url", url]) == 0  # again: nothing to do
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT seq FROM audit_head")).scalar() == 0
+    engine.dispose()
+
+
+@pytest.mark.postgres
+def test_concurrent_migrations_on_postgres(postgres_url):
+    url = sf.create_pg_schema(postgres_url)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            migrate(url)
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    engine = make_engine(url)
+    assert current_revision(engine) == head_revision()
+    engine.dispose()
+    sf.drop_pg_schema(url)
+
+
+def test_storage_does_not_import_engine_or_gradio():
+    code = ("import sys, storage.db, storage.models, storage.repository, storage.audit, storage.export, "
+            "storage.users, storage.migrations, storage.__main__; "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('engine', 'gradio', 'torch')); "
+            "print(bad); sys.exit(1 if bad else 0)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_open_database_at_app_start(tmp_path, monkeypatch, cheap_argon2):
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    with pytest.raises(StorageError, match="run `python -m storage migrate"):
+        open_database(data_dir=tmp_path, migrate=False)
+    db = open_database(data_dir=tmp_path)
+    try:
+        assert db.url == default_sqlite_url(tmp_path) and (tmp_path / "diffdraft.sqlite3").exists()
+        with transaction(db.sessions) as s:
+            repo.create_user(s, "carl", "operator", "long enough pw")
+        with db.reads() as s:
+            assert repo.get_user(s, "carl").role == "operator"
+    finally:
+        db.dispose()
