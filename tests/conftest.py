@@ -71,3 +71,57 @@ def factory(db_url: str, cheap_argon2: None) -> Iterator[sessionmaker[Session]]:
     sf.seed_users(f)
     yield f
     engine.dispose()
+
+
+# ---------------------------------------------------------------- app fixtures (added by the app issue)
+# tiny_model_dir  session: a freshly built tiny random model folder (engine.tiny), shared by the run
+# app_services    app.services.Services on a fresh migrated SQLite file in tmp_path, with the users of
+#                 storage_fixtures.USERS (password storage_fixtures.PASSWORD), no login slowing
+# live_app        the app launched in-process on a free 127.0.0.1 port: (url, services); shut down after
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory):
+    from engine.tiny import build_tiny
+
+    folder = tmp_path_factory.mktemp("tiny_model") / "tiny"
+    build_tiny(folder)
+    return folder
+
+
+@pytest.fixture
+def app_services(tiny_model_dir, tmp_path, cheap_argon2):
+    from app.services import build_services
+
+    svc = build_services(tiny_model_dir, data_dir=tmp_path / "data", login_delay_s=0.0)
+    sf.seed_users(svc.factory)
+    yield svc
+    svc.close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def live_app(app_services, monkeypatch):
+    import os
+
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost," + os.environ.get("NO_PROXY", ""))
+    from app.ui import build_ui, launch_kwargs
+
+    app_services.step_delay_s = 0.15  # long enough to act on a run while it streams
+    demo = build_ui(app_services)
+    demo.queue()
+    port = _free_port()
+    demo.launch(prevent_thread_lock=True, **launch_kwargs(app_services, port=port))
+    try:
+        yield f"http://127.0.0.1:{port}/", app_services
+    finally:
+        demo.close()

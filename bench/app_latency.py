@@ -1,0 +1,204 @@
+"""Latency of the drafting screen, on the model the app uses.
+
+    python -m bench.app_latency [--model DIR] [--length 256] [--steps 32] [--runs 3] [--threads T]
+                                [--server] [--json]
+
+What is measured (a temporary data folder and SQLite file; one reviewer user):
+  first step     time from calling the Generate handler (app.handlers.generate) to its first update
+                 being ready to send: create document + run (audited), the sampler's step 0,
+                 record_step, render + JSON encoding of the payload. With --server also through a
+                 launched app and gradio_client: from submit to the first streamed output received.
+  step overhead  per later step, the time from the step being computed (the sampler's `next`
+                 returns) to its update being ready to send: record_step (one SQLite transaction,
+                 synchronous=FULL), frame + render of L tokens, JSON encoding. Median and p95 over
+                 all steps; the denoiser's own time per step is shown beside it.
+  pin effect     a pin made from another thread at a random moment of a streaming run: the number
+                 of steps from the step on screen when the pin was made to the first step that holds
+                 it (1 = the next step), and the wall time from the pin call returning to that step
+                 being ready.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.app_latency", description=__doc__.splitlines()[0])
+    p.add_argument("--model", default=None, help="model folder (default: what the app uses: assets/model, else "
+                   "assets/tiny; a tiny model is built in a temporary folder if neither exists)")
+    p.add_argument("--length", type=int, default=256, help="tokens of the free-length draft (default 256)")
+    p.add_argument("--steps", type=int, default=32, help="reverse steps per run (default 32)")
+    p.add_argument("--runs", type=int, default=3, help="runs per measurement (default 3)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--server", action="store_true", help="also measure first step through a launched app")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    return p.parse_args(argv)
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
+    from app import handlers as h
+    from app.services import build_services, default_model_dir
+    from app.state import DraftState
+    from storage import repository as repo
+    from storage.db import transaction
+
+    tmp = Path(tempfile.mkdtemp(prefix="dd_bench_"))
+    model = Path(args.model) if args.model else default_model_dir()
+    if not (model / "manifest.json").is_file():
+        from engine.tiny import build_tiny
+
+        model = tmp / "tiny"
+        build_tiny(model)
+    svc = build_services(model, data_dir=tmp / "data", threads=args.threads, login_delay_s=0.0)
+    with transaction(svc.factory) as s:
+        repo.create_user(s, "bench", "reviewer", "bench password 123")
+
+    def gen(seed: int):
+        return h.generate(svc, "bench", DraftState(), template=h.FREE_LENGTH, length=args.length, steps=args.steps,
+                          seed=seed, temperature=1.0)
+
+    list(gen(999))  # warm-up: kernels for this length, first SQLite writes
+
+    first_ms: list[float] = []
+    overhead_ms: list[float] = []
+    compute_ms: list[float] = []
+    for r in range(args.runs):
+        t0 = time.perf_counter()
+        it = gen(r)
+        up = next(it)
+        json.dumps(up.payload)
+        first_ms.append((time.perf_counter() - t0) * 1000)
+        ctrl = svc.runs.get(up.state.run_id)
+        while True:
+            t_prev = time.perf_counter()
+            try:
+                up = next(it)
+            except StopIteration:
+                break
+            json.dumps(up.payload)
+            total = (time.perf_counter() - t_prev) * 1000
+            comp = ctrl.frames[up.step].elapsed_ms or 0.0
+            compute_ms.append(comp)
+            overhead_ms.append(total - comp)
+
+    # pin effect: pins from another thread while the run streams
+    effects: list[int] = []
+    effect_ms: list[float] = []
+    rng = random.Random(0)
+    for r in range(args.runs):
+        it = gen(100 + r)
+        up = next(it)
+        state = up.state
+        ctrl = svc.runs.get(state.run_id)
+        ready: dict[int, float] = {}
+        done = threading.Event()
+
+        def consume() -> None:
+            for u in it:
+                ready[u.step] = time.perf_counter()
+            done.set()
+
+        th = threading.Thread(target=consume)
+        th.start()
+        pins: list[tuple[int, int, float]] = []  # (position, step on screen, time)
+        while not done.is_set() and len(pins) < 3:
+            time.sleep(rng.uniform(0.0, 0.05))
+            with ctrl.lock:
+                on_screen = ctrl.base.index if ctrl.base is not None else 0
+                free = [p for p in range(ctrl.base.length) if p not in ctrl.held] if ctrl.base is not None else []
+                if on_screen >= args.steps - 1 or not free:
+                    break
+                pos = rng.choice(free)
+                res = h.toggle_pin(svc, "bench", state, pos)
+                t_pin = time.perf_counter()
+            if res.kind == "ok":
+                pins.append((pos, on_screen, t_pin))
+        th.join()
+        with svc.reader() as s:
+            steps = {x.step_index: x.token_ids for x in repo.list_steps(s, state.run_id)}
+        for pos, on_screen, t_pin in pins:
+            tok = steps[on_screen][pos]
+            held_from = min(k for k in steps if k > on_screen and all(steps[j][pos] == tok for j in steps if j >= k))
+            effects.append(held_from - on_screen)
+            if held_from in ready:
+                effect_ms.append((ready[held_from] - t_pin) * 1000)
+
+    server_first: list[float] = []
+    if args.server:
+        import socket
+
+        from gradio_client import Client
+
+        from app.ui import build_ui, launch_kwargs
+
+        demo = build_ui(svc)
+        demo.queue()
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        demo.launch(prevent_thread_lock=True, **launch_kwargs(svc, port=port))
+        try:
+            c = Client(f"http://127.0.0.1:{port}/", auth=("bench", "bench password 123"), analytics_enabled=False,
+                       verbose=False)
+            for r in range(args.runs + 1):
+                t0 = time.perf_counter()
+                job = c.submit(h.FREE_LENGTH, args.length, args.steps, 200 + r, 1.0, "", api_name="/generate")
+                while not job.outputs():
+                    time.sleep(0.002)
+                if r:  # the first is a warm-up
+                    server_first.append((time.perf_counter() - t0) * 1000)
+                job.result(timeout=600)
+        finally:
+            demo.close()
+
+    res = {
+        "model": svc.model_id, "length": args.length, "steps": args.steps, "runs": args.runs,
+        "threads": args.threads, "cpus": os.cpu_count(),
+        "first_step_ms_median": statistics.median(first_ms), "first_step_ms_max": max(first_ms),
+        "step_overhead_ms_median": statistics.median(overhead_ms), "step_overhead_ms_p95": pct(overhead_ms, 0.95),
+        "step_compute_ms_median": statistics.median(compute_ms),
+        "pin_effect_steps": sorted(effects), "pin_effect_ms_median": statistics.median(effect_ms) if effect_ms else None,
+        "server_first_step_ms_median": statistics.median(server_first) if server_first else None,
+    }
+    svc.close()
+    if args.json:
+        print(json.dumps(res, indent=1))
+        return 0
+    print(f"model {res['model']} · {args.length} tokens · {args.steps} steps · {args.runs} runs · "
+          f"{os.cpu_count()} CPUs, torch threads {args.threads or 'default'}")
+    print(f"{'measure':<46} {'value':>14}  target")
+    print(f"{'Generate -> first step ready (handler), median':<46} {res['first_step_ms_median']:>11.1f} ms  < 1000 ms")
+    if server_first:
+        print(f"{'Generate -> first step received (server), med.':<46} "
+              f"{res['server_first_step_ms_median']:>11.1f} ms  < 1000 ms")
+    print(f"{'step computed -> update ready, median':<46} {res['step_overhead_ms_median']:>11.1f} ms  < 100 ms")
+    print(f"{'step computed -> update ready, p95':<46} {res['step_overhead_ms_p95']:>11.1f} ms  < 100 ms")
+    print(f"{'denoiser step (for scale), median':<46} {res['step_compute_ms_median']:>11.1f} ms")
+    eff = res["pin_effect_steps"]
+    print(f"{'pin -> held, steps after the one on screen':<46} {str(eff):>14}  1")
+    if res["pin_effect_ms_median"] is not None:
+        print(f"{'pin -> first step holding it ready, median':<46} {res['pin_effect_ms_median']:>11.1f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""`python -m app`: flags, first-start admin, clear errors; nothing heavy at import."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app import services
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_help_explains_every_flag():
+    out = subprocess.run([sys.executable, "-m", "app", "--help"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0
+    for flag in ("--host", "--port", "--db-url", "--model", "--data-dir", "--threads", "--step-delay"):
+        assert flag in out.stdout
+    assert "one-time password" in out.stdout
+
+
+def test_import_builds_nothing_heavy():
+    code = "import sys, app.ui, app.handlers, app.services; print('torch.nn' in sys.modules and " \
+           "any(type(v).__name__ == 'Checkpoint' for v in vars(app.services).values()))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
+def test_unknown_model_folder_is_one_clear_line(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "app", "--model", str(tmp_path / "nope"), "--data-dir",
+                          str(tmp_path / "d")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "model folder not found" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_first_start_creates_an_admin_once(app_services, monkeypatch, tmp_path):
+    from storage import repository as repo
+    from storage.db import transaction
+
+    # the fixture seeded users: nothing happens
+    assert services.ensure_admin(app_services) is None
+    fresh = services.build_services(app_services.model_dir, data_dir=tmp_path / "fresh", login_delay_s=0.0)
+    try:
+        monkeypatch.delenv(services.ADMIN_PASSWORD_ENV, raising=False)
+        one_time = services.ensure_admin(fresh)
+        assert one_time and len(one_time) >= 12
+        with transaction(fresh.factory) as s:
+            assert repo.authenticate(s, "admin", one_time).role == "admin"
+        assert services.ensure_admin(fresh) is None
+    finally:
+        fresh.close()
+
+
+def test_admin_password_from_the_environment(app_services, monkeypatch, tmp_path):
+    from storage import repository as repo
+    from storage.db import transaction
+
+    monkeypatch.setenv(services.ADMIN_PASSWORD_ENV, "from the environment 1")
+    fresh = services.build_services(app_services.model_dir, data_dir=tmp_path / "env", login_delay_s=0.0)
+    try:
+        assert services.ensure_admin(fresh) is None  # nothing printed: the password was given
+        with transaction(fresh.factory) as s:
+            assert repo.authenticate(s, "admin", "from the environment 1") is not None
+    finally:
+        fresh.close()
+
+
+@pytest.mark.parametrize("path", ["shift_handover.txt"])
+def test_template_names(path):
+    assert services.template_name(Path(path)) == "Shift handover"
