@@ -464,7 +464,8 @@ def toggle_pin(svc: Any, username: str | None, state: DraftState | None, positio
             group = sorted(p for p, i in ctrl.pin_rows.items() if i == pin_id) if pin_id is not None else [pos]
             if pin_id is not None:
                 with transaction(svc.factory) as s:
-                    repo.remove_pin(s, pin_id, actor=actor.name)
+                    repo.remove_pin(s, pin_id, actor=actor.name, run_id=ctrl.run_id,
+                                    step_index=_pin_step_index(ctrl))
             for p in group:
                 ctrl.held.pop(p, None)
                 ctrl.kinds.pop(p, None)
@@ -588,7 +589,7 @@ def edit_span(svc: Any, username: str | None, state: DraftState | None, start: A
         with transaction(svc.factory) as s:
             repo.record_edit(s, document_id=ctrl.document_id, actor=actor.name, span_start=a, span_end=b,
                              old_text=old_text, new_text=text, reason=(reason or "").strip() or "correction",
-                             run_id=ctrl.run_id, step_index=_pin_step_index(ctrl))
+                             run_id=ctrl.run_id, step_index=_pin_step_index(ctrl), new_n_tokens=len(new_ids))
         kinds = {p: k for p, k in ctrl.kinds.items() if p not in released}
         kinds = shift_positions(kinds, a, b, len(new_ids))
         kinds.update({a + i: "edit" for i in range(len(new_ids))})
@@ -825,8 +826,8 @@ def _short(value: str | None, n: int = 120) -> str:
 @safe(_review_error)
 def sign_review(svc: Any, username: str | None, rstate: ReviewState | None, decision: str, reason: str,
                 password: str) -> ReviewUpdate:
-    """Approve or reject the version on screen, signed by re-entering the password; the meaning of
-    the signature is recorded with the reason."""
+    """Approve or reject the version on screen, signed by re-entering the password; the review row
+    records the meaning of the signature, the signer, the time and the method, apart from the reason."""
     from storage.audit import append_event
 
     actor = require_permission(svc, username, "review", "approve or reject drafts")
@@ -851,13 +852,10 @@ def sign_review(svc: Any, username: str | None, rstate: ReviewState | None, deci
         svc.guard.failed(actor.name)
         raise Refused("the password is not right: the signature was not applied")
     svc.guard.succeeded(actor.name)
-    meaning = SIGNATURE_MEANINGS[decision]
-    signed = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-    full = f"{reason + ' — ' if reason else ''}signed by {actor.name} ({actor.role}) at {signed} by re-entering the " \
-           f"password; meaning: {meaning}"
     with transaction(svc.factory) as s:
         repo.record_review(s, document_id=rstate.document_id, actor=actor.name, decision=decision,
-                           expected_version=rstate.document_version, reason=full)
+                           expected_version=rstate.document_version, reason=reason or None,
+                           signature_meaning=SIGNATURE_MEANINGS[decision], signature_method="password re-entry")
     verb = "approved" if decision == "approve" else "rejected"
     return ReviewUpdate(message=f"document {rstate.document_id} {verb} and signed", kind="ok", queue=_queue(svc),
                         state=ReviewState(), document_html="", history_html="")

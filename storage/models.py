@@ -8,10 +8,15 @@ Glossary
               run has parent_run_id + parent_step_index and its steps continue from there
   step        one reverse-diffusion step of a run: token ids as little-endian int32 bytes and
               confidences as little-endian float16 bytes, n_tokens of each  # (L,) and (L,)
-  pin         tokens [span_start, span_end) that the sampler must not change (kind token/term)
+  pin         tokens [span_start, span_end) that the sampler must not change (kind token/term;
+              kind edit: the tokens an edit put in). A pin row's span never changes: when an edit
+              moves it, a new row (supersedes_pin_id = the old one, step_index = the edit's step)
+              carries the new span, so a branch taken before the edit still sees the old span.
+              removed_step_index: the step of its run at which it was unpinned (or moved)
   edit        a replacement of [span_start, span_end) by new_text; unit "token" (in a run's step)
               or "char" (in the document's text)
-  review      approve / reject of a document version, with reason
+  review      approve / reject of a document version, with reason and an electronic signature
+              (signature_meaning, signed_by, signed_at UTC, signature_method)
   export      one file written from the audit trail
   audit_event one row of the append-only hash chain (see storage/audit.py); audit_head holds the
               chain's last seq and hash so that cutting the tail is noticed too
@@ -47,7 +52,7 @@ ROLES: tuple[str, ...] = ("operator", "reviewer", "manager", "admin")
 DOCUMENT_STATUSES: tuple[str, ...] = ("draft", "awaiting_review", "approved", "rejected", "discarded")
 RUN_STATUSES: tuple[str, ...] = ("running", "paused", "finished", "discarded")
 REVIEW_DECISIONS: tuple[str, ...] = ("approve", "reject")
-PIN_KINDS: tuple[str, ...] = ("token", "term")
+PIN_KINDS: tuple[str, ...] = ("token", "term", "edit")
 EDIT_UNITS: tuple[str, ...] = ("token", "char")
 EXPORT_FORMATS: tuple[str, ...] = ("csv", "xlsx", "parquet", "json")
 GENESIS_HASH = "0" * 64
@@ -206,6 +211,9 @@ class Pin(Base):
     removed_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     removed_at: Mapped[datetime | None]
     removed_reason: Mapped[str | None] = mapped_column(Text)
+    removed_step_index: Mapped[int | None] = mapped_column(Integer)  # step of its run when unpinned / moved
+    supersedes_pin_id: Mapped[int | None] = mapped_column(ForeignKey("pins.id"), index=True)  # moved from
+    edit_id: Mapped[int | None] = mapped_column(ForeignKey("edits.id"))  # the edit that made / moved it
 
     created_by: Mapped[User] = relationship(foreign_keys=[created_by_id])
 
@@ -226,6 +234,7 @@ class Edit(Base):
     span_end: Mapped[int] = mapped_column(Integer)
     old_text: Mapped[str] = mapped_column(Text)
     new_text: Mapped[str] = mapped_column(Text)
+    new_n_tokens: Mapped[int | None] = mapped_column(Integer)  # token edits: len(new tokens); None before 0002
     reason: Mapped[str] = mapped_column(Text)
     created_by_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -241,9 +250,14 @@ class Review(Base):
     document_id: Mapped[int] = mapped_column(ForeignKey("documents.id"), index=True)
     document_version: Mapped[int] = mapped_column(Integer)  # the version that was reviewed
     decision: Mapped[str] = mapped_column(String(8))
-    reason: Mapped[str | None] = mapped_column(Text)
+    reason: Mapped[str | None] = mapped_column(Text)  # the reviewer's own words
     reviewer_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # the electronic signature (None only on reviews recorded before migration 0002)
+    signature_meaning: Mapped[str | None] = mapped_column(Text)  # e.g. "approved as reviewed and correct"
+    signed_by: Mapped[str | None] = mapped_column(String(64))  # the signer's user name
+    signed_at: Mapped[datetime | None]
+    signature_method: Mapped[str | None] = mapped_column(String(64))  # e.g. "password re-entry"
 
 
 class Export(Base):

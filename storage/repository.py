@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from storage import validate
@@ -54,7 +54,7 @@ __all__ = [
     "get_document", "list_documents", "documents_awaiting_review", "update_document", "create_run", "get_run",
     "list_runs", "set_run_status", "record_step", "get_step", "list_steps", "last_step", "StepData",
     "add_pin", "add_term_pins", "remove_pin", "active_pins", "record_edit", "list_edits", "record_review",
-    "list_reviews", "feedback_counts", "FeedbackCount", "edit_pairs", "EditPair",
+    "list_reviews", "SIGNATURE_METHOD", "feedback_counts", "FeedbackCount", "edit_pairs", "EditPair",
 ]
 
 ActorRef = User | str
@@ -539,7 +539,8 @@ def _lineage(session: Session, run: Run) -> list[tuple[Run, int | None]]:
     current: Run | None = run
     while current is not None:
         out.append((current, limit))
-        limit = current.parent_step_index
+        if current.parent_step_index is not None:  # a branch of a branch may start before its parent did
+            limit = current.parent_step_index if limit is None else min(limit, current.parent_step_index)
         current = get_run(session, current.parent_run_id) if current.parent_run_id is not None else None
     return out[::-1]
 
@@ -575,6 +576,76 @@ def last_step(session: Session, run_id: int) -> StepData | None:
 
 
 # ---------------------------------------------------------------- pins and edits
+#
+# Which pins hold for a run (the rule, also in docs/STORAGE.md):
+#   * its own pins, unless unpinned;
+#   * for a branch of run A made from step k at time T (the branch's started_at): the pins that
+#     were in effect for A at step k at time T, recursively up the lineage. That is each pin of A
+#     (own or inherited) with step_index <= k, created at or before T, and not unpinned at a step
+#     <= k at or before T. So a pin A makes later (even at an earlier step) does not reach the
+#     branch, and a pin A removes later (or removed at a step after k) still holds in the branch.
+#     Removals made before migration 0002 have no step and count as made at every step.
+#   * a pin row's span never changes. An edit that changes the length moves the pins after it by
+#     writing new rows (supersedes_pin_id = the row they replace, step_index = the edit's step, in
+#     the edited run); a row hides the row it supersedes for every run that sees the new row. So
+#     the parent keeps its positions when a branch moves an inherited pin, and a branch made
+#     before the edit keeps the old positions. Unpinning a pin inherited from a parent likewise
+#     writes a removed row in the branch that supersedes it (the parent's pin is untouched).
+
+
+def _pin_views(session: Session, run: Run, at_step: int | None = None) -> list[tuple[Run, int | None, datetime | None]]:
+    """[(run, last step seen from it or None for all, time it was branched away from or None)], the run first."""
+    out: list[tuple[Run, int | None, datetime | None]] = []
+    limit, cutoff = at_step, None
+    current = run
+    while True:
+        out.append((current, limit, cutoff))
+        if current.parent_run_id is None or current.parent_step_index is None:
+            return out
+        limit = current.parent_step_index if limit is None else min(limit, current.parent_step_index)
+        cutoff = current.started_at if cutoff is None else min(cutoff, current.started_at)
+        current = get_run(session, current.parent_run_id)
+
+
+def _still_pinned(pin: Pin, limit: int | None, cutoff: datetime | None) -> bool:
+    if pin.removed_at is None:
+        return True
+    if cutoff is not None and pin.removed_at > cutoff:
+        return True  # unpinned after the branch was made
+    return limit is not None and pin.removed_step_index is not None and pin.removed_step_index > limit
+
+
+def _pins_in_effect(session: Session, run: Run, at_step: int | None = None) -> list[Pin]:
+    """Every pin row (all kinds) holding for `run` now, or at its step `at_step`; by position."""
+    rows: list[tuple[Pin, bool]] = []
+    for r, limit, cutoff in _pin_views(session, run, at_step):
+        stmt = select(Pin).where(Pin.run_id == r.id)
+        if limit is not None:
+            stmt = stmt.where(Pin.step_index <= limit)
+        for pin in session.scalars(stmt):
+            if cutoff is None or pin.created_at <= cutoff:
+                rows.append((pin, _still_pinned(pin, limit, cutoff)))
+    replaced = {p.supersedes_pin_id for p, _ in rows if p.supersedes_pin_id is not None}
+    out = [p for p, alive in rows if alive and p.id not in replaced]
+    return sorted(out, key=lambda p: (p.span_start, p.id))
+
+
+def _latest_step_index(session: Session, run: Run) -> int | None:
+    last = session.scalar(select(func.max(Step.step_index)).where(Step.run_id == run.id))
+    return last if last is not None else run.parent_step_index
+
+
+def _length_at(session: Session, run: Run, step_index: int, recorded: int) -> int:
+    """The draft's length at a step of a run: the recorded step's, changed by the token edits made
+    at that step (each changes it by new_n_tokens - (span_end - span_start))."""
+    length = recorded
+    for r, _, cutoff in _pin_views(session, run, step_index):
+        stmt = select(Edit).where(Edit.run_id == r.id, Edit.step_index == step_index, Edit.unit == "token",
+                                  Edit.new_n_tokens.is_not(None))
+        for e in session.scalars(stmt):
+            if cutoff is None or e.created_at <= cutoff:
+                length += e.new_n_tokens - (e.span_end - e.span_start)  # type: ignore[operator]
+    return length
 
 
 def _run_for(session: Session, document_id: int, run_id: int, step_index: int | None) -> tuple[Run, StepData]:
@@ -609,8 +680,9 @@ def _add_pins(session: Session, document_id: int, actor: ActorRef, run_id: int, 
     validate.text(text, "pinned text", max_chars=validate.MAX_EDIT_CHARS)
     get_document(session, document_id)
     run, step = _run_for(session, document_id, run_id, step_index)
+    length = _length_at(session, run, step_index, step.n_tokens)
     for start, end in spans:
-        validate.span(start, end, step.n_tokens, "pin", allow_empty=False)
+        validate.span(start, end, length, "pin", allow_empty=False)
     pins = [Pin(document_id=document_id, run_id=run_id, step_index=step_index, span_start=s, span_end=e, text=text,
                 kind=kind, reason=reason, created_by_id=by.id) for s, e in spans]
     session.add_all(pins)
@@ -623,45 +695,125 @@ def _add_pins(session: Session, document_id: int, actor: ActorRef, run_id: int, 
     return pins
 
 
-def remove_pin(session: Session, pin_id: int, *, actor: ActorRef, reason: str | None = None) -> Pin:
-    """Unpin (the row is kept, marked removed)."""
+def _descends_from(session: Session, pin: Pin, ancestor_id: int) -> bool:
+    seen: set[int] = set()
+    current: Pin | None = pin
+    while current is not None and current.supersedes_pin_id is not None and current.id not in seen:
+        if current.supersedes_pin_id == ancestor_id:
+            return True
+        seen.add(current.id)
+        current = session.get(Pin, current.supersedes_pin_id)
+    return False
+
+
+def remove_pin(session: Session, pin_id: int, *, actor: ActorRef, reason: str | None = None,
+               run_id: int | None = None, step_index: int | None = None) -> Pin:
+    """Unpin, in run `run_id` (default: the pin's own run) at its step `step_index` (default: the
+    run's latest step). `pin_id` may be an earlier id of a pin an edit has moved since: the row
+    holding now is unpinned. A pin of the run itself is marked removed (the row is kept); a pin the
+    run inherited from a parent gets a removed row in this run that supersedes it, so the parent
+    and its other branches keep it."""
     by = require(session, actor, "pin")
     assert by is not None
     reason = validate.reason(reason, required=False)
     pin = session.get(Pin, pin_id)
     if pin is None:
         raise NotFound(f"no pin {pin_id}")
-    if pin.removed_at is not None:
-        raise ValidationError(f"pin {pin_id} was already removed")
-    pin.removed_at, pin.removed_by_id, pin.removed_reason = utcnow(), by.id, reason
+    rid = run_id if run_id is not None else pin.run_id
+    if rid is None:  # a pin without a run
+        if pin.removed_at is not None:
+            raise ValidationError(f"pin {pin_id} was already removed")
+        targets, run, at = [pin], None, None
+    else:
+        run = get_run(session, rid)
+        if run.document_id != pin.document_id:
+            raise ValidationError(f"pin {pin_id} belongs to document {pin.document_id}, not to run {rid}'s")
+        if step_index is not None:
+            get_step(session, run.id, step_index)
+        at = step_index if step_index is not None else _latest_step_index(session, run)
+        holding = _pins_in_effect(session, run, step_index)
+        targets = [p for p in holding if p.id == pin_id] or [p for p in holding if _descends_from(session, p, pin_id)]
+        if not targets:
+            if pin.removed_at is not None:
+                raise ValidationError(f"pin {pin_id} was already removed")
+            raise ValidationError(f"pin {pin_id} does not hold in run {rid}"
+                                  + (f" at step {step_index}" if step_index is not None else ""))
+        if any(p.removed_at is not None and p.run_id == run.id for p in targets):  # seen at an earlier step
+            raise ValidationError(f"pin {pin_id} was already removed")
+    now = utcnow()
+    out: list[Pin] = []
+    for target in targets:
+        if run is None or target.run_id == run.id:
+            row = target
+        else:
+            row = Pin(document_id=target.document_id, run_id=run.id, step_index=at, span_start=target.span_start,
+                      span_end=target.span_end, text=target.text, kind=target.kind, reason=target.reason,
+                      created_by_id=target.created_by_id, supersedes_pin_id=target.id, edit_id=target.edit_id)
+            session.add(row)
+        row.removed_at, row.removed_by_id, row.removed_reason, row.removed_step_index = now, by.id, reason, at
+        out.append(row)
     session.flush()
-    append_event(session, *_who(by), "pin.remove", "pin", pin.id, document_id=pin.document_id,
-                 old={"span": [pin.span_start, pin.span_end], "text": pin.text}, reason=reason)
-    return pin
+    for target, row in zip(targets, out):
+        new = None if row is target else {"run_id": row.run_id, "step_index": at, "pin_id": row.id}
+        append_event(session, *_who(by), "pin.remove", "pin", target.id, document_id=target.document_id,
+                     old={"span": [target.span_start, target.span_end], "text": target.text}, new=new, reason=reason)
+    return out[0]
 
 
-def active_pins(session: Session, *, run_id: int | None = None, document_id: int | None = None) -> list[Pin]:
-    """Pins not removed, of one run (and its parent runs) or of a whole document."""
-    stmt = select(Pin).where(Pin.removed_at.is_(None)).order_by(Pin.span_start, Pin.id)
-    if run_id is not None:  # a branch inherits its parents' pins made up to the step it branched from
-        lineage = _lineage(session, get_run(session, run_id))
-        stmt = stmt.where(or_(*[
-            Pin.run_id == r.id if limit is None else and_(Pin.run_id == r.id, Pin.step_index <= limit)
-            for r, limit in lineage]))
-    if document_id is not None:
-        stmt = stmt.where(Pin.document_id == document_id)
-    return list(session.scalars(stmt))
+def active_pins(session: Session, *, run_id: int | None = None, document_id: int | None = None,
+                include_edits: bool = False) -> list[Pin]:
+    """The pins holding for one run (its own and those it inherits, see the rule above), or the pins
+    not removed of a whole document (each run's current rows), by position. Pins made by edits
+    (kind "edit": the tokens an edit put in, which the sampler holds) only with include_edits."""
+    if run_id is not None:
+        pins = _pins_in_effect(session, get_run(session, run_id))
+        if document_id is not None:
+            pins = [p for p in pins if p.document_id == document_id]
+    else:
+        stmt = select(Pin).where(Pin.removed_at.is_(None)).order_by(Pin.span_start, Pin.id)
+        if document_id is not None:
+            stmt = stmt.where(Pin.document_id == document_id)
+        pins = list(session.scalars(stmt))
+        later = select(Pin.run_id, Pin.supersedes_pin_id).where(Pin.supersedes_pin_id.is_not(None))
+        if document_id is not None:
+            later = later.where(Pin.document_id == document_id)
+        moved = {(r, i) for r, i in session.execute(later)}  # replaced in their own run
+        pins = [p for p in pins if (p.run_id, p.id) not in moved]
+    return pins if include_edits else [p for p in pins if p.kind != "edit"]
+
+
+def _overlaps(pin: Pin, start: int, end: int) -> bool:
+    """Whether an edit of [start, end) touches the pin (an insertion strictly inside it counts)."""
+    return (start < pin.span_end and pin.span_start < end) or (start == end and pin.span_start < start < pin.span_end)
+
+
+def _replace_pin(pin: Pin, run: Run, step_index: int, spans: list[tuple[int, int]], edit: Edit) -> list[Pin]:
+    """New rows in `run` from `step_index` on that take the place of `pin` (none: it ends here)."""
+    rows = [Pin(document_id=pin.document_id, run_id=run.id, step_index=step_index, span_start=s, span_end=e,
+                text=pin.text, kind=pin.kind, reason=pin.reason, created_by_id=pin.created_by_id,
+                supersedes_pin_id=pin.id, edit_id=edit.id) for s, e in spans]
+    if pin.run_id == run.id and pin.removed_at is not None:  # seen from an earlier step: unpinned later
+        for row in rows:
+            row.removed_at, row.removed_by_id = pin.removed_at, pin.removed_by_id
+            row.removed_reason, row.removed_step_index = pin.removed_reason, pin.removed_step_index
+    return rows
 
 
 def record_edit(session: Session, *, document_id: int, actor: ActorRef, span_start: int, span_end: int,
                 old_text: str, new_text: str, reason: str, run_id: int | None = None,
-                step_index: int | None = None, expected_version: int | None = None) -> Edit:
+                step_index: int | None = None, expected_version: int | None = None,
+                new_n_tokens: int | None = None) -> Edit:
     """Record a replacement of [span_start, span_end) by new_text.
 
-    With run_id + step_index the span is in tokens of that step (the sampler applies it); it may
-    not overlap an active pin. Without a run the span is in characters of the document's text:
-    old_text must be what is there, expected_version must be the version the actor saw, and the
-    document's text is changed (StaleWrite if another version was saved meanwhile).
+    With run_id + step_index the span is in tokens of that step (the sampler applies it) and
+    new_n_tokens is how many tokens new_text is (default: as many as the span; 0 for ""). As in
+    engine.sampler.apply_edit, the span may not overlap a pin holding for the run (nor may an
+    insertion fall strictly inside one; pins made by earlier edits are released instead, their parts
+    outside the span kept), the pins after the span move by new_n_tokens - (span_end - span_start)
+    (new rows, one "pin.move" event), and the new tokens become a pin of kind "edit".
+    Without a run the span is in characters of the document's text: old_text must be what is
+    there, expected_version must be the version the actor saw, and the document's text is changed
+    (StaleWrite if another version was saved meanwhile).
     """
     by = require(session, actor, "edit")
     assert by is not None
@@ -672,12 +824,22 @@ def record_edit(session: Session, *, document_id: int, actor: ActorRef, span_sta
         raise ValidationError("the new text is the same as the old text: nothing to edit")
     settings: dict[str, Any] | None = None
     doc_old: dict[str, Any] = {}
+    held: list[Pin] = []
+    n_new: int | None = None
     if run_id is not None:
         run, step = _run_for(session, document_id, run_id, step_index)
-        validate.span(span_start, span_end, step.n_tokens, "edit", allow_empty=True)
-        for pin in active_pins(session, run_id=run_id):
-            inside = pin.span_start < span_start < pin.span_end
-            if (span_start < pin.span_end and pin.span_start < span_end) or (span_start == span_end and inside):
+        assert step_index is not None
+        validate.span(span_start, span_end, _length_at(session, run, step_index, step.n_tokens), "edit",
+                      allow_empty=True)
+        if new_n_tokens is None:
+            n_new = span_end - span_start if new_text else 0
+        elif isinstance(new_n_tokens, bool) or not isinstance(new_n_tokens, int) or not 0 <= new_n_tokens <= 1_000_000:
+            raise ValidationError("new_n_tokens must be a whole number of tokens, 0 or more")
+        else:
+            n_new = new_n_tokens
+        held = _pins_in_effect(session, run, at_step=step_index)
+        for pin in held:
+            if pin.kind != "edit" and _overlaps(pin, span_start, span_end):
                 raise ValidationError(f"the edit [{span_start}, {span_end}) overlaps pinned tokens "
                                       f"[{pin.span_start}, {pin.span_end}) ({pin.text!r}): unpin them first")
         unit = "token"
@@ -697,15 +859,45 @@ def record_edit(session: Session, *, document_id: int, actor: ActorRef, span_sta
         unit = "char"
     get_document(session, document_id)
     edit = Edit(document_id=document_id, run_id=run_id, step_index=step_index, unit=unit, span_start=span_start,
-                span_end=span_end, old_text=old_text, new_text=new_text, reason=reason, created_by_id=by.id)
+                span_end=span_end, old_text=old_text, new_text=new_text, new_n_tokens=n_new, reason=reason,
+                created_by_id=by.id)
     session.add(edit)
     session.flush()  # for a char edit this also bumps the document's version
     new: dict[str, Any] = {"text": new_text, "edit_id": edit.id}
+    moves: list[tuple[Pin, list[Pin]]] = []
     if unit == "char":
         new["version"] = get_document(session, document_id).version
+    else:
+        assert n_new is not None and step_index is not None
+        delta = n_new - (span_end - span_start)
+        for pin in held:
+            if pin.kind == "edit" and _overlaps(pin, span_start, span_end):  # released; its outer parts stay
+                spans = [(pin.span_start, span_start)] if pin.span_start < span_start else []
+                if pin.span_end > span_end:
+                    spans.append((span_end + delta, pin.span_end + delta))
+                moves.append((pin, _replace_pin(pin, run, step_index, spans, edit)))
+            elif pin.span_start >= span_end and delta != 0:
+                moves.append((pin, _replace_pin(pin, run, step_index,
+                                                [(pin.span_start + delta, pin.span_end + delta)], edit)))
+        edit_pin = None
+        if n_new > 0:
+            edit_pin = Pin(document_id=document_id, run_id=run_id, step_index=step_index, span_start=span_start,
+                           span_end=span_start + n_new, text=new_text, kind="edit", created_by_id=by.id,
+                           edit_id=edit.id)
+            session.add(edit_pin)
+        session.add_all([row for _, rows in moves for row in rows])
+        session.flush()
+        new.update({"n_tokens": n_new, "pin_id": edit_pin.id if edit_pin is not None else None})
     append_event(session, *_who(by), "edit", "edit", edit.id, document_id=document_id,
                  old={"span": [span_start, span_end], "unit": unit, "text": old_text, **doc_old}, new=new,
                  reason=reason, settings=settings)
+    if moves:
+        append_event(session, *_who(by), "pin.move", "edit", edit.id, document_id=document_id,
+                     old={"pins": [{"id": p.id, "span": [p.span_start, p.span_end]} for p, _ in moves]},
+                     new={"pins": [{"id": r.id, "span": [r.span_start, r.span_end], "replaces": p.id}
+                                   for p, rows in moves for r in rows],
+                          "shift": n_new - (span_end - span_start) if n_new is not None else 0},
+                     settings=settings)
     return edit
 
 
@@ -720,30 +912,45 @@ def list_edits(session: Session, *, document_id: int | None = None, run_id: int 
 
 # ---------------------------------------------------------------- reviews
 
+SIGNATURE_METHOD = "password re-entry"
+
 
 def record_review(session: Session, *, document_id: int, actor: ActorRef, decision: str, expected_version: int,
+                  signature_meaning: str, signature_method: str = SIGNATURE_METHOD,
                   reason: str | None = None) -> Review:
-    """Approve or reject (reason required) the version the reviewer read; StaleWrite if it changed."""
+    """Approve or reject (reason required) the version the reviewer read, signed: the review row and
+    its audit event carry what the signature means (e.g. "approved as reviewed and correct"), who
+    signed (the actor), when (UTC) and how (e.g. "password re-entry"; the caller checks it).
+    StaleWrite if the document changed."""
     by = require(session, actor, "review")
     assert by is not None
     if decision not in REVIEW_DECISIONS:
         raise ValidationError(f"unknown decision {decision!r}: choose approve or reject")
     reason = validate.reason(reason, required=decision == "reject", what="reason for rejecting"
                              if decision == "reject" else "reason")
+    meaning = validate.reason(signature_meaning, required=True, what="meaning of the signature")
+    method = validate.reason(signature_method, required=True, what="signature method")
+    assert meaning is not None and method is not None
+    if len(method) > 64:
+        raise ValidationError(f"the signature method is {len(method)} characters long; at most 64 are allowed")
     doc = _lock_document(session, document_id, expected_version)
     if doc.status not in ("draft", "awaiting_review"):
         raise ValidationError(f"document {doc.id} is {doc.status}: only drafts and documents awaiting review "
                               "can be reviewed")
     old_status = doc.status
+    now = utcnow()
     doc.status = "approved" if decision == "approve" else "rejected"
-    doc.updated_by_id, doc.updated_at = by.id, utcnow()
+    doc.updated_by_id, doc.updated_at = by.id, now
     review = Review(document_id=doc.id, document_version=expected_version, decision=decision, reason=reason,
-                    reviewer_id=by.id)
+                    reviewer_id=by.id, created_at=now, signature_meaning=meaning, signed_by=by.name, signed_at=now,
+                    signature_method=method)
     session.add(review)
     session.flush()
     append_event(session, *_who(by), f"review.{decision}", "document", doc.id,
                  old={"status": old_status, "version": expected_version},
-                 new={"status": doc.status, "version": doc.version, "review_id": review.id}, reason=reason)
+                 new={"status": doc.status, "version": doc.version, "review_id": review.id,
+                      "signature": {"meaning": meaning, "signed_by": by.name, "signed_at": now, "method": method}},
+                 reason=reason)
     return review
 
 
@@ -799,8 +1006,10 @@ def feedback_counts(session: Session, by: FeedbackGroup, *, since: datetime | No
             stmt = stmt.where(table.created_at >= since)
         if until is not None:
             stmt = stmt.where(table.created_at < until)
-        if table is Pin and not include_removed_pins:
-            stmt = stmt.where(Pin.removed_at.is_(None))
+        if table is Pin:  # people's pins: not the rows edits make or move
+            stmt = stmt.where(Pin.kind != "edit", Pin.supersedes_pin_id.is_(None))
+            if not include_removed_pins:
+                stmt = stmt.where(Pin.removed_at.is_(None))
         for k, n in session.execute(stmt.group_by(key)):
             if by == "term" and not k:
                 continue  # pure insertions have no old text

@@ -203,7 +203,8 @@ def test_accept_review_sign_and_audit(app_services):
     assert ok.kind == "ok" and ok.queue == []
     with svc.reader() as s:
         review = repo.list_reviews(s, st.document_id)[0]
-        assert review.decision == "approve" and "meaning: " + h.SIGNATURE_MEANINGS["approve"] in review.reason
+        assert (review.decision, review.reason, review.signature_meaning, review.signed_by, review.signature_method) == (
+            "approve", "complete and correct", h.SIGNATURE_MEANINGS["approve"], "alice", "password re-entry")
         assert repo.get_document(s, st.document_id).status == "approved"
     again = h.sign_review(svc, "bob", opened.state, "reject", "late", sf.PASSWORD)
     assert again.kind == "error" and "changed by alice" in again.message  # the second reviewer is told

@@ -237,3 +237,68 @@ def test_open_database_at_app_start(tmp_path, monkeypatch, cheap_argon2):
             assert repo.get_user(s, "carl").role == "operator"
     finally:
         db.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def empty_db_url(request: pytest.FixtureRequest, tmp_path):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'old.sqlite3'}"
+        return
+    url = sf.create_pg_schema(request.getfixturevalue("postgres_url"))
+    yield url
+    sf.drop_pg_schema(url)
+
+
+def test_a_database_at_0001_is_upgraded_with_its_rows(empty_db_url, cheap_argon2, capsys):
+    """0002 adds pin history, edit token counts and review signatures; rows made at 0001 stay readable."""
+    from storage.__main__ import main
+
+    url = empty_db_url
+    assert main(["migrate", "--db-url", url, "--revision", "0001"]) == 0
+    engine = make_engine(url)
+    try:
+        assert current_revision(engine) == "0001"
+        factory = make_session_factory(engine)
+        sf.seed_users(factory)  # users, documents, runs, steps and the audit chain did not change in 0002
+        with transaction(factory) as s:
+            doc = repo.create_document(s, actor="olga", title="Pump 7", text="old")
+            run = repo.create_run(s, document_id=doc.id, actor="olga", model_id="m", model_checksum="c", seed=1,
+                                  sampler_settings={})
+            repo.record_step(s, run.id, 0, [1, 2, 3, 4], [0.5] * 4)
+            doc_id, run_id = doc.id, run.id
+        ts = "2026-11-28 16:11:41"
+        with engine.begin() as conn:  # rows as the 0001 code wrote them
+            conn.execute(text(
+                "INSERT INTO pins (document_id, run_id, step_index, span_start, span_end, text, kind, created_by_id,"
+                " created_at) VALUES (:d, :r, 0, 1, 2, 'kept', 'token', 2, :ts),"
+                " (:d, :r, 0, 2, 3, 'unpinned', 'token', 2, :ts)"), {"d": doc_id, "r": run_id, "ts": ts})
+            conn.execute(text("UPDATE pins SET removed_at = :ts, removed_by_id = 2 WHERE text = 'unpinned'"),
+                         {"ts": ts})
+            conn.execute(text(
+                "INSERT INTO reviews (document_id, document_version, decision, reason, reviewer_id, created_at)"
+                " VALUES (:d, 1, 'reject', 'no location', 2, :ts)"), {"d": doc_id, "ts": ts})
+        capsys.readouterr()
+        assert main(["migrate", "--db-url", url]) == 0
+        assert "schema 0001 -> 0002" in capsys.readouterr().out
+        assert current_revision(engine) == head_revision() == "0002"
+        require_current(engine)
+        with engine.connect() as conn:
+            assert compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata) == []
+        with transaction(factory) as s:
+            (old,) = repo.list_reviews(s, doc_id)
+            assert (old.decision, old.reason, old.signature_meaning, old.signed_by, old.signed_at) == (
+                "reject", "no location", None, None, None)
+            assert [p.text for p in repo.active_pins(s, run_id=run_id)] == ["kept"]
+            repo.update_document(s, doc_id, actor="olga", expected_version=1, status="draft", text="new")
+            repo.record_edit(s, document_id=doc_id, actor="bob", run_id=run_id, step_index=0, span_start=0,
+                             span_end=1, old_text="a", new_text="a b c", new_n_tokens=3, reason="longer")
+            review = repo.record_review(s, document_id=doc_id, actor="bob", decision="approve", expected_version=2,
+                                        signature_meaning="approved as reviewed and correct")
+            assert (review.signed_by, review.signature_method) == ("bob", "password re-entry")
+        with make_session_factory(engine, reads_only=True)() as s:
+            assert [(p.text, p.span_start) for p in repo.active_pins(s, run_id=run_id, include_edits=True)] == [
+                ("a b c", 0), ("kept", 3)]
+            assert repo.list_reviews(s, doc_id)[1].signed_at is not None
+            assert verify_chain(s).ok
+    finally:
+        engine.dispose()

@@ -3,6 +3,7 @@ steps (compact, branchable), pins, edits, reviews, QA feedback. SQLite and Postg
 
 from __future__ import annotations
 
+import json
 import struct
 import threading
 from datetime import timedelta
@@ -17,6 +18,9 @@ from storage.audit import verify_chain
 from storage.db import transaction
 from storage.errors import NotFound, PermissionDenied, StaleWrite, ValidationError
 from storage.models import AuditEvent, Edit, Pin, Review, Step, User, utcnow
+
+
+APPROVED = "approved as reviewed and correct"
 
 
 def _n_events(factory) -> int:
@@ -137,7 +141,8 @@ def test_stale_write_is_refused_and_the_first_change_is_kept(factory, draft):
     assert err.who == "alice" and err.when is not None and utcnow() - err.when < timedelta(minutes=1)
     assert "changed by alice at" in str(err) and "not saved" in str(err)
     with pytest.raises(StaleWrite, match="changed by alice"), transaction(factory) as s:
-        repo.record_review(s, document_id=doc_id, actor="bob", decision="approve", expected_version=seen_by_bob)
+        repo.record_review(s, document_id=doc_id, actor="bob", decision="approve", expected_version=seen_by_bob,
+                           signature_meaning=APPROVED)
     with sf.reader(factory)() as s:
         doc = repo.get_document(s, doc_id)
         assert doc.text == "Alice's text." and doc.version == seen_by_alice + 1 and doc.status == "draft"
@@ -236,6 +241,9 @@ def test_bad_steps_are_refused(factory, draft, index, ids, conf, words):
 def test_branch_resumes_from_any_step_and_keeps_the_old_one(factory, draft):
     doc_id, run_id = draft["document"], draft["run"]
     with transaction(factory) as s:
+        repo.add_pin(s, document_id=doc_id, actor="alice", run_id=run_id, step_index=0, span_start=0, span_end=1,
+                     text="early")
+    with transaction(factory) as s:
         branch = repo.create_run(s, document_id=doc_id, actor="alice", model_id="sfdlm-tiny", model_checksum="x",
                                  seed=8, sampler_settings={"steps": 3}, parent_run_id=run_id, parent_step_index=1)
         with pytest.raises(ValidationError, match="next step is 2"):
@@ -245,8 +253,6 @@ def test_branch_resumes_from_any_step_and_keeps_the_old_one(factory, draft):
                                seed=9, sampler_settings={}, parent_run_id=branch.id, parent_step_index=2)
         repo.record_step(s, twig.id, 3, [5] * 12, [1.0] * 12)
     with transaction(factory) as s:
-        repo.add_pin(s, document_id=doc_id, actor="alice", run_id=run_id, step_index=0, span_start=0, span_end=1,
-                     text="early")
         repo.add_pin(s, document_id=doc_id, actor="alice", run_id=run_id, step_index=2, span_start=1, span_end=2,
                      text="after the branch point")
         repo.add_pin(s, document_id=doc_id, actor="alice", run_id=twig.id, step_index=3, span_start=2, span_end=3,
@@ -275,6 +281,125 @@ def test_branch_resumes_from_any_step_and_keeps_the_old_one(factory, draft):
 
 
 # ---------------------------------------------------------------- pins and edits
+
+
+def _branch(s, doc_id, parent, step, n_tokens=12, first_token=50):
+    run = repo.create_run(s, document_id=doc_id, actor="alice", model_id="sfdlm-tiny", model_checksum="x", seed=1,
+                          sampler_settings={}, parent_run_id=parent, parent_step_index=step)
+    repo.record_step(s, run.id, step + 1, [first_token] * n_tokens, [0.5] * n_tokens)
+    return run.id
+
+
+def _pin(s, doc_id, run_id, step, start, text, end=None):
+    return repo.add_pin(s, document_id=doc_id, actor="alice", run_id=run_id, step_index=step, span_start=start,
+                        span_end=start + 1 if end is None else end, text=text).id
+
+
+def _held(factory, run_id, **kw):
+    with sf.reader(factory)() as s:
+        return [(p.text, p.span_start, p.span_end) for p in repo.active_pins(s, run_id=run_id, **kw)]
+
+
+def test_a_branch_keeps_the_pins_in_effect_at_its_branch_point(factory, draft):
+    doc_id, run_id = draft["document"], draft["run"]
+    with transaction(factory) as s:
+        _pin(s, doc_id, run_id, 0, 0, "kept")
+        gone_early = _pin(s, doc_id, run_id, 0, 1, "unpinned at step 1")
+        gone_late = _pin(s, doc_id, run_id, 1, 2, "unpinned at step 2")
+        removed_after = _pin(s, doc_id, run_id, 1, 3, "unpinned after the branch")
+        _pin(s, doc_id, run_id, 2, 4, "pinned at step 2")
+        repo.remove_pin(s, gone_early, actor="alice", step_index=1)
+        repo.remove_pin(s, gone_late, actor="alice")  # at the run's latest step, 2
+    with transaction(factory) as s:
+        branch = _branch(s, doc_id, run_id, 1)
+    with transaction(factory) as s:  # the parent changes after the branch was made
+        repo.remove_pin(s, removed_after, actor="bob", step_index=1, reason="not needed after all")
+        _pin(s, doc_id, run_id, 0, 5, "pinned after the branch")
+        _pin(s, doc_id, branch, 2, 6, "own")
+    assert _held(factory, run_id) == [("kept", 0, 1), ("pinned at step 2", 4, 5), ("pinned after the branch", 5, 6)]
+    assert _held(factory, branch) == [("kept", 0, 1), ("unpinned at step 2", 2, 3),
+                                      ("unpinned after the branch", 3, 4), ("own", 6, 7)]
+    with transaction(factory) as s:  # a branch of the branch, and one from a step the branch inherited
+        twig = _branch(s, doc_id, branch, 2)
+        sprout = _branch(s, doc_id, branch, 0, first_token=60)
+    assert _held(factory, twig) == _held(factory, branch)
+    assert _held(factory, sprout) == [("kept", 0, 1), ("unpinned at step 1", 1, 2)]  # it held at step 0
+    with sf.reader(factory)() as s:
+        assert [(d.step_index, d.token_ids[0]) for d in repo.list_steps(s, sprout)] == [(0, 100), (1, 60)]
+    with transaction(factory) as s:  # unpinning an inherited pin in the branch leaves the parent's alone
+        repo.remove_pin(s, removed_after, actor="alice", run_id=twig, reason="only here")
+        repo.remove_pin(s, gone_late, actor="alice", run_id=branch)
+        with pytest.raises(ValidationError, match="already removed"):
+            repo.remove_pin(s, removed_after, actor="alice", run_id=twig)
+    assert [t for t, _, _ in _held(factory, twig)] == ["kept", "unpinned at step 2", "own"]  # made before
+    assert [t for t, _, _ in _held(factory, branch)] == ["kept", "unpinned after the branch", "own"]
+    with sf.reader(factory)() as s:
+        parent_rows = {p.id: p for p in s.scalars(select(Pin).where(Pin.run_id == run_id))}
+        assert parent_rows[gone_late].removed_step_index == 2 and parent_rows[removed_after].removed_by_id is not None
+        assert verify_chain(s).ok
+
+
+def test_edits_move_the_pins_after_them(factory, draft):
+    doc_id, run_id = draft["document"], draft["run"]
+    with transaction(factory) as s:
+        _pin(s, doc_id, run_id, 1, 10, "from step 1")
+        _pin(s, doc_id, run_id, 2, 2, "pump", end=4)
+        _pin(s, doc_id, run_id, 2, 8, "oil")
+        moved_id = _pin(s, doc_id, run_id, 2, 6, "leaks", end=8)
+        before_point = _branch(s, doc_id, run_id, 1)  # made before the edit, from step 1
+    with transaction(factory) as s:  # 2 tokens become 3: everything from 6 on moves by one
+        edit = repo.record_edit(s, document_id=doc_id, actor="bob", run_id=run_id, step_index=2, span_start=4,
+                                span_end=6, old_text="hydraulic", new_text="high pressure", new_n_tokens=3,
+                                reason="more precise")
+        edit_id = edit.id
+    assert _held(factory, run_id) == [("pump", 2, 4), ("leaks", 7, 9), ("oil", 9, 10), ("from step 1", 11, 12)]
+    assert ("high pressure", 4, 7) in _held(factory, run_id, include_edits=True)
+    with sf.reader(factory)() as s:
+        ev = s.scalars(select(AuditEvent).where(AuditEvent.action == "pin.move")).one()
+        moved = json.loads(ev.new_value)
+        assert moved["shift"] == 1 and len(moved["pins"]) == 3 and ev.object_id == str(edit_id)
+        assert {p["replaces"] for p in moved["pins"]} >= {moved_id}
+        assert s.get(Pin, moved_id).span_start == 6  # the old row keeps its positions
+        assert s.get(Edit, edit_id).new_n_tokens == 3
+    # the stored positions now agree with the draft: the overlap check uses them
+    for start, end in ((7, 8), (9, 9 + 1), (3, 5)):
+        with pytest.raises(ValidationError, match="overlaps pinned tokens"), transaction(factory) as s:
+            repo.record_edit(s, document_id=doc_id, actor="bob", run_id=run_id, step_index=2, span_start=start,
+                             span_end=end, old_text="x", new_text="y", new_n_tokens=1, reason="r")
+    with transaction(factory) as s:  # position 6 is in the edit's own span: it may be edited again, 12 exists now
+        repo.record_edit(s, document_id=doc_id, actor="bob", run_id=run_id, step_index=2, span_start=6,
+                         span_end=7, old_text=" pressure", new_text="", reason="shorter")
+        _pin(s, doc_id, run_id, 2, 11, "last")
+    assert _held(factory, run_id, include_edits=True) == [
+        ("pump", 2, 4), ("high pressure", 4, 6), ("leaks", 6, 8), ("oil", 8, 9), ("from step 1", 10, 11),
+        ("last", 11, 12)]
+    # a branch made before the edit, and one made from before its step, keep the old positions; one
+    # made from the edited step gets the new ones
+    assert _held(factory, before_point) == [("from step 1", 10, 11)]
+    with transaction(factory) as s:
+        later_from_1 = _branch(s, doc_id, run_id, 1)
+        from_2 = _branch(s, doc_id, run_id, 2, n_tokens=12)
+    assert _held(factory, later_from_1) == [("from step 1", 10, 11)]
+    assert _held(factory, from_2) == _held(factory, run_id)
+    # an edit in the branch moves its inherited pins for the branch only
+    with transaction(factory) as s:
+        repo.record_edit(s, document_id=doc_id, actor="bob", run_id=from_2, step_index=3, span_start=0,
+                         span_end=0, old_text="", new_text="Note: ", new_n_tokens=2, reason="prefix")
+    assert _held(factory, from_2) == [("pump", 4, 6), ("leaks", 8, 10), ("oil", 10, 11), ("from step 1", 12, 13),
+                                      ("last", 13, 14)]
+    assert [t for t, _, _ in _held(factory, run_id)] == ["pump", "leaks", "oil", "from step 1", "last"]
+    assert _held(factory, run_id)[0] == ("pump", 2, 4)
+    with transaction(factory) as s:  # unpinning by the id the person saw unpins the moved row
+        repo.remove_pin(s, moved_id, actor="alice", run_id=from_2, reason="free it")
+        repo.remove_pin(s, moved_id, actor="alice", reason="free it here too")
+    assert "leaks" not in [t for t, _, _ in _held(factory, from_2)]
+    assert "leaks" not in [t for t, _, _ in _held(factory, run_id)]
+    with sf.reader(factory)() as s:
+        doc_pins = repo.active_pins(s, document_id=doc_id)
+        assert sorted(p.text for p in doc_pins if p.run_id == run_id) == ["from step 1", "last", "oil", "pump"]
+        # QA feedback counts what people pinned, not the rows edits made or moved
+        assert {r.key: r.pins for r in repo.feedback_counts(s, "term")}["leaks"] == 1
+        assert verify_chain(s).ok
 
 
 def test_pins_edits_and_their_audit(factory, draft):
@@ -380,23 +505,54 @@ def test_text_edits_change_the_document_with_a_version_check(factory, draft):
 def test_reviews(factory, draft):
     doc_id = draft["document"]
     with pytest.raises(ValidationError, match="reason for rejecting is required"), transaction(factory) as s:
-        repo.record_review(s, document_id=doc_id, actor="alice", decision="reject", expected_version=1)
+        repo.record_review(s, document_id=doc_id, actor="alice", decision="reject", expected_version=1,
+                           signature_meaning=APPROVED)
     with pytest.raises(ValidationError, match="approve or reject"), transaction(factory) as s:
-        repo.record_review(s, document_id=doc_id, actor="alice", decision="maybe", expected_version=1)
+        repo.record_review(s, document_id=doc_id, actor="alice", decision="maybe", expected_version=1,
+                           signature_meaning=APPROVED)
     with pytest.raises(PermissionDenied, match="may not approve"), transaction(factory) as s:
-        repo.record_review(s, document_id=doc_id, actor="olga", decision="approve", expected_version=1)
+        repo.record_review(s, document_id=doc_id, actor="olga", decision="approve", expected_version=1,
+                           signature_meaning=APPROVED)
     assert _rows(factory, Review) == 0
     with transaction(factory) as s:
         repo.record_review(s, document_id=doc_id, actor="alice", decision="reject", expected_version=1,
-                           reason="the finding lacks a location")
+                           reason="the finding lacks a location", signature_meaning="rejected")
     with pytest.raises(ValidationError, match="is rejected"), transaction(factory) as s:
-        repo.record_review(s, document_id=doc_id, actor="bob", decision="approve", expected_version=2)
+        repo.record_review(s, document_id=doc_id, actor="bob", decision="approve", expected_version=2,
+                           signature_meaning=APPROVED)
     with sf.reader(factory)() as s:
         doc = repo.get_document(s, doc_id)
         (review,) = repo.list_reviews(s, doc_id)
         assert (doc.status, review.decision, review.document_version) == ("rejected", "reject", 1)
         ev = s.scalars(select(AuditEvent).where(AuditEvent.action == "review.reject")).one()
         assert ev.reason == "the finding lacks a location" and ev.actor == "alice"
+
+
+def test_reviews_carry_an_electronic_signature(factory, draft):
+    doc_id = draft["document"]
+    for meaning, method, words in (("", "password re-entry", "meaning of the signature is empty"),
+                                   (None, "password re-entry", "meaning of the signature is required"),
+                                   (APPROVED, "", "signature method is empty"),
+                                   (APPROVED, "x" * 65, "at most 64")):
+        with pytest.raises(ValidationError, match=words), transaction(factory) as s:
+            repo.record_review(s, document_id=doc_id, actor="bob", decision="approve", expected_version=1,
+                               signature_meaning=meaning, signature_method=method)
+    assert _rows(factory, Review) == 0
+    before = utcnow()
+    with transaction(factory) as s:
+        repo.record_review(s, document_id=doc_id, actor="bob", decision="approve", expected_version=1,
+                           reason="checked against the photos", signature_meaning=APPROVED)
+    with sf.reader(factory)() as s:
+        (review,) = repo.list_reviews(s, doc_id)
+        assert (review.reason, review.signature_meaning, review.signed_by, review.signature_method) == (
+            "checked against the photos", APPROVED, "bob", "password re-entry")
+        assert review.signed_at.tzinfo is not None and before <= review.signed_at <= utcnow()
+        ev = s.scalars(select(AuditEvent).where(AuditEvent.action == "review.approve")).one()
+        assert ev.reason == "checked against the photos"
+        signature = json.loads(ev.new_value)["signature"]
+        assert signature == {"meaning": APPROVED, "signed_by": "bob", "method": "password re-entry",
+                             "signed_at": review.signed_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")}
+        assert verify_chain(s).ok
 
 
 # ---------------------------------------------------------------- QA feedback
