@@ -33,6 +33,10 @@ class ModelConfig:
     arch: Literal["sfdlm", "transformer", "causal"] = "sfdlm"
     n_heads: int = 4  # transformer baselines only
     time_dim: int = 128  # sinusoidal time features before the time MLP
+    ssm_init: Literal["lin", "inv"] = "lin"  # S4D-Lin or S4D-Inv initialisation of A
+    kernel_cache_mb: float = 24.0  # per SSM layer: cache kernels (inference) up to this size
+    direct_max_len: int = 64  # L <= this: DFT-as-matmul instead of FFT (SSM + Fourier layer)
+    ssm_gate: Literal["input", "linear"] = "input"  # SSM output gate: silu(u) or silu(Linear(u))
 
 
 @dataclass(frozen=True)

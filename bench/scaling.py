@@ -1,0 +1,220 @@
+"""Forward time and peak memory of the SFDLM denoiser vs the transformer denoiser against L.
+
+    python -m bench.scaling [--lengths 128,256,...] [--batch 1] [--repeats N] [--json]
+                            [--threads T]
+
+What is timed: the WHOLE forward `model(x_t, t, clean)` from token ids to logits over all
+L positions and the full vocabulary (embedding, time MLP, every block, final norm, tied head),
+under torch.inference_mode, identical for both models. Both models are built once with the
+same config (equal width and depth) and are timed ALTERNATELY (sfdlm, transformer, sfdlm, ...)
+after one warm-up call each, so load from other processes hits both; the median is reported.
+The SFDLM's warm-up call fills its per-length kernel cache, as at inference.
+
+Peak memory: for each (model, L) a FRESH child process builds the model, records its current
+RSS, runs two forwards (warm-up + one more, so caches count) and reports peak RSS minus
+RSS_after_build in MiB (includes the logits, B*L*V*4 bytes). The peak is resource.getrusage's
+ru_maxrss, read as /proc VmHWM after resetting it post-build, because ru_maxrss survives
+execve on Linux and would otherwise report the (large) parent's RSS.
+
+glibc returns large freed blocks to the system by default, which makes every big tensor page
+fault again on every call; unless --keep-malloc-env is given, the script re-executes itself
+with MALLOC_MMAP_MAX_=0 and MALLOC_TRIM_THRESHOLD_=1 GiB (as .ci/dev does). Both models get it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+DEFAULT_LENGTHS = "128,256,512,1024,2048,4096,8192,16384"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.scaling", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--lengths", default=DEFAULT_LENGTHS,
+                   help="comma-separated sequence lengths L to measure (default: %(default)s)")
+    p.add_argument("--batch", type=int, default=1, help="batch size B (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="timed calls per model and length after one warm-up; the median is "
+                        "reported. Lengths >= 8192 use min(repeats, 3) because the "
+                        "transformer takes seconds there (default: %(default)s)")
+    p.add_argument("--json", action="store_true",
+                   help="print a JSON list of {L, sfdlm_ms, transformer_ms, sfdlm_peak_mb, "
+                        "transformer_peak_mb} instead of the table")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch intra-op threads for both models and the memory children "
+                        "(0 = torch's default, the number of cores)")
+    p.add_argument("--d-model", type=int, default=256, help="model width D (default: 256)")
+    p.add_argument("--layers", type=int, default=6, help="number of blocks (default: 6)")
+    p.add_argument("--vocab", type=int, default=8192, help="vocabulary size V (default: 8192)")
+    p.add_argument("--memory-repeats", type=int, default=1,
+                   help="fresh child processes per (model, L); the median peak is reported "
+                        "(allocator placement makes single readings vary by ~10 %%) "
+                        "(default: %(default)s)")
+    p.add_argument("--kernel-cache-mb", type=float, default=None,
+                   help="override ModelConfig.kernel_cache_mb (SFDLM kernel cache per layer, "
+                        "MiB) to measure the cache / memory trade-off (default: the config's)")
+    p.add_argument("--no-memory", action="store_true",
+                   help="skip the peak-memory child processes (columns show -1)")
+    p.add_argument("--keep-malloc-env", action="store_true",
+                   help="do not re-execute with the glibc malloc settings described above")
+    p.add_argument("--seed", type=int, default=0, help="seed for weights and inputs")
+    p.add_argument("--child", nargs=2, metavar=("ARCH", "L"), help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def build(arch: str, args: argparse.Namespace):
+    import torch
+
+    from engine.config import ModelConfig
+    from engine.model import build_model
+
+    torch.manual_seed(args.seed)
+    extra = {} if args.kernel_cache_mb is None else {"kernel_cache_mb": args.kernel_cache_mb}
+    cfg = ModelConfig(vocab_size=args.vocab, d_model=args.d_model, n_layers=args.layers,
+                      arch=arch, **extra)
+    return build_model(cfg).eval()
+
+
+def make_inputs(length: int, args: argparse.Namespace):
+    import torch
+
+    g = torch.Generator().manual_seed(args.seed + length)
+    x = torch.randint(0, args.vocab, (args.batch, length), generator=g)  # (B, L)
+    t = torch.rand(args.batch, generator=g)  # (B,)
+    clean = torch.zeros(args.batch, length, dtype=torch.bool)  # (B, L)
+    return x, t, clean
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def vm_hwm_mb() -> float | None:
+    """Peak RSS of this process image (VmHWM), or None where /proc does not report it."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB -> MiB
+    except OSError:
+        pass
+    return None
+
+
+def reset_hwm() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0: write 5 to /proc/self/clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def child_memory(args: argparse.Namespace) -> None:
+    """Runs in a fresh process: print the peak RSS increase of two forwards over post-build.
+
+    ru_maxrss is the primary source, but on Linux it survives execve: a child started from a
+    big parent reports the parent's RSS. So where /proc allows, the post-build peak is reset
+    and read back as VmHWM (same quantity, per process image); otherwise ru_maxrss is used.
+    """
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    arch, length = args.child[0], int(args.child[1])
+    model = build(arch, args)
+    x, t, clean = make_inputs(length, args)
+    base = rss_mb()
+    use_hwm = reset_hwm() and vm_hwm_mb() is not None
+    with torch.inference_mode():
+        for _ in range(2):
+            model(x, t, clean)
+    if use_hwm:
+        peak = vm_hwm_mb()
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB
+    print(json.dumps({"peak_mb": max(0.0, peak - base)}))
+
+
+def peak_memory(arch: str, length: int, args: argparse.Namespace) -> float:
+    cmd = [sys.executable, "-m", "bench.scaling", "--child", arch, str(length),
+           "--batch", str(args.batch), "--threads", str(args.threads), "--d-model",
+           str(args.d_model), "--layers", str(args.layers), "--vocab", str(args.vocab),
+           "--seed", str(args.seed), "--keep-malloc-env"]
+    if args.kernel_cache_mb is not None:
+        cmd += ["--kernel-cache-mb", str(args.kernel_cache_mb)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return float(json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"])
+
+
+def time_models(length: int, models: dict, args: argparse.Namespace) -> dict[str, float]:
+    import torch
+
+    x, t, clean = make_inputs(length, args)
+    repeats = args.repeats if length < 8192 else min(args.repeats, 3)
+    times: dict[str, list[float]] = {name: [] for name in models}
+    with torch.inference_mode():
+        for m in models.values():
+            m(x, t, clean)  # warm-up (fills kernel / DFT / RoPE caches)
+        for _ in range(repeats):
+            for name, m in models.items():  # alternate so both see the same machine load
+                t0 = time.perf_counter()
+                m(x, t, clean)
+                times[name].append(time.perf_counter() - t0)
+    return {name: 1e3 * statistics.median(v) for name, v in times.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if not args.keep_malloc_env and any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):
+        env = {**os.environ, **MALLOC_ENV}
+        os.execve(sys.executable, [sys.executable, "-m", "bench.scaling",
+                                   *(argv if argv is not None else sys.argv[1:])], env)
+    if args.child:
+        child_memory(args)
+        return
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    lengths = [int(v) for v in args.lengths.split(",") if v]
+    models = {"sfdlm": build("sfdlm", args), "transformer": build("transformer", args)}
+    rows = []
+    if not args.json:
+        print(f"# whole forward (ids -> logits over V={args.vocab}), B={args.batch}, "
+              f"D={args.d_model}, layers={args.layers}, threads={torch.get_num_threads()}, "
+              f"torch {torch.__version__}; time = median of alternating calls; "
+              f"peak = max RSS increase over post-build RSS in a fresh process")
+        print(f"{'L':>6} {'sfdlm_ms':>10} {'transformer_ms':>15} {'speedup':>8} "
+              f"{'sfdlm_peak_mb':>14} {'transformer_peak_mb':>20}", flush=True)
+    for length in lengths:
+        ms = time_models(length, models, args)
+        mem = {a: -1.0 if args.no_memory else statistics.median(
+            peak_memory(a, length, args) for _ in range(max(1, args.memory_repeats)))
+            for a in models}
+        row = {"L": length, "sfdlm_ms": round(ms["sfdlm"], 2),
+               "transformer_ms": round(ms["transformer"], 2),
+               "sfdlm_peak_mb": round(mem["sfdlm"], 1),
+               "transformer_peak_mb": round(mem["transformer"], 1)}
+        rows.append(row)
+        if not args.json:
+            print(f"{length:>6} {row['sfdlm_ms']:>10.1f} {row['transformer_ms']:>15.1f} "
+                  f"{ms['transformer'] / ms['sfdlm']:>7.2f}x {row['sfdlm_peak_mb']:>14.1f} "
+                  f"{row['transformer_peak_mb']:>20.1f}", flush=True)
+    if args.json:
+        print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    main()

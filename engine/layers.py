@@ -1,0 +1,517 @@
+"""Fast layers of the SFDLM denoiser: bidirectional diagonal SSM, Complex Fourier MLP, adaLN.
+
+Glossary
+  B     batch size
+  L     sequence length (any; no layer here has a maximum length)
+  D     model width (channels)
+  N     SSM state size per channel (cfg.d_state); n = N // 2 complex modes are stored and the
+        conjugate half is implied by taking 2 * Re(...) (the S4D convention)
+  A     complex diagonal state matrix per channel, A = -exp(log_a_re) + i * a_im   (D, n)
+  dt    discretisation step per channel, dt = exp(log_dt)                         (D,)
+  lam   ZOH-discretised state multiplier, lam = exp(dt * A)                         (D, n)
+  W     output weights with the ZOH input matrix folded in: W = 2 * C * (lam - 1) / A
+        (B = 1 as in S4D; one W per direction)                                      (2, D, n)
+  K     SSM convolution kernel, K[l] = Re(sum_n W_n lam_n^l), l = 0..L-1            (2, D, L)
+  Nfft  FFT length of the two-sided convolution (>= 2L - 1, a 5-smooth number)
+  Fq    number of rfft bins, Nfft // 2 + 1 (SSM) or L // 2 + 1 (Fourier MLP)
+  nb    number of diagonal blocks of the complex MLP (cfg.fourier_blocks); bs = D / nb
+  c     conditioning vector from the diffusion time                                  (B, D)
+
+References (ideas only, the code is ours): S4D -- Gu et al., "On the Parameterization and
+Initialization of Diagonal State Space Models" (2022) for the diagonal SSM, ZOH and the
+Vandermonde kernel; S4 (Gu et al. 2021) for bidirectional kernels as a two-sided convolution;
+FNO / AFNO (Li et al. 2020; Guibas et al. 2021) for the block-diagonal complex MLP per Fourier
+mode; DiT (Peebles & Xie 2022) for adaptive LayerNorm with zero-initialised gates.
+
+Performance notes (measured on 2 shared CPU cores; docs/BENCHMARKS.md has the numbers):
+  * the kernel is never formed with complex `exp` at size D*n*L (1.5 s at L = 4096): with
+    l = qC + r, lam^l = lam^(qC) lam^r, the power tables (D, n, C) and (D, n, Q) are built by
+    repeated doubling (complex64, log2 C deep) and the L-sized work is ONE real batched matmul
+    (D, 2Q, 2n) @ (D, 2n, C) that yields both directions;
+  * both directions share ONE FFT convolution of length Nfft with a two-sided kernel, and
+    the D skip is folded into its frequency response (a delta at lag 0);
+  * at inference the frequency response is cached per (L, device, dtype) while it fits
+    cfg.kernel_cache_mb per layer (L <= ~11k at D = 256), invalidated by parameter version
+    counters; longer inputs rebuild it group by group of channels, keeping memory O(L);
+  * long inputs run the SSM convolution and the Fourier MLP over groups of channels /
+    blocks (`chunk_elems`), which bounds the working set and the transient memory;
+  * the Fourier MLP works on the channel-major spectrum torch.fft returns for dim=1, so each
+    block is one complex GEMM without transposes; GELU and the filter are applied in place;
+  * for L <= cfg.direct_max_len the FFTs are replaced by cached real DFT matrices (one GEMM
+    over all B*D columns).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+Path = Literal["auto", "fft", "dft"]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def next_fast_len(n: int) -> int:
+    """Smallest 5-smooth integer >= n (FFT-friendly length)."""
+    best = 1 << max(0, (n - 1).bit_length())
+    p5 = 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            m = p35
+            while m < n:
+                m *= 2
+            best = min(best, m)
+            p35 *= 3
+        p5 *= 5
+    return best
+
+
+def ssm_fft_len(length: int) -> int:
+    """FFT length used by the SSM for a sequence of `length` (linear, not circular, conv)."""
+    return next_fast_len(max(2 * length - 1, 2))
+
+
+_DFT_CACHE: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+
+def real_dft_matrices(n: int, length: int, device: torch.device, dtype: torch.dtype,
+                      scale: float) -> tuple[Tensor, Tensor]:
+    """Real matrices equal to rfft(x, n) and irfft(X, n)[:length], as GEMMs over the time axis.
+
+    Returns (fwd (2*Fq, length), inv (length, 2*Fq)); rows of `fwd` / columns of `inv` are
+    ordered (re, im) per bin: fwd @ x gives [Re X_0, Im X_0, Re X_1, ...]. `scale` multiplies
+    the forward transform (1 for norm="backward", 1/sqrt(n) for "ortho"); the inverse is scaled
+    so that inv @ (fwd @ x) reproduces irfft(rfft(x, n), n)[:length] under the same norm.
+    """
+    key = (n, length, str(device), dtype, scale)
+    hit = _DFT_CACHE.get(key)
+    if hit is not None:
+        return hit
+    with torch.inference_mode(False):  # constants shared by training and inference calls
+        out = _build_dft_matrices(n, length, device, dtype, scale)
+    if len(_DFT_CACHE) > 32:
+        _DFT_CACHE.clear()
+    _DFT_CACHE[key] = out
+    return out
+
+
+def _build_dft_matrices(n: int, length: int, device: torch.device, dtype: torch.dtype,
+                        scale: float) -> tuple[Tensor, Tensor]:
+    fq = n // 2 + 1
+    f = torch.arange(fq, dtype=torch.float64)
+    t = torch.arange(length, dtype=torch.float64)
+    ang = 2 * math.pi * torch.remainder(torch.outer(f, t), n) / n  # (Fq, length)
+    fwd = torch.stack([torch.cos(ang), -torch.sin(ang)], dim=1).reshape(2 * fq, length) * scale
+    # irfft: x_t = (1/n) sum_f w_f (Re X_f cos - Im X_f sin), w = 1 at DC / Nyquist, 2 elsewhere;
+    # "ortho" divides by sqrt(n) instead of n, i.e. inverse scale = 1 / (n * scale).
+    w = torch.full((fq,), 2.0, dtype=torch.float64)
+    w[0] = 1.0
+    if n % 2 == 0:
+        w[-1] = 1.0
+    inv = torch.stack([torch.cos(ang) * w[:, None], -torch.sin(ang) * w[:, None]], dim=1)
+    inv = (inv.reshape(2 * fq, length) / (n * scale)).T.contiguous()
+    return fwd.to(device=device, dtype=dtype).contiguous(), inv.to(device=device, dtype=dtype)
+
+
+def power_table(base: Tensor, count: int) -> Tensor:
+    """[base^0, ..., base^(count-1)] stacked on a new FIRST axis by repeated doubling:
+    (count, *base.shape). Each doubling step is one multiply of a contiguous block."""
+    out = torch.ones(1, *base.shape, dtype=base.dtype, device=base.device)
+    cur = base  # base^(len(out))
+    while out.shape[0] < count:
+        out = torch.cat([out, out * cur], dim=0)
+        cur = cur * cur
+    return out[:count]
+
+
+def _versions(params: list[Tensor]) -> tuple:
+    return tuple((p._version, p.data_ptr()) for p in params)
+
+
+# ----------------------------------------------------------------------------- time + norm
+
+
+def sinusoidal_features(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
+    """Sinusoidal features of diffusion time t in [0, 1] (scaled by 1000 as in DiT): (B, dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device,
+                                                           dtype=torch.float32) / half)
+    arg = 1000.0 * t.float()[:, None] * freqs[None]  # (B, half)
+    feats = torch.cat([torch.cos(arg), torch.sin(arg)], dim=-1)  # (B, 2*half)
+    if dim % 2:
+        feats = F.pad(feats, (0, 1))
+    return feats
+
+
+class TimeEmbedding(nn.Module):
+    """t -> sinusoidal features -> MLP -> c (B, D)."""
+
+    def __init__(self, time_dim: int, d_model: int) -> None:
+        super().__init__()
+        self.time_dim = time_dim
+        self.mlp = nn.Sequential(nn.Linear(time_dim, d_model), nn.SiLU(),
+                                 nn.Linear(d_model, d_model))
+
+    def forward(self, t: Tensor) -> Tensor:
+        return self.mlp(sinusoidal_features(t, self.time_dim))  # (B, D)
+
+
+class AdaLN(nn.Module):
+    """DiT-style adaptive LayerNorm for `n_sub` sublayers: (shift, scale, gate) per sublayer.
+
+    The modulation linear is zero-initialised, so every gate starts at 0 and each block is the
+    identity at initialisation ("adaLN-Zero").
+    """
+
+    def __init__(self, d_model: int, n_sub: int, with_gate: bool = True) -> None:
+        super().__init__()
+        self.n_sub, self.per = n_sub, (3 if with_gate else 2)
+        self.d_model = d_model
+        self.mod = nn.Linear(d_model, self.per * n_sub * d_model)
+        nn.init.zeros_(self.mod.weight)
+        nn.init.zeros_(self.mod.bias)
+
+    def forward(self, c: Tensor) -> Tensor:
+        """Modulation vectors (B, n_sub, per, 1, D): [shift, scale(, gate)] per sublayer."""
+        m = self.mod(F.silu(c))  # (B, n_sub*per*D)
+        return m.view(c.shape[0], self.n_sub, self.per, 1, self.d_model)
+
+
+def modulated_norm(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    """LayerNorm without affine, then x * (1 + scale) + shift; shift, scale (B, 1, D).
+
+    With one sequence (B = 1) the modulation is passed to layer_norm as its affine weight and
+    bias: one pass over (L, D) instead of two (2.5x faster at L = 16k).
+    """
+    if x.shape[0] == 1:
+        return F.layer_norm(x, (x.shape[-1],), (1 + scale).reshape(-1), shift.reshape(-1))
+    xn = F.layer_norm(x, (x.shape[-1],))  # (B, L, D)
+    return torch.addcmul(shift, xn, 1 + scale)
+
+
+class ChannelMLP(nn.Module):
+    """Position-wise MLP D -> mult*D -> D with GELU (shared by the SFDLM and the baselines)."""
+
+    def __init__(self, d_model: int, mult: int) -> None:
+        super().__init__()
+        self.up = nn.Linear(d_model, mult * d_model)
+        self.down = nn.Linear(mult * d_model, d_model)
+
+    chunk = 512  # rows per chunk at inference: the hidden (chunk, mult*D) stays in cache
+
+    def forward(self, x: Tensor) -> Tensor:
+        rows = x.numel() // x.shape[-1]
+        if torch.is_grad_enabled():
+            return self.down(F.gelu(self.up(x)))  # hidden (B, L, mult*D)
+        if rows <= 2 * self.chunk:
+            return self.down(torch.ops.aten.gelu_(self.up(x)))
+        # inference: up -> gelu (in place) -> down chunk by chunk; same arithmetic per row,
+        # ~20 % faster at L = 16k and no (L, mult*D) intermediate in memory
+        x2 = x.reshape(rows, x.shape[-1])
+        out = x2.new_empty(rows, self.down.out_features)  # (B*L, D)
+        w_up, w_down = self.up.weight.T, self.down.weight.T
+        for s in range(0, rows, self.chunk):
+            h = torch.addmm(self.up.bias, x2[s:s + self.chunk], w_up)  # (chunk, mult*D)
+            torch.ops.aten.gelu_(h)
+            torch.addmm(self.down.bias, h, w_down, out=out[s:s + self.chunk])
+        return out.view(*x.shape[:-1], -1)
+
+
+# ----------------------------------------------------------------------------- SSM
+
+
+class BidirectionalSSM(nn.Module):
+    """Bidirectional diagonal SSM (S4D family) applied as one two-sided FFT convolution.
+
+    y = (K_fwd * u)_causal + (K_bwd * u)_anticausal + D_skip * u, then out(y * silu(g)) with the
+    gate g = u (gate="input": a parameter-free multiplicative gate, as in H3's u * SSM(u)) or
+    g = Linear(u) (gate="linear", Mamba-style; one more D x D matmul per token).
+    The forward kernel acts on the sequence, the backward kernel on the reversed sequence, so
+    y equals the sum of two recurrent scans (see engine.reference.ssm_reference).
+    """
+
+    def __init__(self, d_model: int, d_state: int, init: Literal["lin", "inv"] = "lin",
+                 dt_min: float = 1e-3, dt_max: float = 1e-1, cache_mb: float = 24.0,
+                 direct_max_len: int = 64, gate: Literal["input", "linear"] = "input") -> None:
+        super().__init__()
+        n = max(1, d_state // 2)
+        self.d_model, self.n_modes = d_model, n
+        self.cache_bytes = int(cache_mb * 2**20)
+        self.direct_max_len = direct_max_len
+        # initialisation draws from the global RNG (seed it for reproducible models)
+        log_dt = torch.rand(d_model) * (math.log(dt_max) - math.log(dt_min)) \
+            + math.log(dt_min)
+        idx = torch.arange(n, dtype=torch.float32)
+        a_re = torch.full((d_model, n), 0.5)
+        if init == "lin":  # S4D-Lin: A_n = -1/2 + i pi n
+            a_im = (math.pi * idx).expand(d_model, n).clone()
+        else:  # S4D-Inv: A_n = -1/2 + i N/pi (N/(2n+1) - 1)
+            a_im = (d_state / math.pi * (d_state / (2 * idx + 1) - 1)).expand(d_model, n).clone()
+        self.log_dt = nn.Parameter(log_dt)  # (D,)
+        self.log_a_re = nn.Parameter(torch.log(a_re))  # (D, n)
+        self.a_im = nn.Parameter(a_im)  # (D, n)
+        self.c = nn.Parameter(torch.randn(2, d_model, n, 2) * math.sqrt(0.5))  # (2, D, n, re/im)
+        self.d_skip = nn.Parameter(torch.randn(d_model))  # (D,)
+        self.gate = nn.Linear(d_model, d_model) if gate == "linear" else None
+        self.out = nn.Linear(d_model, d_model)
+        self._cache: dict[tuple, tuple[tuple, Tensor]] = {}
+
+    # -- kernel ---------------------------------------------------------------------------
+
+    def ssm_params(self) -> list[Tensor]:
+        return [self.log_dt, self.log_a_re, self.a_im, self.c, self.d_skip]
+
+    def discrete(self, ch: slice = slice(None)) -> tuple[Tensor, Tensor, Tensor]:
+        """(log|lam|, arg lam, W) in float64 for channels `ch`: (Dc, n), (Dc, n), (2, Dc, n)."""
+        dt = torch.exp(self.log_dt[ch].double())[:, None]  # (Dc, 1)
+        a_re = -torch.exp(self.log_a_re[ch].double())  # (Dc, n)
+        a_im = self.a_im[ch].double()
+        A = torch.complex(a_re, a_im)
+        lam = torch.exp(dt * A)  # (Dc, n), small complex tensor
+        c = torch.view_as_complex(self.c[:, ch].double().contiguous())  # (2, Dc, n)
+        W = 2 * c * (lam - 1) / A
+        return dt * a_re, dt * a_im, W
+
+    def _chunk_factors(self, length: int, ch: slice) -> tuple[Tensor, Tensor, int, int]:
+        """Factors of lam^l = lam^(qC) lam^r (l = qC + r) in real form, for both directions.
+
+        Returns P (Dc, 2Q, 2n) with rows (direction, q) and columns [Re; -Im] of W lam^(qC),
+        R (Dc, 2n, C) with rows [Re; Im] of lam^r, and (Q, C). lam and lam^C are formed in
+        complex128 on (Dc, n); the power tables by repeated doubling in complex64 (log2 C
+        multiplications deep), so no transcendental function is evaluated at size D*n*L.
+        """
+        loga, theta, W = self.discrete(ch)
+        chunk = max(1, int(math.ceil(math.sqrt(length))))
+        q_n = -(-length // chunk)
+        d, n = loga.shape
+        lam = torch.polar(torch.exp(loga), theta)  # (Dc, n) complex128
+        lam_c = torch.polar(torch.exp(loga * chunk), torch.remainder(theta * chunk, 2 * math.pi))
+        R = torch.view_as_real(power_table(lam.to(torch.complex64), chunk))  # (C, Dc, n, 2)
+        R = R.permute(1, 3, 2, 0).reshape(d, 2 * n, chunk)  # (Dc, 2n, C)
+        Pc = power_table(lam_c.conj().to(torch.complex64), q_n)  # conj(lam^(qC))  (Q, Dc, n)
+        Pc = Pc * W.conj().to(torch.complex64)[:, None]  # conj(W lam^(qC))  (2, Q, Dc, n)
+        P = torch.view_as_real(Pc).permute(2, 0, 1, 4, 3).reshape(d, 2 * q_n, 2 * n)
+        return P, R, q_n, chunk
+
+    def kernel(self, length: int, ch: slice = slice(None)) -> Tensor:
+        """Time-domain kernels K (2, Dc, length) in float32: one real batched matmul over modes."""
+        P, R, q_n, chunk = self._chunk_factors(length, ch)
+        K = torch.bmm(P, R)  # (Dc, 2Q, C): K[d, (dir, q), r] = Re(sum_n W lam^(qC + r))
+        return K.view(K.shape[0], 2, q_n * chunk)[..., :length].transpose(0, 1)  # (2, Dc, L)
+
+    def two_sided(self, length: int, n_fft: int, ch: slice = slice(None)) -> Tensor:
+        """The combined two-sided circular kernel of length n_fft: (Dc, n_fft).
+
+        k2[j] = K_fwd[j] (0 <= j < L), k2[n_fft - j] = K_bwd[j] (1 <= j < L), k2[0] += K_bwd[0],
+        zero elsewhere; so circular convolution with zero-padded u gives both scans' sum.
+        """
+        K = self.kernel(length, ch)  # (2, Dc, L)
+        k2 = K.new_empty(K.shape[1], n_fft)  # (Dc, Nfft)
+        k2[:, :length] = K[0]
+        k2[:, length:n_fft - length + 1] = 0
+        k2[:, 0] += K[1, :, 0]
+        if length > 1:
+            k2[:, n_fft - length + 1:] = K[1, :, 1:].flip(-1)
+        return k2
+
+    def _freq(self, length: int, n_fft: int, ch: slice = slice(None)) -> Tensor:
+        """rfft of the two-sided kernel plus the D skip (a delta at lag 0 is constant over
+        frequency) for channels `ch`: complex (Dc, Fq)."""
+        Kf = torch.fft.rfft(self.two_sided(length, n_fft, ch), dim=-1)  # (Dc, Fq)
+        if torch.is_grad_enabled():
+            return Kf + self.d_skip[ch, None]
+        Kf.real.add_(self.d_skip[ch, None])
+        return Kf
+
+    def freq_response(self, length: int, path: str) -> Tensor | None:
+        """Cached frequency response: complex (D, Fq) for "fft", real (Fq, 2, D) [re, im] for
+        "dft". Cached at inference when it fits the per-layer budget (cfg.kernel_cache_mb);
+        returns None when it would not be cached and the FFT path can build it chunk by chunk.
+        """
+        n_fft = ssm_fft_len(length)
+        use_cache = not (torch.is_grad_enabled() and self.log_dt.requires_grad)
+        nbytes = self.d_model * (n_fft // 2 + 1) * 8
+        fits = use_cache and nbytes <= self.cache_bytes
+        key = (length, path, str(self.log_dt.device), self.out.weight.dtype)
+        if fits:
+            ver = _versions(self.ssm_params())
+            hit = self._cache.get(key)
+            if hit is not None and hit[0] == ver:
+                return hit[1]
+        elif path == "fft":
+            return None
+        Kf = self._freq(length, n_fft)  # (D, Fq)
+        if path == "dft":
+            Kf = torch.view_as_real(Kf.T.contiguous()).permute(0, 2, 1).contiguous()  # (Fq, 2, D)
+        if fits:
+            if len(self._cache) >= 4:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = (ver, Kf)
+        return Kf
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    # -- forward --------------------------------------------------------------------------
+
+    def conv(self, u: Tensor, path: Path = "auto") -> Tensor:
+        """Two-sided SSM convolution plus D skip: (B, L, D) -> (B, L, D).
+
+        FFT path: transforms run over groups of channels in the (B, Dc, L) layout (contiguous
+        transforms); one rfft and one irfft of length Nfft serve both directions. Long inputs
+        are processed `chunk_elems` at a time, which keeps the FFT working set in cache and
+        the transient memory small; when the kernel is not cached it is built per group too.
+        """
+        b, length, d = u.shape
+        if path == "auto":
+            path = "dft" if length <= self.direct_max_len else "fft"
+        n_fft = ssm_fft_len(length)
+        if path == "dft":
+            Kf = self.freq_response(length, "dft")  # (Fq, 2, D)
+            fwd, inv = real_dft_matrices(n_fft, length, u.device, u.dtype, 1.0)
+            U = torch.matmul(fwd, u).unflatten(1, (-1, 2))  # (B, Fq, 2, D)
+            ur, ui = U[:, :, 0], U[:, :, 1]
+            kr, ki = Kf[:, 0], Kf[:, 1]
+            Y = torch.stack([ur * kr - ui * ki, ur * ki + ui * kr], dim=2)  # (B, Fq, 2, D)
+            return torch.matmul(inv, Y.flatten(1, 2))  # (B, L, D)
+        Kf = self.freq_response(length, "fft")  # (D, Fq) or None
+        grad = torch.is_grad_enabled()
+        step = d if grad else max(8, min(d, self.chunk_elems // (b * n_fft)))
+        ys = []
+        out = None if grad or step >= d else u.new_empty(b, length, d)  # (B, L, D)
+        for c0 in range(0, d, step):
+            ch = slice(c0, min(d, c0 + step))
+            kf = Kf[ch] if Kf is not None else self._freq(length, n_fft, ch)  # (Dc, Fq)
+            U = torch.fft.rfft(u[..., ch].transpose(1, 2), n=n_fft)  # (B, Dc, Fq)
+            U = U * kf if grad else U.mul_(kf)
+            y = torch.fft.irfft(U, n=n_fft)[..., :length].transpose(1, 2)  # (B, L, Dc) view
+            if out is None:
+                ys.append(y)
+            else:
+                out[..., ch] = y
+        if out is not None:
+            return out
+        return ys[0] if len(ys) == 1 else torch.cat(ys, dim=-1)
+
+    chunk_elems = 1 << 20  # complex spectrum elements per FFT group (B * Dc * Nfft)
+
+    def forward(self, u: Tensor, path: Path = "auto") -> Tensor:
+        y = self.conv(u, path)  # (B, L, D), possibly a transposed view
+        z = self.gate(u) if self.gate is not None else u  # (B, L, D)
+        if torch.is_grad_enabled():
+            z = F.silu(z) * y
+        else:  # in place unless z is the caller's u
+            z = F.silu(z, inplace=z is not u).mul_(y)
+        return self.out(z)
+
+
+# ----------------------------------------------------------------------------- Fourier MLP
+
+
+class ComplexFourierMLP(nn.Module):
+    """rfft over the sequence -> per-bin block-diagonal complex MLP + smooth complex filter ->
+    irfft.  Y_f = W2 gelu_split(W1 X_f + b1) + G(f / f_max) * X_f, with G a complex gain per
+    channel written as a cosine series in the normalised frequency f in [0, 1], so any L works.
+    Transforms use norm="ortho" so white-noise-like inputs give O(1) bins at every length.
+
+    The spectrum is kept channel-major, (B, D, Fq) (the layout torch.fft returns for a
+    transform over dim 1), so each block is one complex GEMM W (h, bs) @ X (bs, Fq) with no
+    transposes; at inference GELU and the filter are applied in place and long inputs are
+    processed a few blocks at a time.
+    """
+
+    def __init__(self, d_model: int, n_blocks: int, mult: int, n_filter: int = 8,
+                 direct_max_len: int = 64) -> None:
+        super().__init__()
+        assert d_model % n_blocks == 0, "d_model must be divisible by fourier_blocks"
+        bs = d_model // n_blocks
+        self.d_model, self.n_blocks, self.bs, self.hidden = d_model, n_blocks, bs, bs * mult
+        self.direct_max_len = direct_max_len
+        h = self.hidden
+        self.w1 = nn.Parameter(torch.randn(n_blocks, h, bs, 2) / math.sqrt(2 * bs))  # (nb,h,bs,2)
+        self.b1 = nn.Parameter(torch.zeros(n_blocks, h, 2))  # (nb, h, re/im)
+        self.w2 = nn.Parameter(torch.randn(n_blocks, bs, h, 2) / math.sqrt(2 * h))  # (nb,bs,h,2)
+        self.filt = nn.Parameter(torch.randn(n_filter, d_model, 2) * 0.02)  # (K, D, re/im)
+        self._filter_cache: dict[tuple, Tensor] = {}
+
+    def filter(self, n_bins: int, device: torch.device, dtype: torch.dtype,
+               ch: slice = slice(None)) -> Tensor:
+        """Complex gain per channel and bin, complex (Dc, Fq); f normalised to [0, 1].
+        Computed per call: one (2Dc, K) @ (K, Fq) product (~1 ms at L = 16k)."""
+        f = torch.linspace(0.0, 1.0, n_bins, device=device, dtype=dtype) if n_bins > 1 \
+            else torch.zeros(1, device=device, dtype=dtype)
+        k = torch.arange(self.filt.shape[0], device=device, dtype=dtype)
+        phi = torch.cos(math.pi * k[:, None] * f[None])  # (K, Fq)
+        filt = self.filt[:, ch]  # (K, Dc, 2)
+        G = filt.permute(1, 2, 0).reshape(-1, filt.shape[0]) @ phi  # (Dc*2, Fq)
+        G = G.view(-1, 2, n_bins).transpose(1, 2).contiguous()  # (Dc, Fq, 2)
+        return torch.view_as_complex(G)
+
+    def cached_filter(self, n_bins: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """filter() for all channels, cached at inference per Fq (small, short-L use only)."""
+        key = (n_bins, str(device), dtype, self.filt._version, self.filt.data_ptr())
+        if n_bins > 1025:
+            return self.filter(n_bins, device, dtype)
+        hit = self._filter_cache.get(key)
+        if hit is None:
+            if len(self._filter_cache) >= 2:
+                self._filter_cache.pop(next(iter(self._filter_cache)))
+            hit = self._filter_cache[key] = self.filter(n_bins, device, dtype)
+        return hit
+
+    def mix(self, X: Tensor) -> Tensor:
+        """Per-bin complex MLP + filter on a channel-major spectrum X (B, D, Fq) complex."""
+        b, d, fq = X.shape
+        nb, bs = self.n_blocks, self.bs
+        w1, w2 = torch.view_as_complex(self.w1), torch.view_as_complex(self.w2)
+        b1 = torch.view_as_complex(self.b1)[..., None]  # (nb, h, 1)
+        Xb = X.view(b, nb, bs, fq)
+        if torch.is_grad_enabled():
+            H = torch.matmul(w1, Xb) + b1  # (B, nb, h, Fq)
+            H = torch.view_as_complex(F.gelu(torch.view_as_real(H)))  # split GELU
+            Y = torch.matmul(w2, H).view(b, d, fq)  # (B, D, Fq)
+            return Y + self.filter(fq, X.device, X.real.dtype) * X
+        # inference: a few blocks at a time (bounded working set), in place
+        group = max(1, min(nb, self.chunk_elems // max(1, b * fq * 2 * self.hidden)))
+        if group >= nb:  # short inputs: one pass, filter cached per Fq
+            H = torch.matmul(w1, Xb).add_(b1)  # (B, nb, h, Fq)
+            torch.ops.aten.gelu_(torch.view_as_real(H))
+            Y = torch.matmul(w2, H).view(b, d, fq)  # (B, D, Fq)
+            return Y.addcmul_(self.cached_filter(fq, X.device, X.real.dtype), X)
+        Y = torch.empty_like(X)  # (B, D, Fq)
+        Yb = Y.view(b, nb, bs, fq)
+        for k0 in range(0, nb, group):
+            k = slice(k0, min(nb, k0 + group))
+            H = torch.matmul(w1[k], Xb[:, k]).add_(b1[k])  # (B, g, h, Fq)
+            torch.ops.aten.gelu_(torch.view_as_real(H))
+            ch = slice(k.start * bs, k.stop * bs)
+            G = self.filter(fq, X.device, X.real.dtype, ch).view(-1, bs, fq)  # (g, bs, Fq)
+            Yk = torch.matmul(w2[k], H)  # (B, g, bs, Fq)
+            Yb[:, k] = Yk.addcmul_(G, Xb[:, k])
+        return Y
+
+    chunk_elems = 1 << 21  # hidden real values per group of blocks at inference
+
+    def forward(self, x: Tensor, path: Path = "auto") -> Tensor:
+        b, length, d = x.shape
+        if path == "auto":
+            path = "dft" if length <= self.direct_max_len else "fft"
+        if path == "dft":
+            fwd, inv = real_dft_matrices(length, length, x.device, x.dtype,
+                                         1.0 / math.sqrt(length))
+            X = torch.matmul(fwd, x).unflatten(1, (-1, 2))  # (B, Fq, 2, D)
+            X = torch.view_as_complex(X.permute(0, 3, 1, 2).contiguous())  # (B, D, Fq)
+            Y = torch.view_as_real(self.mix(X))  # (B, D, Fq, 2)
+            Y = Y.permute(0, 2, 3, 1).reshape(b, -1, d)  # (B, 2Fq, D)
+            return torch.matmul(inv, Y)  # (B, L, D)
+        X = torch.fft.rfft(x, dim=1, norm="ortho").transpose(1, 2)  # (B, D, Fq)
+        if not X.is_contiguous():
+            X = X.contiguous()
+        y = torch.fft.irfft(self.mix(X), n=length, dim=-1, norm="ortho")  # (B, D, L)
+        return y.transpose(1, 2)  # (B, L, D) view

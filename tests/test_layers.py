@@ -1,0 +1,233 @@
+"""engine.layers against the slow references in engine.reference (tiny widths, fixed seeds)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.layers import (BidirectionalSSM, ChannelMLP, ComplexFourierMLP, modulated_norm,
+                           next_fast_len, real_dft_matrices, ssm_fft_len)
+from engine.reference import fourier_reference, ssm_conv_reference, ssm_reference
+
+D, N_STATE = 16, 16
+
+
+def make_ssm(seed: int = 0, **kw) -> BidirectionalSSM:
+    torch.manual_seed(seed)
+    layer = BidirectionalSSM(D, N_STATE, **kw)
+    with torch.no_grad():  # faster-decaying and slower modes both present; log_dt spans its range
+        layer.log_dt.copy_(torch.linspace(math.log(1e-3), math.log(1e-1), D))
+    return layer
+
+
+def make_fourier(seed: int = 0) -> ComplexFourierMLP:
+    torch.manual_seed(seed)
+    layer = ComplexFourierMLP(D, 4, 2)
+    with torch.no_grad():
+        layer.filt.normal_()  # a filter far from zero, so its terms are tested
+        layer.b1.normal_()
+    return layer
+
+
+def close(fast: torch.Tensor, ref: torch.Tensor, rtol: float = 2e-5) -> None:
+    """float32-level agreement, relative to the output's scale."""
+    err = (fast.double() - ref).abs().max().item()
+    scale = ref.abs().max().item() + 1e-12
+    assert err <= rtol * scale, f"max err {err:.3e} vs scale {scale:.3e}"
+
+
+LENGTHS = [1, 7, 64, 1000, 4097]
+# (path, length) pairs: the DFT-matrix path at 4097 is an (L x L) GEMM, checked once in the
+# slow test below rather than for every batch size here
+CASES = [(p, n) for p in ("fft", "dft") for n in LENGTHS if not (p == "dft" and n > 1000)]
+
+
+@pytest.mark.parametrize(("path", "length"), CASES)
+@pytest.mark.parametrize("batch", [1, 3])
+def test_ssm_conv_matches_recurrent_scan(length: int, batch: int, path: str) -> None:
+    layer = make_ssm()
+    u = torch.randn(batch, length, D, generator=torch.Generator().manual_seed(1))
+    ref = ssm_conv_reference(layer, u)
+    with torch.no_grad():
+        close(layer.conv(u, path), ref)
+
+
+@pytest.mark.slow
+def test_ssm_and_fourier_dft_path_long() -> None:
+    u = torch.randn(1, 4097, D, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        close(make_ssm().conv(u, "dft"), ssm_conv_reference(make_ssm(), u))
+        close(make_fourier()(u, "dft"), fourier_reference(make_fourier(), u), rtol=5e-5)
+
+
+@pytest.mark.parametrize("length", [1, 7, 300])
+@pytest.mark.parametrize("gate", ["input", "linear"])
+def test_ssm_sublayer_matches_reference(length: int, gate: str) -> None:
+    layer = make_ssm(gate=gate)
+    u = torch.randn(2, length, D, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        close(layer(u), ssm_reference(layer, u), rtol=5e-5)
+
+
+def test_kernel_matches_direct_vandermonde() -> None:
+    """The chunked real-factored kernel equals Re(sum_n W lam^l) computed in complex128."""
+    layer = make_ssm(init="inv")
+    length = 4097
+    with torch.no_grad():
+        K = layer.kernel(length).double()  # (2, D, L)
+        loga, theta, W = layer.discrete()
+        lam = torch.exp(torch.complex(loga, theta))  # (D, n)
+        ell = torch.arange(length, dtype=torch.float64)
+        V = torch.exp(torch.log(lam)[..., None] * ell)  # (D, n, L)
+        ref = torch.einsum("kdn,dnl->kdl", W, V).real
+    close(K, ref, rtol=1e-5)
+
+
+def test_two_sided_kernel_has_both_directions() -> None:
+    layer = make_ssm()
+    with torch.no_grad():
+        K = layer.kernel(5)
+        k2 = layer.two_sided(5, ssm_fft_len(5))
+    assert torch.allclose(k2[:, 1:5], K[0, :, 1:])
+    assert torch.allclose(k2[:, -4:], K[1, :, 1:].flip(-1))
+    assert torch.allclose(k2[:, 0], K[0, :, 0] + K[1, :, 0])
+
+
+@pytest.mark.parametrize(("path", "length"), CASES)
+@pytest.mark.parametrize("batch", [1, 3])
+def test_fourier_matches_explicit_dft(length: int, batch: int, path: str) -> None:
+    layer = make_fourier()
+    x = torch.randn(batch, length, D, generator=torch.Generator().manual_seed(4))
+    ref = fourier_reference(layer, x)
+    with torch.no_grad():
+        close(layer(x, path), ref, rtol=5e-5)
+
+
+def test_paths_agree_in_training_mode_with_gradients() -> None:
+    """Training recomputes the kernel with autograd; both paths give the same gradients."""
+    grads = []
+    for path in ("fft", "dft"):
+        layer = make_ssm()
+        u = torch.randn(2, 50, D, generator=torch.Generator().manual_seed(5))
+        layer(u, path).square().sum().backward()
+        grads.append([p.grad.clone() for p in layer.parameters()])
+    for g1, g2 in zip(*grads):
+        assert torch.allclose(g1, g2, rtol=1e-3, atol=1e-4)
+    assert not make_ssm()._cache  # nothing cached while training
+
+
+def test_kernel_cache_identical_and_invalidated() -> None:
+    layer = make_ssm()
+    u = torch.randn(1, 200, D, generator=torch.Generator().manual_seed(6))
+    with torch.inference_mode():
+        y1 = layer(u)
+        k_first = layer.freq_response(200, "fft")
+        y2 = layer(u)
+        assert layer.freq_response(200, "fft") is k_first  # served from the cache
+    assert torch.equal(y1, y2)
+    # a parameter update (as an optimiser step would do) invalidates the cached kernel
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    layer(u).sum().backward()
+    opt.step()
+    with torch.inference_mode():
+        y3 = layer(u)
+    assert not torch.allclose(y1, y3)
+    close(y3, ssm_reference(layer, u), rtol=5e-5)
+    with torch.no_grad():  # in-place edits (load_state_dict copies) invalidate too
+        layer.a_im.mul_(1.5)
+        y4 = layer.conv(u)
+    close(y4, ssm_conv_reference(layer, u))
+
+
+def test_kernel_cache_respects_size_cap() -> None:
+    layer = make_ssm(cache_mb=0.0)
+    u = torch.randn(1, 100, D)
+    with torch.inference_mode():
+        y = layer.conv(u)
+    assert not layer._cache
+    close(y, ssm_conv_reference(layer, u))
+
+
+@pytest.mark.parametrize("length", [1, 2, 3, 17, 256, 1001])
+def test_fourier_filter_any_length(length: int) -> None:
+    layer = make_fourier()
+    fq = length // 2 + 1
+    with torch.no_grad():
+        G = layer.filter(fq, torch.device("cpu"), torch.float32)  # (D, Fq) complex
+        G_long = layer.filter(4097, torch.device("cpu"), torch.float32)
+        y = layer(torch.randn(2, length, D))
+    assert G.shape == (D, fq) and G.is_complex() and y.shape == (2, length, D)
+    assert torch.allclose(G[:, 0], G_long[:, 0])  # same gain at f = 0 for every length
+    if fq > 1:
+        assert torch.allclose(G[:, -1], G_long[:, -1], atol=1e-6)  # and at the Nyquist end
+
+
+@given(st.integers(1, 3000))
+@settings(max_examples=50, deadline=None)
+def test_next_fast_len_is_smallest_5_smooth(n: int) -> None:
+    def smooth(m: int) -> bool:
+        for p in (2, 3, 5):
+            while m % p == 0:
+                m //= p
+        return m == 1
+
+    m = next_fast_len(n)
+    assert m >= n and smooth(m)
+    assert not any(smooth(k) for k in range(n, m))
+
+
+def test_real_dft_matrices_equal_torch_fft() -> None:
+    x = torch.randn(2, 30, 3, dtype=torch.float64)
+    for n, scale, norm in [(30, 1 / math.sqrt(30), "ortho"), (64, 1.0, "backward")]:
+        fwd, inv = real_dft_matrices(n, 30, torch.device("cpu"), torch.float64, scale)
+        X = torch.fft.rfft(x, n=n, dim=1, norm=norm)
+        got = (fwd @ x).unflatten(1, (-1, 2))
+        assert torch.allclose(got[:, :, 0], X.real) and torch.allclose(got[:, :, 1], X.imag)
+        back = torch.fft.irfft(X, n=n, dim=1, norm=norm)[:, :30]
+        assert torch.allclose(inv @ (fwd @ x), back)
+
+
+def test_modulated_norm_batch1_fast_path() -> None:
+    x = torch.randn(3, 9, 8)
+    shift, scale = torch.randn(3, 1, 8), torch.randn(3, 1, 8)
+    full = modulated_norm(x, shift, scale)
+    for b in range(3):
+        one = modulated_norm(x[b:b + 1], shift[b:b + 1], scale[b:b + 1])
+        assert torch.allclose(one, full[b:b + 1], atol=1e-6)
+
+
+def test_channel_mlp_chunked_inference_equals_plain() -> None:
+    torch.manual_seed(0)
+    mlp = ChannelMLP(8, 4)
+    x = torch.randn(2, 1500, 8)
+    plain = mlp(x)
+    with torch.inference_mode():
+        chunked = mlp(x)
+    assert torch.allclose(plain, chunked, atol=1e-6)
+
+
+def test_chunked_inference_paths_match_reference() -> None:
+    """Long inputs run in channel groups at inference; force tiny groups to test them."""
+    ssm, four = make_ssm(cache_mb=0.0), make_fourier()
+    ssm.chunk_elems = 1  # groups of 8 channels, kernel built per group (not cached)
+    four.chunk_elems = 1  # one block at a time
+    u = torch.randn(2, 300, D, generator=torch.Generator().manual_seed(8))
+    with torch.inference_mode():
+        close(ssm.conv(u), ssm_conv_reference(ssm, u))
+        close(four(u), fourier_reference(four, u), rtol=5e-5)
+    close(four(u).detach(), fourier_reference(four, u), rtol=5e-5)  # autograd path
+
+
+def test_fourier_filter_cache_invalidated() -> None:
+    layer = make_fourier()
+    x = torch.randn(1, 40, D)
+    with torch.inference_mode():
+        layer(x, "fft")
+    with torch.no_grad():
+        layer.filt.mul_(-2.0)
+    with torch.inference_mode():
+        close(layer(x, "fft"), fourier_reference(layer, x), rtol=5e-5)
