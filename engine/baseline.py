@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from engine.config import ModelConfig
-from engine.layers import AdaLN, ChannelMLP, TimeEmbedding, modulated_norm
+from engine.layers import AdaLN, ChannelMLP, modulated_norm
+from engine.model import DenoiserBase
 
 _ROPE_CACHE: dict[tuple, tuple[Tensor, Tensor]] = {}
 
@@ -86,34 +87,17 @@ class DenoiserBlock(nn.Module):
         return torch.addcmul(h, m[:, 1, 2], self.drop(y))
 
 
-class TransformerDenoiser(nn.Module):
+class TransformerDenoiser(DenoiserBase):
     """Same interface as SFDLM: forward(x_t, t, clean) -> logits; features / head."""
 
     def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        d = cfg.d_model
-        self.embed = nn.Embedding(cfg.vocab_size, d)
-        nn.init.normal_(self.embed.weight, std=0.02)
-        self.clean_embed = nn.Parameter(torch.randn(d) * 0.02)
-        self.time = TimeEmbedding(cfg.time_dim, d)
-        self.blocks = nn.ModuleList(DenoiserBlock(cfg) for _ in range(cfg.n_layers))
-        self.final = AdaLN(d, 1, with_gate=False)
+        super().__init__(cfg, DenoiserBlock)
 
     def features(self, x_t: Tensor, t: Tensor, clean: Tensor) -> Tensor:
-        h = self.embed(x_t)  # (B, L, D)
-        h = torch.addcmul(h, clean.unsqueeze(-1).to(h.dtype), self.clean_embed)
-        c = self.time(t)  # (B, D)
+        h, c = self.embed_inputs(x_t, t, clean)  # (B, L, D), (B, D)
         for block in self.blocks:
             h = block(h, c)
-        m = self.final(c)
-        return modulated_norm(h, m[:, 0, 0], m[:, 0, 1])
-
-    def head(self, h: Tensor) -> Tensor:
-        return F.linear(h, self.embed.weight)
-
-    def forward(self, x_t: Tensor, t: Tensor, clean: Tensor) -> Tensor:
-        return self.head(self.features(x_t, t, clean))  # (B, L, V)
+        return self.final_norm(h, c)
 
 
 class CausalBlock(nn.Module):

@@ -20,6 +20,8 @@ elementwise pass; concat + linear would cost 2 D^2 per token per skip.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -54,10 +56,11 @@ class SFDLMBlock(nn.Module):
         return h
 
 
-class SFDLM(nn.Module):
-    """State-Fourier diffusion LM denoiser (see docs of engine.layers for the layers)."""
+class DenoiserBase(nn.Module):
+    """What every denoiser shares: token + clean embeddings, time conditioning, a final
+    modulated norm and the tied head. Subclasses name their block and define `features`."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, make_block: Callable[[ModelConfig], nn.Module]) -> None:
         super().__init__()
         self.cfg = cfg
         d = cfg.d_model
@@ -65,16 +68,41 @@ class SFDLM(nn.Module):
         nn.init.normal_(self.embed.weight, std=0.02)
         self.clean_embed = nn.Parameter(torch.randn(d) * 0.02)  # (D,)
         self.time = TimeEmbedding(cfg.time_dim, d)
-        self.blocks = nn.ModuleList(SFDLMBlock(cfg) for _ in range(cfg.n_layers))
-        self.n_skips = cfg.n_layers // 2
-        self.skip_gate = nn.Parameter(torch.full((self.n_skips, d), 0.5))  # (S, D)
+        self.blocks = nn.ModuleList(make_block(cfg) for _ in range(cfg.n_layers))
         self.final = AdaLN(d, 1, with_gate=False)
+
+    def embed_inputs(self, x_t: Tensor, t: Tensor, clean: Tensor) -> tuple[Tensor, Tensor]:
+        """(h (B, L, D), time conditioning c (B, D)): tokens, plus the clean embedding where clean."""
+        h = self.embed(x_t)  # (B, L, D)
+        h = torch.addcmul(h, clean.unsqueeze(-1).to(h.dtype), self.clean_embed)
+        return h, self.time(t)
+
+    def final_norm(self, h: Tensor, c: Tensor) -> Tensor:
+        m = self.final(c)  # (B, 1, 2, 1, D)
+        return modulated_norm(h, m[:, 0, 0], m[:, 0, 1])
+
+    def features(self, x_t: Tensor, t: Tensor, clean: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def head(self, h: Tensor) -> Tensor:
+        """Logits tied to the token embedding: (..., D) -> (..., V)."""
+        return F.linear(h, self.embed.weight)
+
+    def forward(self, x_t: Tensor, t: Tensor, clean: Tensor) -> Tensor:
+        return self.head(self.features(x_t, t, clean))  # (B, L, V)
+
+
+class SFDLM(DenoiserBase):
+    """State-Fourier diffusion LM denoiser (see docs of engine.layers for the layers)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg, SFDLMBlock)
+        self.n_skips = cfg.n_layers // 2
+        self.skip_gate = nn.Parameter(torch.full((self.n_skips, cfg.d_model), 0.5))  # (S, D)
 
     def features(self, x_t: Tensor, t: Tensor, clean: Tensor) -> Tensor:
         """Final-normed hidden states (B, L, D); logits = head(features)."""
-        h = self.embed(x_t)  # (B, L, D)
-        h = torch.addcmul(h, clean.unsqueeze(-1).to(h.dtype), self.clean_embed)
-        c = self.time(t)  # (B, D)
+        h, c = self.embed_inputs(x_t, t, clean)  # (B, L, D), (B, D)
         n = len(self.blocks)
         skips: list[Tensor] = []
         for i, block in enumerate(self.blocks):
@@ -84,15 +112,7 @@ class SFDLM(nn.Module):
             h = block(h, c)
             if i < self.n_skips:
                 skips.append(h)
-        m = self.final(c)  # (B, 1, 2, 1, D)
-        return modulated_norm(h, m[:, 0, 0], m[:, 0, 1])
-
-    def head(self, h: Tensor) -> Tensor:
-        """Logits tied to the token embedding: (..., D) -> (..., V)."""
-        return F.linear(h, self.embed.weight)
-
-    def forward(self, x_t: Tensor, t: Tensor, clean: Tensor) -> Tensor:
-        return self.head(self.features(x_t, t, clean))  # (B, L, V)
+        return self.final_norm(h, c)
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
