@@ -90,8 +90,7 @@ def table(rows: list[dict[str, Any]]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, rs in by.items():
         def med(key: str, sub: str | None = None) -> Any:
-            vals = [r[key][sub] if sub else r[key] for r in rs if (r[key] is not None and (sub is None or r[key] is not None))]
-            vals = [v for v in vals if v is not None]
+            vals = [r[key][sub] if sub else r[key] for r in rs if r[key] is not None]
             return statistics.median(vals) if vals else None
         inf = [f"{med('infill_accuracy', f):.3f}" if rs[0]["infill_accuracy"] else "—" for f in ("0.15", "0.5", "0.85")]
         eq = med("bits_at_equal_wallclock")
