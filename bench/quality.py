@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import json
 import statistics
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -44,59 +45,209 @@ def matched(base: ModelConfig, arch: str) -> ModelConfig:
     return min(options, key=lambda c: abs(count_parameters(build_model(c)) - target))
 
 
-def run(data: Path, out: Path, tokens: int, seeds: Sequence[int], base: ModelConfig, tcfg: TrainConfig, variants: Sequence[str]) -> list[dict[str, Any]]:
-    train_texts, val_texts = load_texts(data)
+def _ensure_tokenizer(train_texts: Sequence[str], out: Path, vocab: int) -> Tokenizer:
     tok_path = out / "tokenizer.json"
     if tok_path.is_file():
-        tok = Tokenizer.load(tok_path)
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        tok = Tokenizer.train(train_texts, vocab_size=base.vocab_size)
-        tok.save(tok_path)
-    base = dataclasses.replace(base, vocab_size=tok.vocab_size)
+        return Tokenizer.load(tok_path)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer.train(train_texts, vocab_size=vocab)
+    tok.save(tok_path)
+    return tok
+
+
+def run_one(name: str, seed: int, train_texts: Sequence[str], val_texts: Sequence[str], out: Path, tok: Tokenizer,
+            tokens: int, base: ModelConfig, tcfg: TrainConfig, device: str = "cpu") -> dict[str, Any]:
+    """Train and score one (variant, seed); the row is also written to OUT/NAME-seedS/row.json.
+    A run whose row.json exists is not trained again (so an interrupted sweep can be re-run)."""
+    arch, noise = {v[0]: (v[1], v[2]) for v in VARIANTS}[name]
+    run_dir = out / f"{name}-seed{seed}"
+    if (run_dir / "row.json").is_file():
+        return json.loads((run_dir / "row.json").read_text())
     steps = max(1, tokens // (tcfg.batch_size * tcfg.seq_len))
-    rows = []
-    for seed in seeds:
-        for name, arch, noise in VARIANTS:
-            if name not in variants:
-                continue
-            mcfg = matched(base, arch)
-            run_dir = out / f"{name}-seed{seed}"
-            setup = Setup(mcfg, DiffusionConfig(noise=noise), dataclasses.replace(tcfg, max_steps=steps, seed=seed), tok)
-            train(setup, train_texts, val_texts, run_dir, log_every=max(1, steps // 20), name=name)
-            curve = [json.loads(x)["eval"] for x in (run_dir / "log.jsonl").read_text().splitlines() if '"eval"' in x]
-            ck = checkpoint.load(run_dir / "model")
-            wall = float(ck.meta["train_seconds"])  # optimizer steps only, validation excluded
-            rep = evaluate(ck, val_texts, seq_len=tcfg.seq_len, max_windows=64, infill_windows=16, steps=32, mc=2, n_samples=1, seed=seed)
-            rows.append({"model": name, "seed": seed, "parameters": count_parameters(ck.model), "mlp_mult": mcfg.mlp_mult,
-                         "tokens": steps * tcfg.batch_size * tcfg.seq_len, "train_seconds": round(wall, 1),
-                         "tokens_per_s": round(steps * tcfg.batch_size * tcfg.seq_len / wall, 1),
-                         "curve": [{"elapsed_s": c.get("elapsed_s"), "step": c["step"], "bits": c["nelbo_bits_per_token"]} for c in curve],
-                         "nelbo_bits_per_token": rep["nelbo_bits_per_token"], "ppl_bound": rep["ppl_bound"],
-                         "infill_accuracy": rep["infill_accuracy"], "pin_preservation": rep["pin_preservation"], "sample": rep["samples"][0]})
-            print(json.dumps({k: v for k, v in rows[-1].items() if k not in ("curve", "sample")}), flush=True)
-    fastest = min(r["train_seconds"] for r in rows)
-    for r in rows:  # the bound each model had reached when the fastest one finished
-        early = [c for c in r["curve"] if c["elapsed_s"] is not None and c["elapsed_s"] <= fastest]
+    mcfg = matched(dataclasses.replace(base, vocab_size=tok.vocab_size), arch)
+    setup = Setup(mcfg, DiffusionConfig(noise=noise), dataclasses.replace(tcfg, max_steps=steps, seed=seed), tok)
+    train(setup, train_texts, val_texts, run_dir, log_every=max(1, steps // 20), name=name, device=device)
+    curve = [json.loads(x)["eval"] for x in (run_dir / "log.jsonl").read_text().splitlines() if '"eval"' in x]
+    ck = checkpoint.load(run_dir / "model")  # scored on the CPU, whatever it trained on
+    wall = float(ck.meta["train_seconds"])  # optimizer steps only, validation excluded
+    rep = evaluate(ck, val_texts, seq_len=tcfg.seq_len, max_windows=64, infill_windows=16, steps=32, mc=2, n_samples=1, seed=seed)
+    row = {"model": name, "seed": seed, "parameters": count_parameters(ck.model), "mlp_mult": mcfg.mlp_mult,
+           "tokens": steps * tcfg.batch_size * tcfg.seq_len, "batch_size": tcfg.batch_size, "seq_len": tcfg.seq_len,
+           "device": device, "train_seconds": round(wall, 1),
+           "tokens_per_s": round(steps * tcfg.batch_size * tcfg.seq_len / wall, 1),
+           "curve": [{"elapsed_s": c.get("elapsed_s"), "step": c["step"], "bits": c["nelbo_bits_per_token"]} for c in curve],
+           "nelbo_bits_per_token": rep["nelbo_bits_per_token"], "ppl_bound": rep["ppl_bound"],
+           "infill_accuracy": rep["infill_accuracy"], "pin_preservation": rep["pin_preservation"], "sample": rep["samples"][0]}
+    (run_dir / "row.json").write_text(json.dumps(row, indent=2))
+    return row
+
+
+def partial_row(run_dir: Path, base: ModelConfig, tcfg: TrainConfig, vocab_size: int) -> dict[str, Any] | None:
+    """A row from a run's log alone (trained, but the final scoring did not finish): the validation
+    curve and training time, with the scoring fields None. None when the log has no validation."""
+    name, _, seed = run_dir.name.rpartition("-seed")
+    rows = [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines() if x.strip()] if (run_dir / "log.jsonl").is_file() else []
+    curve = [r["eval"] for r in rows if "eval" in r]
+    if name not in {v[0] for v in VARIANTS} or not curve:
+        return None
+    arch = {v[0]: v[1] for v in VARIANTS}[name]
+    mcfg = matched(dataclasses.replace(base, vocab_size=vocab_size), arch)
+    steps = curve[-1]["step"]
+    wall = float(curve[-1]["elapsed_s"])
+    return {"model": name, "seed": int(seed), "parameters": count_parameters(build_model(mcfg)), "mlp_mult": mcfg.mlp_mult,
+            "tokens": steps * tcfg.batch_size * tcfg.seq_len, "batch_size": tcfg.batch_size, "seq_len": tcfg.seq_len,
+            "device": None, "train_seconds": round(wall, 1), "tokens_per_s": round(steps * tcfg.batch_size * tcfg.seq_len / wall, 1),
+            "curve": [{"elapsed_s": c.get("elapsed_s"), "step": c["step"], "bits": c["nelbo_bits_per_token"]} for c in curve],
+            "nelbo_bits_per_token": None, "ppl_bound": None, "infill_accuracy": None, "pin_preservation": None,
+            "sample": None, "scored": False}
+
+
+def measure_speed(base: ModelConfig, tcfg: TrainConfig, tok: Tokenizer, variants: Sequence[str], train_texts: Sequence[str],
+                  steps: int = 12, warmup: int = 3, device: str = "cpu") -> dict[str, float]:
+    """Training tokens/s of each variant on this machine (median step time after warm-up), measured
+    alternately in one process so that all variants see the same machine state."""
+    from engine.checkpoint import diffusion_for
+    from engine.train import batch_loss, token_stream, windows
+    stream = token_stream(train_texts[:2000], tok)
+    nets = {}
+    for name, arch, noise in VARIANTS:
+        if name in variants:
+            torch.manual_seed(0)
+            model = build_model(matched(dataclasses.replace(base, vocab_size=tok.vocab_size), arch)).to(device)
+            nets[name] = (model, arch, diffusion_for(DiffusionConfig(noise=noise), tok.vocab_size, tok),
+                          torch.optim.AdamW(model.parameters(), lr=1e-4))
+    times: dict[str, list[float]] = {n: [] for n in nets}
+    gen_data = torch.Generator().manual_seed(0)
+    gen_noise = torch.Generator(device=device).manual_seed(1)
+    for i in range(warmup + steps):
+        for name, (model, arch, diffusion, opt) in nets.items():
+            x0 = windows(stream, tcfg.seq_len, tcfg.batch_size, gen_data).to(device)
+            t0 = time.perf_counter()
+            loss, _, _ = batch_loss(model, arch, diffusion, x0, gen_noise, tcfg.clean_prob)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            if i >= warmup:
+                times[name].append(time.perf_counter() - t0)
+    return {n: round(tcfg.batch_size * tcfg.seq_len / statistics.median(ts), 1) for n, ts in times.items()}
+
+
+def equal_wallclock(rows: list[dict[str, Any]], speed: dict[str, float] | None = None) -> None:
+    """Set each row's bits_at_equal_wallclock: its validation bound at the last evaluation no later
+    than the time the faster of SFDLM-uniform and the transformer denoiser (the pair the target
+    compares; the fastest of all models when either is missing) needed for the whole budget. With `speed` (training tokens/s per
+    model measured on the CPU, --measure-speed) the clock is that CPU's; otherwise the run's own."""
+    def clock(r: dict[str, Any], c: dict[str, Any]) -> float | None:
+        if speed is not None:
+            return c["step"] * r["batch_size"] * r["seq_len"] / speed[r["model"]]
+        return c["elapsed_s"]
+    total = {id(r): (r["tokens"] / speed[r["model"]] if speed is not None else r["train_seconds"]) for r in rows}
+    pair = [total[id(r)] for r in rows if r["model"] in ("sfdlm-uniform", "transformer-uniform")]
+    fastest = min(pair if len({r["model"] for r in rows if r["model"] in ("sfdlm-uniform", "transformer-uniform")}) == 2
+                  else total.values())
+    for r in rows:
+        early = [c for c in r["curve"] if clock(r, c) is not None and clock(r, c) <= fastest + 1e-9]
         r["bits_at_equal_wallclock"] = early[-1]["bits"] if early else None
+        r["equal_wallclock_s"] = round(fastest, 1)
+        if speed is not None:
+            r["cpu_tokens_per_s"] = speed[r["model"]]
+            r["cpu_train_seconds"] = round(total[id(r)], 1)
+
+
+def run(data: Path, out: Path, tokens: int, seeds: Sequence[int], base: ModelConfig, tcfg: TrainConfig, variants: Sequence[str],
+        device: str = "cpu", jobs: int = 1, child_args: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Every (variant, seed); with jobs > 1 each runs in its own process, `jobs` at a time."""
+    train_texts, val_texts = load_texts(data)
+    tok = _ensure_tokenizer(train_texts, out, base.vocab_size)
+    todo = [(name, seed) for seed in seeds for name, _, _ in VARIANTS if name in variants]
+    if jobs <= 1:
+        rows = []
+        for name, seed in todo:
+            rows.append(run_one(name, seed, train_texts, val_texts, out, tok, tokens, base, tcfg, device))
+            print(json.dumps({k: v for k, v in rows[-1].items() if k not in ("curve", "sample")}), flush=True)
+        return rows
+    import subprocess
+    import sys
+    pending, running = list(todo), []
+    failed = []
+    while pending or running:
+        while pending and len(running) < jobs:
+            name, seed = pending.pop(0)
+            (out / f"{name}-seed{seed}").mkdir(parents=True, exist_ok=True)
+            logf = (out / f"{name}-seed{seed}" / "stderr.log").open("w")
+            cmd = [sys.executable, "-m", "bench.quality", *child_args, "--models", name, "--seeds", str(seed), "--jobs", "1", "--child"]
+            running.append(((name, seed), subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT), logf))
+        time.sleep(1.0)
+        for item in list(running):
+            (name, seed), proc, logf = item
+            if proc.poll() is not None:
+                logf.close()
+                running.remove(item)
+                print(f"{name} seed {seed}: exit {proc.returncode}", flush=True)
+                if proc.returncode != 0:
+                    failed.append(f"{name}-seed{seed}")
+    rows = [json.loads((out / f"{n}-seed{s}" / "row.json").read_text()) for n, s in todo if (out / f"{n}-seed{s}" / "row.json").is_file()]
+    if failed:
+        print(f"failed runs (see their stderr.log): {', '.join(failed)}", flush=True)
     return rows
 
 
+def _spread(vals: list[float], fmt: str) -> str:
+    """Median, and the range over seeds where there is more than one."""
+    m = statistics.median(vals)
+    return format(m, fmt) if len(vals) < 2 else f"{format(m, fmt)} ({format(min(vals), fmt)}–{format(max(vals), fmt)})"
+
+
 def table(rows: list[dict[str, Any]]) -> str:
+    """Medians over seeds (range in brackets). "loop bound" is the training loop's validation
+    estimate at the end (fixed windows and noise draws, no reconstruction term) and exists for every
+    run; "scored bound" is engine.evaluate's (with the reconstruction term), for scored runs only."""
     by: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         by.setdefault(r["model"], []).append(r)
-    lines = ["| model | params | seeds | ppl bound (median) | bits/token | infill@15% | infill@50% | infill@85% | tokens/s | train s | bits at equal wall-clock |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    cpu = any("cpu_tokens_per_s" in r for r in rows)
+    lines = ["| model | params | seeds | loop bound, bits/token | ppl (loop bound) | scored bound, bits/token | infill@15% | infill@50% | infill@85% | train tokens/s"
+             + (" | CPU tokens/s | CPU s for the budget" if cpu else " | train s") + " | bits at equal wall-clock |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if cpu else "")]
     for name, rs in by.items():
-        def med(key: str, sub: str | None = None) -> Any:
-            vals = [r[key][sub] if sub else r[key] for r in rs if r[key] is not None]
-            return statistics.median(vals) if vals else None
-        inf = [f"{med('infill_accuracy', f):.3f}" if rs[0]["infill_accuracy"] else "—" for f in ("0.15", "0.5", "0.85")]
-        eq = med("bits_at_equal_wallclock")
-        lines.append(f"| {name} | {rs[0]['parameters']:,} | {len(rs)} | {med('ppl_bound'):.2f} | {med('nelbo_bits_per_token'):.3f} | "
-                     f"{' | '.join(inf)} | {med('tokens_per_s'):,.0f} | {med('train_seconds'):.0f} | {'—' if eq is None else f'{eq:.3f}'} |")
+        def vals(key: str, sub: str | None = None) -> list[float]:
+            return [(r[key][sub] if sub else r[key]) for r in rs if r.get(key) is not None]
+        loop = [r["curve"][-1]["bits"] for r in rs]
+        scored = vals("nelbo_bits_per_token")
+        inf = [_spread(v, ".3f") if (v := vals("infill_accuracy", f)) else "—" for f in ("0.15", "0.5", "0.85")]
+        eq = vals("bits_at_equal_wallclock")
+        clock = (f"{statistics.median(vals('cpu_tokens_per_s')):,.0f} | {statistics.median(vals('cpu_train_seconds')):,.0f}" if cpu
+                 else f"{statistics.median(vals('train_seconds')):,.0f}")
+        lines.append(f"| {name} | {rs[0]['parameters']:,} | {len(rs)} | {_spread(loop, '.3f')} | {2 ** statistics.median(loop):.1f} | "
+                     f"{_spread(scored, '.3f') + (f' ({len(scored)} scored)' if len(scored) != len(rs) else '') if scored else '—'} | "
+                     f"{' | '.join(inf)} | {statistics.median(vals('tokens_per_s')):,.0f} | {clock} | {_spread(eq, '.3f') if eq else '—'} |")
     return "\n".join(lines)
+
+
+def targets(rows: list[dict[str, Any]]) -> list[str]:
+    """The issue's three targets for SFDLM-uniform against the transformer denoiser (medians over seeds)."""
+    def med(name: str, key: str, sub: str | None = None) -> float | None:
+        v = [r[key][sub] if sub else r[key] for r in rows if r["model"] == name and r.get(key) is not None]
+        return statistics.median(v) if v else None
+    a, b = "sfdlm-uniform", "transformer-uniform"
+    out = []
+    la = [r["curve"][-1]["bits"] for r in rows if r["model"] == a]
+    lb = [r["curve"][-1]["bits"] for r in rows if r["model"] == b]
+    if la and lb:
+        pa, pb = 2 ** statistics.median(la), 2 ** statistics.median(lb)
+        out.append(f"perplexity bound at equal tokens (loop bound): {pa:.1f} vs {pb:.1f} = {pa / pb:.3f}x (target <= 1.15x): {'met' if pa / pb <= 1.15 else 'NOT met'}")
+    pa, pb = med(a, "ppl_bound"), med(b, "ppl_bound")
+    if pa and pb:
+        out.append(f"perplexity bound at equal tokens (scored): {pa:.1f} vs {pb:.1f} = {pa / pb:.3f}x (target <= 1.15x): {'met' if pa / pb <= 1.15 else 'NOT met'}")
+    ea, eb = med(a, "bits_at_equal_wallclock"), med(b, "bits_at_equal_wallclock")
+    if ea and eb:
+        out.append(f"bound at equal wall-clock: {ea:.3f} vs {eb:.3f} bits/token (target: lower): {'met' if ea < eb else 'NOT met'}")
+    ia, ib = med(a, "infill_accuracy", "0.5"), med(b, "infill_accuracy", "0.5")
+    if ia is not None and ib is not None:
+        out.append(f"infill at 50 % pinned: {100 * ia:.1f} % vs {100 * ib:.1f} % (target: within 2 points): {'met' if ia >= ib - 0.02 else 'NOT met'}")
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -111,17 +262,58 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--vocab", type=int, default=8192, help="tokenizer size (trained once, shared)")
     p.add_argument("--seq-len", type=int, default=256, help="training window")
     p.add_argument("--batch-size", type=int, default=8, help="windows per step")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (all models)")
+    p.add_argument("--warmup-steps", type=int, default=100, help="linear warm-up steps (all models)")
     p.add_argument("--eval-every", type=int, default=100, help="validation every this many steps")
-    p.add_argument("--threads", type=int, help="torch threads")
+    p.add_argument("--device", default="cpu", help="where models train (cpu, cuda); scoring is always on the CPU")
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process")
+    p.add_argument("--threads", type=int, help="torch CPU threads (per process)")
+    p.add_argument("--speed", type=Path, help="JSON of CPU training tokens/s per model (--measure-speed): equal wall-clock on that CPU")
+    p.add_argument("--measure-speed", type=Path, metavar="FILE", help="only measure training tokens/s of each model here and write FILE")
+    p.add_argument("--collect", action="store_true", help="train nothing: tabulate the finished runs in --out")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help="print the rows as JSON after the table")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     base = ModelConfig(vocab_size=args.vocab, d_model=args.d_model, n_layers=args.layers)
-    tcfg = TrainConfig(seq_len=args.seq_len, batch_size=args.batch_size, eval_every=args.eval_every, warmup_steps=100, lr=1e-3)
-    rows = run(args.data, args.out, args.tokens, [int(s) for s in args.seeds.split(",")], base, tcfg, args.models.split(","))
+    tcfg = TrainConfig(seq_len=args.seq_len, batch_size=args.batch_size, eval_every=args.eval_every,
+                       warmup_steps=args.warmup_steps, lr=args.lr)
+    models = args.models.split(",")
+    unknown = sorted(set(models) - {v[0] for v in VARIANTS})
+    if unknown:
+        p.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(v[0] for v in VARIANTS)}")
+    seeds = [int(x) for x in args.seeds.split(",")]
+    if args.measure_speed:
+        train_texts, _ = load_texts(args.data)
+        tok = _ensure_tokenizer(train_texts, args.out, args.vocab)
+        speed = measure_speed(base, tcfg, tok, models, train_texts, device=args.device)
+        args.measure_speed.write_text(json.dumps(speed, indent=2))
+        print(json.dumps(speed, indent=2))
+        return 0
+    if args.collect:
+        vocab = Tokenizer.load(args.out / "tokenizer.json").vocab_size if (args.out / "tokenizer.json").is_file() else args.vocab
+        rows = []
+        for d in sorted(p for p in args.out.glob("*-seed*") if p.is_dir()):
+            row = json.loads((d / "row.json").read_text()) if (d / "row.json").is_file() else partial_row(d, base, tcfg, vocab)
+            if row is not None and row["model"] in models and row["seed"] in seeds:
+                rows.append(row)
+    else:
+        child = [a for a in (argv if argv is not None else __import__("sys").argv[1:])]
+        child = [a for i, a in enumerate(child) if a not in ("--jobs", "--models", "--seeds", "--json") and
+                 (i == 0 or child[i - 1] not in ("--jobs", "--models", "--seeds"))]
+        rows = run(args.data, args.out, args.tokens, seeds, base, tcfg, models, device=args.device, jobs=args.jobs, child_args=child)
+    if args.child:
+        return 0 if rows else 1
+    if not rows:
+        print("no finished runs", flush=True)
+        return 1
+    speed = json.loads(args.speed.read_text()) if args.speed else None
+    equal_wallclock(rows, speed)
     (args.out / "results.json").write_text(json.dumps(rows, indent=2))
     print(table(rows))
+    for line in targets(rows):
+        print(line)
     if args.json:
         print(json.dumps(rows, indent=2))
     return 0

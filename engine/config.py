@@ -68,6 +68,7 @@ class TrainConfig:
     eval_every: int = 500
     seed: int = 0
     clean_prob: float = 0.5  # chance a training sequence gets clean spans (prefix / spans / headings)
+    max_seconds: float = 0.0  # > 0: stop after this much training time; the cosine schedule then runs over time
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

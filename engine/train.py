@@ -114,11 +114,14 @@ def eval_windows(stream: Tensor, seq_len: int, max_windows: int) -> Tensor:
 
 
 # ----- objectives ------------------------------------------------------------------------------
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up, then cosine decay to 10 % of cfg.lr at max_steps."""
+def lr_at(step: int, cfg: TrainConfig, elapsed: float = 0.0) -> float:
+    """Linear warm-up, then cosine decay to 10 % of cfg.lr at max_steps (or, with a time budget
+    cfg.max_seconds, at that much training time, whichever comes first)."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     frac = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    if cfg.max_seconds > 0:
+        frac = max(frac, min(1.0, elapsed / cfg.max_seconds))
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
@@ -168,15 +171,21 @@ def _rng_state(gens: dict[str, torch.Generator]) -> dict[str, Tensor]:
 
 def train(setup: Setup, train_texts: Sequence[str], val_texts: Sequence[str], out: Path, *,
           resume: bool = False, init_state: dict[str, Tensor] | None = None, device: str = "cpu",
-          log_every: int = 10, save_every: int = 0, name: str = "sfdlm", stop_after: int | None = None) -> dict[str, Any]:
+          log_every: int = 10, save_every: int = 0, name: str = "sfdlm", stop_after: int | None = None,
+          keep_best: bool = False) -> dict[str, Any]:
     """Run (or resume) training; returns the last validation metrics. Rank 0 writes the run dir.
 
-    `stop_after` ends the run early at that step, saved as if interrupted (for --resume)."""
+    `stop_after` ends the run early at that step, saved as if interrupted (for --resume).
+    `keep_best` also writes out/best/ (a model folder) whenever the validation bound improves,
+    so that a long multi-epoch run keeps its best model even if it later over-fits."""
     rank, world = _dist()
     cfg, mcfg = setup.train_cfg, setup.model_cfg
     if world > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     out.mkdir(parents=True, exist_ok=True)
+    if device.startswith("cuda"):  # TF32 tensor cores for the real GEMMs; FFTs stay in float32
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     tok = setup.tokenizer
     stream = token_stream(train_texts, tok)
     val = eval_windows(token_stream(val_texts, tok), cfg.seq_len, 64) if val_texts else None
@@ -201,19 +210,25 @@ def train(setup: Setup, train_texts: Sequence[str], val_texts: Sequence[str], ou
             g.set_state(st["rng"][k])
         torch.set_rng_state(st["rng"]["torch"])
         step, seen, elapsed = int(st["step"]), int(st["tokens_seen"]), float(st["elapsed_s"])
+        if (out / "log.jsonl").is_file():  # earlier validations (for --keep-best and the saved meta)
+            rows = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines() if x.strip()]
+            history = [r["eval"] for r in rows if "eval" in r and r["eval"]["step"] <= step]
     net: nn.Module = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model)
     model.train()
+
+    def model_meta() -> dict[str, Any]:
+        return {"step": step, "tokens_seen": seen * world, "train_seconds": round(elapsed, 1),
+                "train_config": to_dict(cfg), "parameters": count_parameters(model),
+                "world_size": world, "device": device, "validation": history[-1] if history else None}
 
     def save() -> None:
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": _rng_state(gens),
                     "step": step, "tokens_seen": seen, "elapsed_s": elapsed}, state_path)
         if rank == 0:
             checkpoint.save(out / "model", model, mcfg, tok, diffusion_cfg=setup.diffusion_cfg, sampler_cfg=SamplerConfig(),
-                            name=name, meta={"step": step, "tokens_seen": seen * world, "train_seconds": round(elapsed, 1),
-                                             "train_config": to_dict(cfg), "parameters": count_parameters(model),
-                                             "world_size": world, "device": device, "validation": history[-1] if history else None})
+                            name=name, meta=model_meta())
 
     def log(row: dict[str, Any]) -> None:
         if rank == 0:
@@ -222,10 +237,34 @@ def train(setup: Setup, train_texts: Sequence[str], val_texts: Sequence[str], ou
 
     metrics: dict[str, Any] = {}
     t_log, tok_log = time.perf_counter(), 0
-    while step < cfg.max_steps:
+
+    def validate() -> None:
+        nonlocal metrics
+        metrics = evaluate_loss(model, mcfg.arch, diffusion, val.to(device), cfg.batch_size) | {"step": step, "elapsed_s": round(elapsed, 2)}
+        best = min((h["nelbo_bits_per_token"] for h in history), default=math.inf)
+        history.append(metrics)
+        log({"eval": metrics})
+        if keep_best and rank == 0 and metrics["nelbo_bits_per_token"] < best:
+            checkpoint.save(out / "best", model, mcfg, tok, diffusion_cfg=setup.diffusion_cfg, sampler_cfg=SamplerConfig(),
+                            name=name, meta=model_meta())
+        if rank == 0:
+            print(f"\nvalidation at step {step}: {metrics['nelbo_bits_per_token']:.3f} bits/token, "
+                  f"ppl bound {metrics['ppl_bound']:.1f}", file=sys.stderr)
+
+    def out_of_time() -> bool:
+        if cfg.max_seconds <= 0:
+            return False
+        spent = torch.tensor([elapsed], dtype=torch.float64)
+        if world > 1:  # every rank stops at the same step
+            if device.startswith("cuda"):
+                spent = spent.to(device)
+            torch.distributed.all_reduce(spent, op=torch.distributed.ReduceOp.MAX)
+        return float(spent) >= cfg.max_seconds
+
+    while step < cfg.max_steps and not out_of_time():
         t0 = time.perf_counter()
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
+            group["lr"] = lr_at(step, cfg, elapsed)
         x0 = windows(stream, cfg.seq_len, cfg.batch_size, gens["data"]).to(device)  # (B, L)
         loss, _, _ = batch_loss(net, mcfg.arch, diffusion, x0, gens["noise"], cfg.clean_prob)
         opt.zero_grad(set_to_none=True)
@@ -241,22 +280,22 @@ def train(setup: Setup, train_texts: Sequence[str], val_texts: Sequence[str], ou
             now = time.perf_counter()
             rate = tok_log * world / max(now - t_log, 1e-9)
             eta = (cfg.max_steps - step) * cfg.batch_size * cfg.seq_len * world / max(rate, 1e-9)
-            bar = "#" * int(30 * step / cfg.max_steps)
+            done = step / cfg.max_steps
+            if cfg.max_seconds > 0:
+                eta, done = min(eta, max(0.0, cfg.max_seconds - elapsed)), max(done, min(1.0, elapsed / cfg.max_seconds))
+            bar = "#" * int(30 * done)
             print(f"\r[{bar:<30}] step {step}/{cfg.max_steps} loss {loss.item():.4f} {rate:,.0f} tok/s ETA {eta / 60:.1f} min",
                   end="\n" if not sys.stderr.isatty() else "", file=sys.stderr, flush=True)
-            log({"step": step, "loss": loss.item(), "tokens_per_s": rate, "lr": lr_at(step - 1, cfg)})
+            log({"step": step, "loss": loss.item(), "tokens_per_s": rate, "lr": lr_at(step - 1, cfg, elapsed)})
             t_log, tok_log = now, 0
         if val is not None and (step % cfg.eval_every == 0 or step == cfg.max_steps):
-            metrics = evaluate_loss(model, mcfg.arch, diffusion, val.to(device), cfg.batch_size) | {"step": step, "elapsed_s": round(elapsed, 2)}
-            history.append(metrics)
-            log({"eval": metrics})
-            if rank == 0:
-                print(f"\nvalidation at step {step}: {metrics['nelbo_bits_per_token']:.3f} bits/token, "
-                      f"ppl bound {metrics['ppl_bound']:.1f}", file=sys.stderr)
+            validate()
         if save_every and step % save_every == 0:
             save()
         if stop_after is not None and step >= stop_after:
             break
+    if val is not None and step < cfg.max_steps and (stop_after is None or step < stop_after) and (not history or history[-1]["step"] != step):
+        validate()  # the time budget ended the run between validations
     save()
     if world > 1:
         torch.distributed.barrier()
@@ -288,9 +327,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="windows per step per process")
     p.add_argument("--max-steps", type=int, help="optimizer steps in all")
     p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--max-minutes", type=float, help="stop after this much training time; the learning-rate schedule runs over it")
     p.add_argument("--warmup-steps", type=int, help="linear warm-up steps")
     p.add_argument("--eval-every", type=int, help="validate every this many steps")
     p.add_argument("--save-every", type=int, default=0, help="also write train_state.pt and model/ every this many steps (0: only at the end)")
+    p.add_argument("--keep-best", action="store_true", help="also keep the model with the best validation bound in OUT/best/")
     p.add_argument("--log-every", type=int, default=10, help="progress line every this many steps")
     p.add_argument("--seed", type=int, help="seed of weights, data order, noise")
     p.add_argument("--name", default=None, help="model name recorded in config.json (default: the architecture and noise)")
@@ -331,7 +372,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     flag = {("model", "arch"): "causal" if args.objective == "ar" else args.arch, ("model", "d_model"): args.d_model,
             ("model", "n_layers"): args.layers, ("diffusion", "noise"): args.noise, ("train", "seq_len"): args.seq_len,
             ("train", "batch_size"): args.batch_size, ("train", "max_steps"): args.max_steps, ("train", "lr"): args.lr,
-            ("train", "warmup_steps"): args.warmup_steps, ("train", "eval_every"): args.eval_every, ("train", "seed"): args.seed}
+            ("train", "warmup_steps"): args.warmup_steps, ("train", "eval_every"): args.eval_every, ("train", "seed"): args.seed,
+            ("train", "max_seconds"): None if args.max_minutes is None else 60.0 * args.max_minutes}
     for (sec, key), value in flag.items():
         if value is not None:
             sections[sec][key] = value
@@ -360,7 +402,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{mcfg.n_layers} layers, {world} process(es) on {device}", file=sys.stderr)
     try:
         metrics = train(Setup(mcfg, dcfg, tcfg, tokenizer), train_texts, val_texts, args.out, resume=args.resume,
-                        init_state=init_state, device=device, log_every=args.log_every, save_every=args.save_every, name=name)
+                        init_state=init_state, device=device, log_every=args.log_every, save_every=args.save_every, name=name,
+                        keep_best=args.keep_best)
     except TrainError as exc:
         _fail(str(exc))
     if rank == 0:

@@ -3,6 +3,7 @@ architecture and objective, fine-tunes, and keeps DDP processes in step."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -166,3 +167,33 @@ def test_evaluate_causal_reports_exact_perplexity(tok, tmp_path: Path, data_dir:
     rep = json.loads(capsys.readouterr().out)
     assert rep["infill_accuracy"] is None and rep["ppl_bound"] > 1
     assert evaluate_main(["--model", str(tmp_path / "nope"), "--data", str(data_dir)]) == 2
+
+
+def test_keep_best_keeps_the_model_with_the_lowest_validation_bound(tok, tmp_path: Path) -> None:
+    texts = list(SENTENCES)
+    setup = _setup(tok, steps=8)
+    setup = dataclasses.replace(setup, train_cfg=dataclasses.replace(setup.train_cfg, eval_every=2))
+    train(setup, texts, texts[:3], tmp_path / "run", keep_best=True)
+    evals = [json.loads(x)["eval"] for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines() if '"eval"' in x]
+    best = min(evals, key=lambda e: e["nelbo_bits_per_token"])
+    ck = checkpoint.load(tmp_path / "run" / "best")
+    assert ck.meta["step"] == best["step"]
+    assert ck.meta["validation"]["nelbo_bits_per_token"] == best["nelbo_bits_per_token"]
+    # the kept weights score exactly that bound again on the same windows
+    val = eval_windows(token_stream(texts[:3], tok), 24, 64)
+    again = evaluate_loss(ck.model, "sfdlm", diffusion_for(setup.diffusion_cfg, tok.vocab_size, tok), val, 2)
+    assert again["nelbo_bits_per_token"] == pytest.approx(best["nelbo_bits_per_token"], rel=1e-5)
+
+
+def test_time_budget_ends_the_run_validates_and_anneals(tok, tmp_path: Path) -> None:
+    from engine.train import lr_at
+    texts = list(SENTENCES)
+    setup = _setup(tok, steps=10_000)
+    setup = dataclasses.replace(setup, train_cfg=dataclasses.replace(setup.train_cfg, max_seconds=1.0, eval_every=10_000))
+    metrics = train(setup, texts, texts[:3], tmp_path / "run")
+    ck = checkpoint.load(tmp_path / "run" / "model")
+    assert 1 <= ck.meta["step"] < 10_000 and ck.meta["train_seconds"] >= 1.0
+    assert metrics["step"] == ck.meta["step"]  # validated where the budget ended it
+    cfg = setup.train_cfg
+    assert lr_at(cfg.warmup_steps + 1, cfg, elapsed=cfg.max_seconds) == pytest.approx(0.1 * cfg.lr)
+    assert lr_at(cfg.warmup_steps + 1, cfg, elapsed=0.5 * cfg.max_seconds) == pytest.approx(0.55 * cfg.lr, rel=1e-3)

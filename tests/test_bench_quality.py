@@ -1,0 +1,65 @@
+"""bench.quality: parallel runs, collection of finished and unfinished runs, the equal
+wall-clock rule on a given CPU speed, and the target lines."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bench import quality
+from engine.tiny import SENTENCES
+
+
+@pytest.fixture()
+def corpus(tmp_path: Path) -> Path:
+    d = tmp_path / "corpus"
+    d.mkdir()
+    for split, texts in (("train", SENTENCES * 3), ("validation", SENTENCES[:4])):
+        (d / f"{split}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    return d
+
+
+def _row(model: str, seed: int, bits: list[float], tokens_per_step: int = 100) -> dict:
+    return {"model": model, "seed": seed, "tokens": tokens_per_step * 10 * len(bits), "batch_size": 10, "seq_len": 10,
+            "train_seconds": 1.0, "curve": [{"step": 10 * (i + 1), "elapsed_s": float(i), "bits": b} for i, b in enumerate(bits)]}
+
+
+def test_equal_wallclock_uses_the_cpu_speed_of_each_model() -> None:
+    rows = [_row("sfdlm-uniform", 0, [9.0, 8.0, 7.0, 6.0]), _row("transformer-uniform", 0, [8.5, 7.5, 6.5, 5.5])]
+    # SFDLM is twice as fast on this CPU: at its finishing time the transformer has done half its steps
+    quality.equal_wallclock(rows, {"sfdlm-uniform": 200.0, "transformer-uniform": 100.0})
+    assert rows[0]["bits_at_equal_wallclock"] == 6.0
+    assert rows[1]["bits_at_equal_wallclock"] == 7.5
+    lines = quality.targets(rows)
+    assert any("equal wall-clock" in x and x.endswith(": met") for x in lines)
+    quality.equal_wallclock(rows, {"sfdlm-uniform": 100.0, "transformer-uniform": 100.0})
+    assert any("equal wall-clock" in x and "NOT met" in x for x in quality.targets(rows))
+
+
+@pytest.mark.slow
+def test_parallel_runs_then_collect_with_an_unscored_run(corpus: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "q"
+    args = ["--data", str(corpus), "--out", str(out), "--tokens", "1200", "--d-model", "32", "--layers", "1", "--vocab", "300",
+            "--seq-len", "24", "--batch-size", "2", "--eval-every", "10", "--warmup-steps", "2", "--threads", "1"]
+    assert quality.main([*args, "--models", "sfdlm-uniform,transformer-uniform", "--seeds", "0", "--jobs", "2"]) == 0
+    table = capsys.readouterr().out
+    assert "| sfdlm-uniform |" in table and "| transformer-uniform |" in table and "perplexity bound at equal tokens" in table
+    rows = json.loads((out / "results.json").read_text())
+    assert {r["model"] for r in rows} == {"sfdlm-uniform", "transformer-uniform"}
+    assert all(r["pin_preservation"] == 1.0 and r["tokens"] == 25 * 48 for r in rows)
+    # a run whose scoring never finished is still tabulated from its validation curve
+    (out / "transformer-uniform-seed0" / "row.json").unlink()
+    shutil.rmtree(out / "transformer-uniform-seed0" / "model")
+    (out / "speed.json").write_text(json.dumps({"sfdlm-uniform": 1000.0, "transformer-uniform": 1000.0}))
+    assert quality.main([*args, "--seeds", "0", "--collect", "--speed", str(out / "speed.json")]) == 0
+    text = capsys.readouterr().out
+    line = next(x for x in text.splitlines() if x.startswith("| transformer-uniform"))
+    assert "—" in line  # no scored bound, no infill
+    rows = json.loads((out / "results.json").read_text())
+    tr = next(r for r in rows if r["model"] == "transformer-uniform")
+    assert tr["scored"] is False and tr["curve"] and tr["parameters"] > 0 and tr["cpu_tokens_per_s"] == 1000.0
+    assert quality.main([*args, "--measure-speed", str(tmp_path / "s.json"), "--models", "causal"]) == 0
+    assert json.loads((tmp_path / "s.json").read_text())["causal"] > 0
