@@ -9,8 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.layers import (BidirectionalSSM, ChannelMLP, ComplexFourierMLP, modulated_norm,
-                           next_fast_len, real_dft_matrices, ssm_fft_len)
+from engine.layers import (BidirectionalSSM, ChannelMLP, ComplexFourierMLP, channels_first,
+                           modulated_norm, next_fast_len, real_dft_matrices, ssm_fft_len)
 from engine.reference import fourier_reference, ssm_conv_reference, ssm_reference
 
 D, N_STATE = 16, 16
@@ -231,3 +231,11 @@ def test_fourier_filter_cache_invalidated() -> None:
         layer.filt.mul_(-2.0)
     with torch.inference_mode():
         close(layer(x, "fft"), fourier_reference(layer, x), rtol=5e-5)
+
+
+@pytest.mark.parametrize(("length", "rows"), [(5, 2), (37, 4), (1000, 1024), (4097, 1024)])
+def test_channels_first_is_an_exact_transpose(length: int, rows: int) -> None:
+    x = torch.randn(2, length, 6)
+    y = channels_first(x, rows=rows)
+    assert y.shape == (2, 6, length) and y.is_contiguous()
+    assert torch.equal(y, x.transpose(1, 2))
