@@ -7,7 +7,8 @@
 #                           python -m bench.quality --data data/corpus --out data/quality-gpu \
 #                               --vocab 8192 --batch-size 32 --threads 2 --measure-speed data/cpu_speed.json
 # Then, on the GPU machine: OUT=somewhere bash bench/gpu_session.sh
-# Knobs: SMOKE (0 skips step 1), MODELS, SEEDS, JOBS (the comparison's runs), QTOKENS (tokens per comparison run, default 10.0 M), QTIMEOUT (s), DEFAULT_MIN (minutes of
+# Knobs: SMOKE (0 skips step 1), MODELS, SEEDS, JOBS (the comparison's runs), SJOBS/STHREADS/STIMEOUT
+# (its scoring), QTOKENS (tokens per comparison run, default 10.0 M), QTIMEOUT (s), DEFAULT_MIN (minutes of
 # training for the default model; 0 skips it), DEFAULT_CONFIG.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -38,10 +39,15 @@ DEFAULT_PID=
     --tokenizer assets/model/tokenizer.json --device "$DEVICE" --threads 1 --keep-best \
     --max-minutes "$DEFAULT_MIN" --log-every 200 --name sdr-sfdlm ${DEXTRA:-} > data/gpu-default.log 2>&1 &
 [ "$DEFAULT_MIN" != 0 ] && DEFAULT_PID=$!
-timeout "$QTIMEOUT" "$PY" -m bench.quality "${Q[@]}" --tokens "$QTOKENS" --seeds "${SEEDS:-0,1,2}" --jobs "${JOBS:-12}" \
-    --models "${MODELS:-sfdlm-uniform,sfdlm-absorbing,transformer-uniform,causal}" --eval-every 100 \
-    ${CPU_SPEED:+--speed "$CPU_SPEED"}
-echo "comparison exit $?"
+RUNS=(--tokens "$QTOKENS" --seeds "${SEEDS:-0,1,2}" --models "${MODELS:-sfdlm-uniform,sfdlm-absorbing,transformer-uniform,causal}")
+# training only, side by side on the GPU; then the scoring (CPU work) with the machine's cores
+# to itself: in the first session twelve scorings at once beside twelve GPU feeders ran out of time
+timeout "$QTIMEOUT" "$PY" -m bench.quality "${Q[@]}" "${RUNS[@]}" --jobs "${JOBS:-12}" --eval-every 100 --no-score
+echo "comparison training exit $?"
+date -u
+timeout "${STIMEOUT:-240}" "$PY" -m bench.quality "${Q[@]}" "${RUNS[@]}" --jobs "${SJOBS:-8}" --score \
+    --threads "${STHREADS:-2}" ${CPU_SPEED:+--speed "$CPU_SPEED"}
+echo "comparison scoring exit $?"
 date -u
 if [ -n "$DEFAULT_PID" ]; then
   wait "$DEFAULT_PID"

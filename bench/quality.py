@@ -8,8 +8,15 @@ Each model trains through engine.train with the same windows per step and steps,
 the same fixed windows every --eval-every steps (the ELBO estimate of the training loop, one
 time draw per window); then engine.evaluate scores the final model on the validation split
 (bound with reconstruction term, infill at 15/50/85 % pinned). Equal wall-clock: each model's
-validation bound at the last evaluation no later than the fastest model's whole training time.
-Parameters are matched by widening the transformers' channel MLP (mlp_mult) to the SFDLM's count.
+validation bound at the last evaluation no later than the time the faster of SFDLM-uniform and
+the transformer denoiser needs for the whole budget, on that machine's clock or (--speed) on the
+CPU's clock measured by --measure-speed. Parameters are matched by widening the transformers'
+channel MLP (mlp_mult) to the SFDLM's count.
+
+Runs: --jobs N trains N runs at a time in separate processes (e.g. side by side on one GPU with
+--device cuda); --no-score trains only and --score scores the trained runs afterwards (so the
+scoring, CPU work, can get all the cores); --collect tabulates what is in --out, including runs
+whose scoring never finished (from their validation curves). Finished work is never redone.
 """
 
 from __future__ import annotations
@@ -56,25 +63,36 @@ def _ensure_tokenizer(train_texts: Sequence[str], out: Path, vocab: int) -> Toke
 
 
 def run_one(name: str, seed: int, train_texts: Sequence[str], val_texts: Sequence[str], out: Path, tok: Tokenizer,
-            tokens: int, base: ModelConfig, tcfg: TrainConfig, device: str = "cpu") -> dict[str, Any]:
-    """Train and score one (variant, seed); the row is also written to OUT/NAME-seedS/row.json.
-    A run whose row.json exists is not trained again (so an interrupted sweep can be re-run)."""
+            tokens: int, base: ModelConfig, tcfg: TrainConfig, device: str = "cpu", score: bool = True) -> dict[str, Any] | None:
+    """Train one (variant, seed) into OUT/NAME-seedS, then score it (score_run). A run whose model
+    already holds the whole budget is not trained again, and a scored one (row.json) is not
+    touched, so an interrupted sweep can be re-run. With score=False the scoring is left for a
+    later `--score` pass (returns None)."""
     arch, noise = {v[0]: (v[1], v[2]) for v in VARIANTS}[name]
     run_dir = out / f"{name}-seed{seed}"
     if (run_dir / "row.json").is_file():
         return json.loads((run_dir / "row.json").read_text())
     steps = max(1, tokens // (tcfg.batch_size * tcfg.seq_len))
     mcfg = matched(dataclasses.replace(base, vocab_size=tok.vocab_size), arch)
-    setup = Setup(mcfg, DiffusionConfig(noise=noise), dataclasses.replace(tcfg, max_steps=steps, seed=seed), tok)
-    train(setup, train_texts, val_texts, run_dir, log_every=max(1, steps // 20), name=name, device=device)
+    done = (run_dir / "model" / "manifest.json").is_file() and checkpoint.load(run_dir / "model").meta.get("step") == steps
+    if not done:
+        setup = Setup(mcfg, DiffusionConfig(noise=noise), dataclasses.replace(tcfg, max_steps=steps, seed=seed), tok)
+        train(setup, train_texts, val_texts, run_dir, log_every=max(1, steps // 20), name=name, device=device)
+    return score_run(run_dir, val_texts, name, seed) if score else None
+
+
+def score_run(run_dir: Path, val_texts: Sequence[str], name: str, seed: int) -> dict[str, Any]:
+    """engine.evaluate on a trained run (on the CPU, whatever it trained on): row.json."""
     curve = [json.loads(x)["eval"] for x in (run_dir / "log.jsonl").read_text().splitlines() if '"eval"' in x]
-    ck = checkpoint.load(run_dir / "model")  # scored on the CPU, whatever it trained on
+    ck = checkpoint.load(run_dir / "model")
+    tc = ck.meta["train_config"]
+    steps, batch, seq_len = int(ck.meta["step"]), int(tc["batch_size"]), int(tc["seq_len"])
     wall = float(ck.meta["train_seconds"])  # optimizer steps only, validation excluded
-    rep = evaluate(ck, val_texts, seq_len=tcfg.seq_len, max_windows=64, infill_windows=16, steps=32, mc=2, n_samples=1, seed=seed)
-    row = {"model": name, "seed": seed, "parameters": count_parameters(ck.model), "mlp_mult": mcfg.mlp_mult,
-           "tokens": steps * tcfg.batch_size * tcfg.seq_len, "batch_size": tcfg.batch_size, "seq_len": tcfg.seq_len,
-           "device": device, "train_seconds": round(wall, 1),
-           "tokens_per_s": round(steps * tcfg.batch_size * tcfg.seq_len / wall, 1),
+    rep = evaluate(ck, val_texts, seq_len=seq_len, max_windows=64, infill_windows=16, steps=32, mc=2, n_samples=1, seed=seed)
+    row = {"model": name, "seed": seed, "parameters": count_parameters(ck.model), "mlp_mult": ck.model_cfg.mlp_mult,
+           "tokens": steps * batch * seq_len, "batch_size": batch, "seq_len": seq_len,
+           "device": ck.meta.get("device"), "train_seconds": round(wall, 1),
+           "tokens_per_s": round(steps * batch * seq_len / wall, 1),
            "curve": [{"elapsed_s": c.get("elapsed_s"), "step": c["step"], "bits": c["nelbo_bits_per_token"]} for c in curve],
            "nelbo_bits_per_token": rep["nelbo_bits_per_token"], "ppl_bound": rep["ppl_bound"],
            "infill_accuracy": rep["infill_accuracy"], "pin_preservation": rep["pin_preservation"], "sample": rep["samples"][0]}
@@ -100,6 +118,18 @@ def partial_row(run_dir: Path, base: ModelConfig, tcfg: TrainConfig, vocab_size:
             "curve": [{"elapsed_s": c.get("elapsed_s"), "step": c["step"], "bits": c["nelbo_bits_per_token"]} for c in curve],
             "nelbo_bits_per_token": None, "ppl_bound": None, "infill_accuracy": None, "pin_preservation": None,
             "sample": None, "scored": False}
+
+
+def gather(out: Path, base: ModelConfig, tcfg: TrainConfig, models: Sequence[str], seeds: Sequence[int], vocab: int) -> list[dict[str, Any]]:
+    """Every run in `out` of these models and seeds: its row.json, or a partial row from its log."""
+    if (out / "tokenizer.json").is_file():
+        vocab = Tokenizer.load(out / "tokenizer.json").vocab_size
+    rows = []
+    for d in sorted(p for p in out.glob("*-seed*") if p.is_dir()):
+        row = json.loads((d / "row.json").read_text()) if (d / "row.json").is_file() else partial_row(d, base, tcfg, vocab)
+        if row is not None and row["model"] in models and row["seed"] in seeds:
+            rows.append(row)
+    return rows
 
 
 def measure_speed(base: ModelConfig, tcfg: TrainConfig, tok: Tokenizer, variants: Sequence[str], train_texts: Sequence[str],
@@ -157,16 +187,25 @@ def equal_wallclock(rows: list[dict[str, Any]], speed: dict[str, float] | None =
 
 
 def run(data: Path, out: Path, tokens: int, seeds: Sequence[int], base: ModelConfig, tcfg: TrainConfig, variants: Sequence[str],
-        device: str = "cpu", jobs: int = 1, child_args: Sequence[str] = ()) -> list[dict[str, Any]]:
-    """Every (variant, seed); with jobs > 1 each runs in its own process, `jobs` at a time."""
+        device: str = "cpu", jobs: int = 1, child_args: Sequence[str] = (), mode: str = "both") -> list[dict[str, Any]]:
+    """Every (variant, seed); with jobs > 1 each runs in its own process, `jobs` at a time.
+    mode: "both" (train, then score), "train" (no scoring) or "score" (score trained runs only)."""
     train_texts, val_texts = load_texts(data)
     tok = _ensure_tokenizer(train_texts, out, base.vocab_size)
     todo = [(name, seed) for seed in seeds for name, _, _ in VARIANTS if name in variants]
+    if mode == "score":
+        todo = [(n, s) for n, s in todo if (out / f"{n}-seed{s}" / "model" / "manifest.json").is_file()
+                and not (out / f"{n}-seed{s}" / "row.json").is_file()]
     if jobs <= 1:
         rows = []
         for name, seed in todo:
-            rows.append(run_one(name, seed, train_texts, val_texts, out, tok, tokens, base, tcfg, device))
-            print(json.dumps({k: v for k, v in rows[-1].items() if k not in ("curve", "sample")}), flush=True)
+            if mode == "score":
+                row = score_run(out / f"{name}-seed{seed}", val_texts, name, seed)
+            else:
+                row = run_one(name, seed, train_texts, val_texts, out, tok, tokens, base, tcfg, device, score=mode == "both")
+            if row is not None:
+                rows.append(row)
+                print(json.dumps({k: v for k, v in row.items() if k not in ("curve", "sample")}), flush=True)
         return rows
     import subprocess
     import sys
@@ -271,6 +310,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--speed", type=Path, help="JSON of CPU training tokens/s per model (--measure-speed): equal wall-clock on that CPU")
     p.add_argument("--measure-speed", type=Path, metavar="FILE", help="only measure training tokens/s of each model here and write FILE")
     p.add_argument("--collect", action="store_true", help="train nothing: tabulate the finished runs in --out")
+    p.add_argument("--no-score", action="store_true", help="train only; score later with --score (e.g. with more CPU threads)")
+    p.add_argument("--score", action="store_true", help="train nothing: score the trained, unscored runs in --out, then tabulate")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help="print the rows as JSON after the table")
     args = p.parse_args(argv)
@@ -292,19 +333,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(speed, indent=2))
         return 0
     if args.collect:
-        vocab = Tokenizer.load(args.out / "tokenizer.json").vocab_size if (args.out / "tokenizer.json").is_file() else args.vocab
-        rows = []
-        for d in sorted(p for p in args.out.glob("*-seed*") if p.is_dir()):
-            row = json.loads((d / "row.json").read_text()) if (d / "row.json").is_file() else partial_row(d, base, tcfg, vocab)
-            if row is not None and row["model"] in models and row["seed"] in seeds:
-                rows.append(row)
+        rows = gather(args.out, base, tcfg, models, seeds, args.vocab)
     else:
         child = [a for a in (argv if argv is not None else __import__("sys").argv[1:])]
         child = [a for i, a in enumerate(child) if a not in ("--jobs", "--models", "--seeds", "--json") and
                  (i == 0 or child[i - 1] not in ("--jobs", "--models", "--seeds"))]
-        rows = run(args.data, args.out, args.tokens, seeds, base, tcfg, models, device=args.device, jobs=args.jobs, child_args=child)
-    if args.child:
-        return 0 if rows else 1
+        mode = "score" if args.score else "train" if args.no_score else "both"
+        rows = run(args.data, args.out, args.tokens, seeds, base, tcfg, models, device=args.device, jobs=args.jobs,
+                   child_args=child, mode=mode)
+        if args.child:
+            return 0  # a failure raised, and the parent saw its exit status
+        if mode != "both":  # tabulate everything there is, scored or not
+            rows = gather(args.out, base, tcfg, models, seeds, args.vocab)
     if not rows:
         print("no finished runs", flush=True)
         return 1

@@ -61,5 +61,14 @@ def test_parallel_runs_then_collect_with_an_unscored_run(corpus: Path, tmp_path:
     rows = json.loads((out / "results.json").read_text())
     tr = next(r for r in rows if r["model"] == "transformer-uniform")
     assert tr["scored"] is False and tr["curve"] and tr["parameters"] > 0 and tr["cpu_tokens_per_s"] == 1000.0
+    # train now, score later: the table first shows the curve only, then the scored row
+    args2 = [*args, "--models", "causal", "--seeds", "3"]
+    assert quality.main([*args2, "--no-score"]) == 0
+    assert not (out / "causal-seed3" / "row.json").exists() and (out / "causal-seed3" / "model").is_dir()
+    assert "| causal |" in capsys.readouterr().out
+    assert quality.main([*args2, "--score", "--jobs", "2"]) == 0
+    row = json.loads((out / "causal-seed3" / "row.json").read_text())
+    assert row["tokens"] == 25 * 48 and row["nelbo_bits_per_token"] > 0 and row["curve"]
+    capsys.readouterr()
     assert quality.main([*args, "--measure-speed", str(tmp_path / "s.json"), "--models", "causal"]) == 0
     assert json.loads((tmp_path / "s.json").read_text())["causal"] > 0
