@@ -16,6 +16,12 @@ RSS_after_build in MiB (includes the logits, B*L*V*4 bytes). The peak is resourc
 ru_maxrss, read as /proc VmHWM after resetting it post-build, because ru_maxrss survives
 execve on Linux and would otherwise report the (large) parent's RSS.
 
+Live memory: the same child then runs a third forward under a dispatch mode that reads glibc's
+heap bytes in use (mallinfo2) after every aten op; the peak over post-build is the live column.
+It is what the tensors need, independent of how the heap is laid out (RSS also counts freed
+blocks the heap keeps, which varies from run to run); scratch allocated and freed inside one
+kernel is not seen.
+
 glibc returns large freed blocks to the system by default, which makes every big tensor page
 fault again on every call; unless --keep-malloc-env is given, the script re-executes itself
 with MALLOC_MMAP_MAX_=0 and MALLOC_TRIM_THRESHOLD_=1 GiB (as .ci/dev does). Both models get it.
@@ -48,7 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "transformer takes seconds there (default: %(default)s)")
     p.add_argument("--json", action="store_true",
                    help="print a JSON list of {L, sfdlm_ms, transformer_ms, sfdlm_peak_mb, "
-                        "transformer_peak_mb} instead of the table")
+                        "transformer_peak_mb, sfdlm_live_mb, transformer_live_mb} instead of the table")
     p.add_argument("--threads", type=int, default=0,
                    help="torch intra-op threads for both models and the memory children "
                         "(0 = torch's default, the number of cores)")
@@ -121,6 +127,48 @@ def reset_hwm() -> bool:
         return False
 
 
+def heap_in_use() -> int | None:
+    """Bytes malloc has handed out and not got back (glibc mallinfo2, all arenas), or None where
+    that is not available. Unlike RSS this does not count freed blocks the heap still holds."""
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                   "fsmblks", "uordblks", "fordblks", "keepcost")]
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = MallInfo2
+        info = libc.mallinfo2()
+    except (OSError, AttributeError):
+        return None
+    return int(info.uordblks + info.hblkhd)
+
+
+def live_peak_forward(model, inputs) -> float | None:
+    """Peak heap bytes in use (MiB above the start), sampled after every aten op of one forward.
+    Scratch that a single kernel allocates and frees inside itself is not seen."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    if heap_in_use() is None:
+        return None
+
+    class Sampler(TorchDispatchMode):
+        peak = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+            out = func(*args, **(kwargs or {}))
+            Sampler.peak = max(Sampler.peak, heap_in_use() or 0)
+            return out
+
+    with torch.inference_mode(), Sampler():  # the mode's first use allocates ~20 MiB once
+        torch.ones(2).add_(1)
+    start = Sampler.peak = heap_in_use() or 0
+    with torch.inference_mode(), Sampler():
+        model(*inputs)
+    return (Sampler.peak - start) / 2**20
+
+
 def child_memory(args: argparse.Namespace) -> None:
     """Runs in a fresh process: print the peak RSS increase of two forwards over post-build.
 
@@ -136,6 +184,7 @@ def child_memory(args: argparse.Namespace) -> None:
     model = build(arch, args)
     x, t, clean = make_inputs(length, args)
     base = rss_mb()
+    base_heap = heap_in_use()
     use_hwm = reset_hwm() and vm_hwm_mb() is not None
     with torch.inference_mode():
         for _ in range(2):
@@ -144,10 +193,14 @@ def child_memory(args: argparse.Namespace) -> None:
         peak = vm_hwm_mb()
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB
-    print(json.dumps({"peak_mb": max(0.0, peak - base)}))
+    before = heap_in_use()
+    live = live_peak_forward(model, (x, t, clean))  # a third forward, sampled op by op
+    held = None if before is None or base_heap is None else (before - base_heap) / 2**20
+    print(json.dumps({"peak_mb": max(0.0, peak - base),
+                      "live_mb": None if live is None or held is None else round(live + held, 1)}))
 
 
-def peak_memory(arch: str, length: int, args: argparse.Namespace) -> float:
+def peak_memory(arch: str, length: int, args: argparse.Namespace) -> dict[str, float | None]:
     cmd = [sys.executable, "-m", "bench.scaling", "--child", arch, str(length),
            "--batch", str(args.batch), "--threads", str(args.threads), "--d-model",
            str(args.d_model), "--layers", str(args.layers), "--vocab", str(args.vocab),
@@ -155,7 +208,7 @@ def peak_memory(arch: str, length: int, args: argparse.Namespace) -> float:
     if args.kernel_cache_mb is not None:
         cmd += ["--kernel-cache-mb", str(args.kernel_cache_mb)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return float(json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"])
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def time_models(length: int, models: dict, args: argparse.Namespace) -> dict[str, float]:
@@ -195,23 +248,32 @@ def main(argv: list[str] | None = None) -> None:
         print(f"# whole forward (ids -> logits over V={args.vocab}), B={args.batch}, "
               f"D={args.d_model}, layers={args.layers}, threads={torch.get_num_threads()}, "
               f"torch {torch.__version__}; time = median of alternating calls; "
-              f"peak = max RSS increase over post-build RSS in a fresh process")
+              f"peak = max RSS increase over post-build RSS in a fresh process; live = peak heap "
+              f"bytes in use over post-build, sampled between aten ops (glibc mallinfo2)")
         print(f"{'L':>6} {'sfdlm_ms':>10} {'transformer_ms':>15} {'speedup':>8} "
-              f"{'sfdlm_peak_mb':>14} {'transformer_peak_mb':>20}", flush=True)
+              f"{'sfdlm_peak_mb':>14} {'transformer_peak_mb':>20} {'sfdlm_live_mb':>14} "
+              f"{'transformer_live_mb':>20}", flush=True)
     for length in lengths:
         ms = time_models(length, models, args)
-        mem = {a: -1.0 if args.no_memory else statistics.median(
-            peak_memory(a, length, args) for _ in range(max(1, args.memory_repeats)))
-            for a in models}
+        mem: dict[str, float] = {}
+        live: dict[str, float | None] = {}
+        for a in models:
+            reads = [] if args.no_memory else [peak_memory(a, length, args) for _ in range(max(1, args.memory_repeats))]
+            mem[a] = statistics.median(r["peak_mb"] for r in reads) if reads else -1.0
+            lv = [r["live_mb"] for r in reads if r.get("live_mb") is not None]
+            live[a] = statistics.median(lv) if lv else None
         row = {"L": length, "sfdlm_ms": round(ms["sfdlm"], 2),
                "transformer_ms": round(ms["transformer"], 2),
                "sfdlm_peak_mb": round(mem["sfdlm"], 1),
-               "transformer_peak_mb": round(mem["transformer"], 1)}
+               "transformer_peak_mb": round(mem["transformer"], 1),
+               "sfdlm_live_mb": live["sfdlm"], "transformer_live_mb": live["transformer"]}
         rows.append(row)
         if not args.json:
+            lv = " ".join(f"{'-' if v is None else f'{v:.1f}':>{w}}" for v, w in
+                          ((live["sfdlm"], 14), (live["transformer"], 20)))
             print(f"{length:>6} {row['sfdlm_ms']:>10.1f} {row['transformer_ms']:>15.1f} "
                   f"{ms['transformer'] / ms['sfdlm']:>7.2f}x {row['sfdlm_peak_mb']:>14.1f} "
-                  f"{row['transformer_peak_mb']:>20.1f}", flush=True)
+                  f"{row['transformer_peak_mb']:>20.1f} {lv}", flush=True)
     if args.json:
         print(json.dumps(rows))
 
