@@ -9,8 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.layers import (BidirectionalSSM, ChannelMLP, ComplexFourierMLP, channels_first,
-                           modulated_norm, next_fast_len, real_dft_matrices, ssm_fft_len)
+from engine.layers import (FLUSH_BELOW, BidirectionalSSM, ChannelMLP, ComplexFourierMLP, channels_first,
+                           modulated_norm, next_fast_len, power_table, real_dft_matrices, ssm_fft_len)
 from engine.reference import fourier_reference, ssm_conv_reference, ssm_reference
 
 D, N_STATE = 16, 16
@@ -239,3 +239,24 @@ def test_channels_first_is_an_exact_transpose(length: int, rows: int) -> None:
     y = channels_first(x, rows=rows)
     assert y.shape == (2, 6, length) and y.is_contiguous()
     assert torch.equal(y, x.transpose(1, 2))
+
+
+@pytest.mark.parametrize("count", [1, 2, 7, 128, 129])
+def test_power_table_in_place_equals_autograd_path_and_has_no_subnormals(count: int) -> None:
+    mag = torch.tensor([0.999, 0.9, 0.5, 1e-3, 1e-12])
+    base = torch.polar(mag, torch.tensor([0.1, 1.0, 2.0, -0.5, 3.0])).to(torch.complex64)
+    with torch.no_grad():
+        fast = power_table(base, count)
+    leaf = base.clone().requires_grad_(True)
+    slow = power_table(leaf, count)
+    assert fast.shape == slow.shape == (count, 5)
+    assert torch.equal(fast, slow.detach())
+    exact = base.to(torch.complex128)[None] ** torch.arange(count, dtype=torch.float64)[:, None]
+    parts = torch.view_as_real(fast)
+    assert not ((parts != 0) & (parts.abs() < torch.finfo(torch.float32).tiny)).any()
+    # kept entries are accurate; flushed ones were below the threshold
+    err = (fast.to(torch.complex128) - exact).abs()
+    assert (err <= 1e-5 * exact.abs() + 2 * FLUSH_BELOW).all()
+    if count > 1:  # the autograd path stays differentiable
+        slow.real.sum().backward()
+        assert leaf.grad is not None and torch.isfinite(torch.view_as_real(leaf.grad)).all()
