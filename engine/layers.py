@@ -431,6 +431,9 @@ class BidirectionalSSM(nn.Module):
         if not grad:  # inference: contiguous channel-major rows in and out
             step = max(8, min(d, self.chunk_elems // (b * n_fft)))
             ut = channels_first(u)  # (B, D, L)
+            if step >= d:  # one group: hand back a view of the transform's output, no copy
+                U = torch.fft.rfft(ut, n=n_fft).mul_(Kf if Kf is not None else self._freq(length, n_fft))
+                return torch.fft.irfft(U, n=n_fft)[..., :length].transpose(1, 2)  # (B, L, D) view
             yt = u.new_empty(b, d, length)  # (B, D, L)
             for c0 in range(0, d, step):
                 ch = slice(c0, min(d, c0 + step))
