@@ -152,13 +152,18 @@ def power_table(base: Tensor, count: int) -> Tensor:
     """[base^0, ..., base^(count-1)] stacked on a new FIRST axis by repeated doubling:
     (count, *base.shape). Each doubling step is one multiply of a contiguous block; parts
     below FLUSH_BELOW become 0 (flush_tiny), so no subnormal is ever formed. Without autograd
-    the table is filled in place (no concatenations)."""
-    cur = flush_tiny(base)  # base^(number of rows done)
+    the table is filled in place (no concatenations). When even the smallest |base|^(count-1)
+    stays above FLUSH_BELOW (short tables, the usual training case) no flushing is done."""
+    if count > 1 and base.numel() and float(base.detach().abs().min()) ** (count - 1) >= FLUSH_BELOW:
+        flush = lambda x: x  # noqa: E731  nothing in the table can get that small (short tables)
+    else:
+        flush = flush_tiny
+    cur = flush(base)  # base^(number of rows done)
     if torch.is_grad_enabled() and base.requires_grad:
         out = torch.ones(1, *base.shape, dtype=base.dtype, device=base.device)
         while out.shape[0] < count:
-            out = torch.cat([out, flush_tiny(out * cur)], dim=0)
-            cur = flush_tiny(cur * cur)
+            out = torch.cat([out, flush(out * cur)], dim=0)
+            cur = flush(cur * cur)
         return out[:count]
     out = torch.empty(max(count, 1), *base.shape, dtype=base.dtype, device=base.device)
     out[0] = 1
@@ -167,11 +172,12 @@ def power_table(base: Tensor, count: int) -> Tensor:
         m = min(done, count - done)
         block = out[done:done + m]
         torch.mul(out[:m], cur, out=block)
-        r = torch.view_as_real(block) if block.is_complex() else block
-        r.masked_fill_(r.abs() < FLUSH_BELOW, 0)
+        if flush is flush_tiny:
+            r = torch.view_as_real(block) if block.is_complex() else block
+            r.masked_fill_(r.abs() < FLUSH_BELOW, 0)
         done += m
         if done < count:
-            cur = flush_tiny(cur * cur)
+            cur = flush(cur * cur)
     return out[:count]
 
 
