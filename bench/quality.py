@@ -41,6 +41,28 @@ from engine.train import Setup, load_texts, train
 
 VARIANTS = (("sfdlm-uniform", "sfdlm", "uniform"), ("sfdlm-absorbing", "sfdlm", "absorbing"),
             ("transformer-uniform", "transformer", "uniform"), ("causal", "causal", "uniform"))
+ARCH_NOISE = {name: (arch, noise) for name, arch, noise in VARIANTS}
+PAIR = ("sfdlm-uniform", "transformer-uniform")  # the two models the issue's targets compare
+
+
+def run_path(out: Path, name: str, seed: int) -> Path:
+    return out / f"{name}-seed{seed}"
+
+
+def read_curve(run_dir: Path) -> list[dict[str, Any]]:
+    """The validation rows of a run's log.jsonl (empty when there is none)."""
+    if not (run_dir / "log.jsonl").is_file():
+        return []
+    return [json.loads(x)["eval"] for x in (run_dir / "log.jsonl").read_text().splitlines() if '"eval"' in x]
+
+
+def trained_fields(name: str, seed: int, parameters: int, mlp_mult: int, steps: int, batch: int, seq_len: int,
+                   device: str | None, wall: float, curve: list[dict[str, Any]]) -> dict[str, Any]:
+    """The part of a result row that training alone determines (scored and unscored rows share it)."""
+    return {"model": name, "seed": seed, "parameters": parameters, "mlp_mult": mlp_mult,
+            "tokens": steps * batch * seq_len, "batch_size": batch, "seq_len": seq_len,
+            "device": device, "train_seconds": round(wall, 1), "tokens_per_s": round(steps * batch * seq_len / wall, 1),
+            "curve": [{"elapsed_s": c.get("elapsed_s"), "step": c["step"], "bits": c["nelbo_bits_per_token"]} for c in curve]}
 
 
 def matched(base: ModelConfig, arch: str) -> ModelConfig:
@@ -68,8 +90,8 @@ def run_one(name: str, seed: int, train_texts: Sequence[str], val_texts: Sequenc
     already holds the whole budget is not trained again, and a scored one (row.json) is not
     touched, so an interrupted sweep can be re-run. With score=False the scoring is left for a
     later `--score` pass (returns None)."""
-    arch, noise = {v[0]: (v[1], v[2]) for v in VARIANTS}[name]
-    run_dir = out / f"{name}-seed{seed}"
+    arch, noise = ARCH_NOISE[name]
+    run_dir = run_path(out, name, seed)
     if (run_dir / "row.json").is_file():
         return json.loads((run_dir / "row.json").read_text())
     steps = max(1, tokens // (tcfg.batch_size * tcfg.seq_len))
@@ -83,19 +105,15 @@ def run_one(name: str, seed: int, train_texts: Sequence[str], val_texts: Sequenc
 
 def score_run(run_dir: Path, val_texts: Sequence[str], name: str, seed: int) -> dict[str, Any]:
     """engine.evaluate on a trained run (on the CPU, whatever it trained on): row.json."""
-    curve = [json.loads(x)["eval"] for x in (run_dir / "log.jsonl").read_text().splitlines() if '"eval"' in x]
     ck = checkpoint.load(run_dir / "model")
     tc = ck.meta["train_config"]
-    steps, batch, seq_len = int(ck.meta["step"]), int(tc["batch_size"]), int(tc["seq_len"])
-    wall = float(ck.meta["train_seconds"])  # optimizer steps only, validation excluded
+    seq_len = int(tc["seq_len"])
     rep = evaluate(ck, val_texts, seq_len=seq_len, max_windows=64, infill_windows=16, steps=32, mc=2, n_samples=1, seed=seed)
-    row = {"model": name, "seed": seed, "parameters": count_parameters(ck.model), "mlp_mult": ck.model_cfg.mlp_mult,
-           "tokens": steps * batch * seq_len, "batch_size": batch, "seq_len": seq_len,
-           "device": ck.meta.get("device"), "train_seconds": round(wall, 1),
-           "tokens_per_s": round(steps * batch * seq_len / wall, 1),
-           "curve": [{"elapsed_s": c.get("elapsed_s"), "step": c["step"], "bits": c["nelbo_bits_per_token"]} for c in curve],
-           "nelbo_bits_per_token": rep["nelbo_bits_per_token"], "ppl_bound": rep["ppl_bound"],
-           "infill_accuracy": rep["infill_accuracy"], "pin_preservation": rep["pin_preservation"], "sample": rep["samples"][0]}
+    # train_seconds: optimizer steps only, validation excluded
+    row = trained_fields(name, seed, count_parameters(ck.model), ck.model_cfg.mlp_mult, int(ck.meta["step"]), int(tc["batch_size"]),
+                         seq_len, ck.meta.get("device"), float(ck.meta["train_seconds"]), read_curve(run_dir))
+    row |= {"nelbo_bits_per_token": rep["nelbo_bits_per_token"], "ppl_bound": rep["ppl_bound"],
+            "infill_accuracy": rep["infill_accuracy"], "pin_preservation": rep["pin_preservation"], "sample": rep["samples"][0]}
     (run_dir / "row.json").write_text(json.dumps(row, indent=2))
     return row
 
@@ -104,20 +122,14 @@ def partial_row(run_dir: Path, base: ModelConfig, tcfg: TrainConfig, vocab_size:
     """A row from a run's log alone (trained, but the final scoring did not finish): the validation
     curve and training time, with the scoring fields None. None when the log has no validation."""
     name, _, seed = run_dir.name.rpartition("-seed")
-    rows = [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines() if x.strip()] if (run_dir / "log.jsonl").is_file() else []
-    curve = [r["eval"] for r in rows if "eval" in r]
-    if name not in {v[0] for v in VARIANTS} or not curve:
+    curve = read_curve(run_dir)
+    if name not in ARCH_NOISE or not curve:
         return None
-    arch = {v[0]: v[1] for v in VARIANTS}[name]
-    mcfg = matched(dataclasses.replace(base, vocab_size=vocab_size), arch)
-    steps = curve[-1]["step"]
-    wall = float(curve[-1]["elapsed_s"])
-    return {"model": name, "seed": int(seed), "parameters": count_parameters(build_model(mcfg)), "mlp_mult": mcfg.mlp_mult,
-            "tokens": steps * tcfg.batch_size * tcfg.seq_len, "batch_size": tcfg.batch_size, "seq_len": tcfg.seq_len,
-            "device": None, "train_seconds": round(wall, 1), "tokens_per_s": round(steps * tcfg.batch_size * tcfg.seq_len / wall, 1),
-            "curve": [{"elapsed_s": c.get("elapsed_s"), "step": c["step"], "bits": c["nelbo_bits_per_token"]} for c in curve],
-            "nelbo_bits_per_token": None, "ppl_bound": None, "infill_accuracy": None, "pin_preservation": None,
-            "sample": None, "scored": False}
+    mcfg = matched(dataclasses.replace(base, vocab_size=vocab_size), ARCH_NOISE[name][0])
+    row = trained_fields(name, int(seed), count_parameters(build_model(mcfg)), mcfg.mlp_mult, curve[-1]["step"], tcfg.batch_size,
+                         tcfg.seq_len, None, float(curve[-1]["elapsed_s"]), curve)
+    return row | {"nelbo_bits_per_token": None, "ppl_bound": None, "infill_accuracy": None, "pin_preservation": None,
+                  "sample": None, "scored": False}
 
 
 def gather(out: Path, base: ModelConfig, tcfg: TrainConfig, models: Sequence[str], seeds: Sequence[int], vocab: int) -> list[dict[str, Any]]:
@@ -166,17 +178,17 @@ def measure_speed(base: ModelConfig, tcfg: TrainConfig, tok: Tokenizer, variants
 
 def equal_wallclock(rows: list[dict[str, Any]], speed: dict[str, float] | None = None) -> None:
     """Set each row's bits_at_equal_wallclock: its validation bound at the last evaluation no later
-    than the time the faster of SFDLM-uniform and the transformer denoiser (the pair the target
-    compares; the fastest of all models when either is missing) needed for the whole budget. With `speed` (training tokens/s per
-    model measured on the CPU, --measure-speed) the clock is that CPU's; otherwise the run's own."""
+    than the time the faster of SFDLM-uniform and the transformer denoiser (PAIR, the models the
+    target compares; the fastest of all models when either is missing) needed for the whole
+    budget. With `speed` (training tokens/s per model measured on the CPU, --measure-speed) the
+    clock is that CPU's; otherwise the run's own."""
     def clock(r: dict[str, Any], c: dict[str, Any]) -> float | None:
         if speed is not None:
             return c["step"] * r["batch_size"] * r["seq_len"] / speed[r["model"]]
         return c["elapsed_s"]
     total = {id(r): (r["tokens"] / speed[r["model"]] if speed is not None else r["train_seconds"]) for r in rows}
-    pair = [total[id(r)] for r in rows if r["model"] in ("sfdlm-uniform", "transformer-uniform")]
-    fastest = min(pair if len({r["model"] for r in rows if r["model"] in ("sfdlm-uniform", "transformer-uniform")}) == 2
-                  else total.values())
+    have_pair = {r["model"] for r in rows} >= set(PAIR)
+    fastest = min(total[id(r)] for r in rows if r["model"] in PAIR or not have_pair)
     for r in rows:
         early = [c for c in r["curve"] if clock(r, c) is not None and clock(r, c) <= fastest + 1e-9]
         r["bits_at_equal_wallclock"] = early[-1]["bits"] if early else None
@@ -194,13 +206,13 @@ def run(data: Path, out: Path, tokens: int, seeds: Sequence[int], base: ModelCon
     tok = _ensure_tokenizer(train_texts, out, base.vocab_size)
     todo = [(name, seed) for seed in seeds for name, _, _ in VARIANTS if name in variants]
     if mode == "score":
-        todo = [(n, s) for n, s in todo if (out / f"{n}-seed{s}" / "model" / "manifest.json").is_file()
-                and not (out / f"{n}-seed{s}" / "row.json").is_file()]
+        todo = [(n, s) for n, s in todo if (run_path(out, n, s) / "model" / "manifest.json").is_file()
+                and not (run_path(out, n, s) / "row.json").is_file()]
     if jobs <= 1:
         rows = []
         for name, seed in todo:
             if mode == "score":
-                row = score_run(out / f"{name}-seed{seed}", val_texts, name, seed)
+                row = score_run(run_path(out, name, seed), val_texts, name, seed)
             else:
                 row = run_one(name, seed, train_texts, val_texts, out, tok, tokens, base, tcfg, device, score=mode == "both")
             if row is not None:
@@ -214,8 +226,8 @@ def run(data: Path, out: Path, tokens: int, seeds: Sequence[int], base: ModelCon
     while pending or running:
         while pending and len(running) < jobs:
             name, seed = pending.pop(0)
-            (out / f"{name}-seed{seed}").mkdir(parents=True, exist_ok=True)
-            logf = (out / f"{name}-seed{seed}" / "stderr.log").open("w")
+            run_path(out, name, seed).mkdir(parents=True, exist_ok=True)
+            logf = (run_path(out, name, seed) / "stderr.log").open("w")
             cmd = [sys.executable, "-m", "bench.quality", *child_args, "--models", name, "--seeds", str(seed), "--jobs", "1", "--child"]
             running.append(((name, seed), subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT), logf))
         time.sleep(1.0)
@@ -227,7 +239,7 @@ def run(data: Path, out: Path, tokens: int, seeds: Sequence[int], base: ModelCon
                 print(f"{name} seed {seed}: exit {proc.returncode}", flush=True)
                 if proc.returncode != 0:
                     failed.append(f"{name}-seed{seed}")
-    rows = [json.loads((out / f"{n}-seed{s}" / "row.json").read_text()) for n, s in todo if (out / f"{n}-seed{s}" / "row.json").is_file()]
+    rows = [json.loads((run_path(out, n, s) / "row.json").read_text()) for n, s in todo if (run_path(out, n, s) / "row.json").is_file()]
     if failed:
         print(f"failed runs (see their stderr.log): {', '.join(failed)}", flush=True)
     return rows
@@ -270,7 +282,7 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
     def med(name: str, key: str, sub: str | None = None) -> float | None:
         v = [r[key][sub] if sub else r[key] for r in rows if r["model"] == name and r.get(key) is not None]
         return statistics.median(v) if v else None
-    a, b = "sfdlm-uniform", "transformer-uniform"
+    a, b = PAIR
     out = []
     la = [r["curve"][-1]["bits"] for r in rows if r["model"] == a]
     lb = [r["curve"][-1]["bits"] for r in rows if r["model"] == b]
@@ -321,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tcfg = TrainConfig(seq_len=args.seq_len, batch_size=args.batch_size, eval_every=args.eval_every,
                        warmup_steps=args.warmup_steps, lr=args.lr)
     models = args.models.split(",")
-    unknown = sorted(set(models) - {v[0] for v in VARIANTS})
+    unknown = sorted(set(models) - set(ARCH_NOISE))
     if unknown:
         p.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(v[0] for v in VARIANTS)}")
     seeds = [int(x) for x in args.seeds.split(",")]
