@@ -135,17 +135,20 @@ def channels_first(x: Tensor, rows: int = 1024) -> Tensor:
 FLUSH_BELOW = 1e-15  # power-table magnitudes below this are set to exactly 0 (see flush_tiny)
 
 
-def flush_tiny(x: Tensor, below: float = FLUSH_BELOW) -> Tensor:
-    """x with entries of magnitude < `below` set to 0 (out of place, so autograd sees it).
+def flush_tiny(x: Tensor, below: float = FLUSH_BELOW, inplace: bool = False) -> Tensor:
+    """x with parts of magnitude < `below` set to 0 (real and imaginary parts each, no square
+    root); out of place, so autograd sees it, unless `inplace`.
 
     Powers of fast-decaying SSM modes underflow through float32's subnormal range, and x86
     arithmetic on subnormals is tens of times slower: at L = 16384 the kernel product ran at
     30 ms instead of 4 ms per layer. A dropped term of the kernel is below 1e-15 |W|, far
     under float32 resolution of the kernel (whose scale is |W|)."""
-    if x.is_complex():  # real and imaginary parts each (no square root)
-        r = torch.view_as_real(x)
-        return torch.view_as_complex(r.masked_fill(r.abs() < below, 0))
-    return x.masked_fill(x.abs() < below, 0)
+    r = torch.view_as_real(x) if x.is_complex() else x
+    if inplace:
+        r.masked_fill_(r.abs() < below, 0)
+        return x
+    r = r.masked_fill(r.abs() < below, 0)
+    return torch.view_as_complex(r) if x.is_complex() else r
 
 
 def power_table(base: Tensor, count: int) -> Tensor:
@@ -154,10 +157,12 @@ def power_table(base: Tensor, count: int) -> Tensor:
     below FLUSH_BELOW become 0 (flush_tiny), so no subnormal is ever formed. Without autograd
     the table is filled in place (no concatenations). When even the smallest |base|^(count-1)
     stays above FLUSH_BELOW (short tables, the usual training case) no flushing is done."""
-    if count > 1 and base.numel() and float(base.detach().abs().min()) ** (count - 1) >= FLUSH_BELOW:
-        flush = lambda x: x  # noqa: E731  nothing in the table can get that small (short tables)
-    else:
-        flush = flush_tiny
+    # nothing in the table can get that small (short tables): no flushing needed
+    tiny = not (count > 1 and base.numel() and float(base.detach().abs().min()) ** (count - 1) >= FLUSH_BELOW)
+
+    def flush(x: Tensor) -> Tensor:
+        return flush_tiny(x) if tiny else x
+
     cur = flush(base)  # base^(number of rows done)
     if torch.is_grad_enabled() and base.requires_grad:
         out = torch.ones(1, *base.shape, dtype=base.dtype, device=base.device)
@@ -172,9 +177,8 @@ def power_table(base: Tensor, count: int) -> Tensor:
         m = min(done, count - done)
         block = out[done:done + m]
         torch.mul(out[:m], cur, out=block)
-        if flush is flush_tiny:
-            r = torch.view_as_real(block) if block.is_complex() else block
-            r.masked_fill_(r.abs() < FLUSH_BELOW, 0)
+        if tiny:
+            flush_tiny(block, inplace=True)
         done += m
         if done < count:
             cur = flush(cur * cur)
@@ -434,21 +438,21 @@ class BidirectionalSSM(nn.Module):
             return torch.matmul(inv, Y.flatten(1, 2))  # (B, L, D)
         Kf = self.freq_response(length, "fft")  # (D, Fq) or None
         grad = torch.is_grad_enabled()
-        if not grad:  # inference: contiguous channel-major rows in and out
-            step = max(8, min(d, self.chunk_elems // (b * n_fft)))
-            ut = channels_first(u)  # (B, D, L)
-            if step >= d:  # one group: hand back a view of the transform's output, no copy
-                U = torch.fft.rfft(ut, n=n_fft).mul_(Kf if Kf is not None else self._freq(length, n_fft))
-                return torch.fft.irfft(U, n=n_fft)[..., :length].transpose(1, 2)  # (B, L, D) view
-            yt = u.new_empty(b, d, length)  # (B, D, L)
-            for c0 in range(0, d, step):
-                ch = slice(c0, min(d, c0 + step))
-                kf = Kf[ch] if Kf is not None else self._freq(length, n_fft, ch)  # (Dc, Fq)
-                U = torch.fft.rfft(ut[:, ch], n=n_fft).mul_(kf)  # (B, Dc, Fq)
-                yt[:, ch] = torch.fft.irfft(U, n=n_fft)[..., :length]
-            return yt.transpose(1, 2)  # (B, L, D) view
-        U = torch.fft.rfft(u.transpose(1, 2), n=n_fft) * (Kf if Kf is not None else self._freq(length, n_fft))
-        return torch.fft.irfft(U, n=n_fft)[..., :length].transpose(1, 2)  # (B, L, D) view
+        step = d if grad else max(8, min(d, self.chunk_elems // (b * n_fft)))
+        if step >= d:  # all channels at once (training, or short inputs): a view of the output
+            kf = Kf if Kf is not None else self._freq(length, n_fft)  # (D, Fq)
+            U = torch.fft.rfft(u.transpose(1, 2) if grad else channels_first(u), n=n_fft)  # (B, D, Fq)
+            U = U * kf if grad else U.mul_(kf)
+            return torch.fft.irfft(U, n=n_fft)[..., :length].transpose(1, 2)  # (B, L, D) view
+        # inference on long inputs: contiguous channel-major rows in and out, a group at a time
+        ut = channels_first(u)  # (B, D, L)
+        yt = u.new_empty(b, d, length)  # (B, D, L)
+        for c0 in range(0, d, step):
+            ch = slice(c0, min(d, c0 + step))
+            kf = Kf[ch] if Kf is not None else self._freq(length, n_fft, ch)  # (Dc, Fq)
+            U = torch.fft.rfft(ut[:, ch], n=n_fft).mul_(kf)  # (B, Dc, Fq)
+            yt[:, ch] = torch.fft.irfft(U, n=n_fft)[..., :length]
+        return yt.transpose(1, 2)  # (B, L, D) view
 
     chunk_elems = 1 << 20  # complex spectrum elements per FFT group (B * Dc * Nfft)
 

@@ -223,12 +223,15 @@ def train(setup: Setup, train_texts: Sequence[str], val_texts: Sequence[str], ou
                 "train_config": to_dict(cfg), "parameters": count_parameters(model),
                 "world_size": world, "device": device, "validation": history[-1] if history else None}
 
+    def save_model(folder: Path) -> None:
+        checkpoint.save(folder, model, mcfg, tok, diffusion_cfg=setup.diffusion_cfg, sampler_cfg=SamplerConfig(),
+                        name=name, meta=model_meta())
+
     def save() -> None:
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": _rng_state(gens),
                     "step": step, "tokens_seen": seen, "elapsed_s": elapsed}, state_path)
         if rank == 0:
-            checkpoint.save(out / "model", model, mcfg, tok, diffusion_cfg=setup.diffusion_cfg, sampler_cfg=SamplerConfig(),
-                            name=name, meta=model_meta())
+            save_model(out / "model")
 
     def log(row: dict[str, Any]) -> None:
         if rank == 0:
@@ -245,8 +248,7 @@ def train(setup: Setup, train_texts: Sequence[str], val_texts: Sequence[str], ou
         history.append(metrics)
         log({"eval": metrics})
         if keep_best and rank == 0 and metrics["nelbo_bits_per_token"] < best:
-            checkpoint.save(out / "best", model, mcfg, tok, diffusion_cfg=setup.diffusion_cfg, sampler_cfg=SamplerConfig(),
-                            name=name, meta=model_meta())
+            save_model(out / "best")
         if rank == 0:
             print(f"\nvalidation at step {step}: {metrics['nelbo_bits_per_token']:.3f} bits/token, "
                   f"ppl bound {metrics['ppl_bound']:.1f}", file=sys.stderr)
@@ -294,8 +296,10 @@ def train(setup: Setup, train_texts: Sequence[str], val_texts: Sequence[str], ou
             save()
         if stop_after is not None and step >= stop_after:
             break
-    if val is not None and step < cfg.max_steps and (stop_after is None or step < stop_after) and (not history or history[-1]["step"] != step):
-        validate()  # the time budget ended the run between validations
+    # the time budget ended the run between validations (an interrupted run, stop_after, is not
+    # validated here: its resumed log must equal a straight run's)
+    if val is not None and (stop_after is None or step < stop_after) and (not history or history[-1]["step"] != step):
+        validate()
     save()
     if world > 1:
         torch.distributed.barrier()
