@@ -43,6 +43,7 @@ Performance notes (measured on 2 shared CPU cores; docs/BENCHMARKS.md has the nu
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Literal
 
@@ -73,8 +74,24 @@ def next_fast_len(n: int) -> int:
 
 
 def ssm_fft_len(length: int) -> int:
-    """FFT length used by the SSM for a sequence of `length` (linear, not circular, conv)."""
-    return next_fast_len(max(2 * length - 1, 2))
+    """FFT length used by the SSM for a sequence of `length`: Nfft = 2M with M >= length
+    5-smooth, so Nfft >= 2L - 1 (a linear, not circular, convolution) and each half of the
+    two-sided kernel is exactly M = Q * C samples (see BidirectionalSSM.two_sided)."""
+    return 2 * next_fast_len(max(length, 1))
+
+
+@functools.lru_cache(maxsize=64)
+def kernel_grid(m: int) -> tuple[int, int]:
+    """(Q, C) with Q * C == m and C the divisor of m nearest sqrt(m): the kernel's samples
+    l = qC + r, 0 <= q < Q, 0 <= r < C (m is 5-smooth, so such a divisor is never far off)."""
+    root = math.isqrt(m)
+    best = 1
+    for c in range(1, root + 1):
+        if m % c == 0:
+            best = c  # the largest divisor <= sqrt(m)
+    other = m // best  # the smallest divisor >= sqrt(m)
+    c = other if other - math.sqrt(m) < math.sqrt(m) - best else best
+    return m // c, c
 
 
 _DFT_CACHE: dict[tuple, tuple[Tensor, Tensor]] = {}
@@ -119,16 +136,21 @@ def _build_dft_matrices(n: int, length: int, device: torch.device, dtype: torch.
     return fwd.to(device=device, dtype=dtype).contiguous(), inv.to(device=device, dtype=dtype)
 
 
-def channels_first(x: Tensor, rows: int = 1024) -> Tensor:
-    """(B, L, D) -> contiguous (B, D, L). A plain `.transpose(1, 2).contiguous()` walks the
-    whole tensor with a large stride on one side (7 ms at L = 8192, D = 256 on two cores);
-    copying `rows` positions at a time keeps both sides of each block in cache (1.4 ms)."""
+def channels_first(x: Tensor, rows: int = 1024, width: int | None = None) -> Tensor:
+    """(B, L, D) -> contiguous (B, D, width) holding x transposed in its first L columns and
+    zeros after them (width defaults to L; a wider buffer is an FFT input already padded).
+    A plain `.transpose(1, 2).contiguous()` walks the whole tensor with a large stride on
+    one side (7 ms at L = 8192, D = 256 on two cores); copying `rows` positions at a time
+    keeps both sides of each block in cache (1.4 ms)."""
     b, length, d = x.shape
-    if length <= 2 * rows:
+    width = length if width is None else width
+    if width == length and length <= 2 * rows:
         return x.transpose(1, 2).contiguous()
-    out = x.new_empty(b, d, length)
+    out = x.new_empty(b, d, width)
     for i in range(0, length, rows):
-        out[:, :, i:i + rows].copy_(x[:, i:i + rows].transpose(1, 2))
+        j = min(length, i + rows)
+        out[:, :, i:j].copy_(x[:, i:j].transpose(1, 2))
+    out[:, :, length:].zero_()
     return out
 
 
@@ -151,38 +173,41 @@ def flush_tiny(x: Tensor, below: float = FLUSH_BELOW, inplace: bool = False) -> 
     return torch.view_as_complex(r) if x.is_complex() else r
 
 
-def power_table(base: Tensor, count: int) -> Tensor:
-    """[base^0, ..., base^(count-1)] stacked on a new FIRST axis by repeated doubling:
-    (count, *base.shape). Each doubling step is one multiply of a contiguous block; parts
-    below FLUSH_BELOW become 0 (flush_tiny), so no subnormal is ever formed. Without autograd
-    the table is filled in place (no concatenations). When even the smallest |base|^(count-1)
-    stays above FLUSH_BELOW (short tables, the usual training case) no flushing is done."""
+def power_table(base: Tensor, count: int, dim: int = 0) -> Tensor:
+    """[base^0, ..., base^(count-1)] stacked on a new axis at `dim` by repeated doubling:
+    base.shape with `count` inserted at `dim`. Each doubling step is one multiply of a block
+    of the table; parts below FLUSH_BELOW become 0 (flush_tiny), so no subnormal is ever
+    formed. Without autograd the table is filled in place (no concatenations). When even the
+    smallest |base|^(count-1) stays above FLUSH_BELOW (short tables, the usual training case)
+    no flushing is done."""
     # nothing in the table can get that small (short tables): no flushing needed
     tiny = not (count > 1 and base.numel() and float(base.detach().abs().min()) ** (count - 1) >= FLUSH_BELOW)
 
     def flush(x: Tensor) -> Tensor:
         return flush_tiny(x) if tiny else x
 
-    cur = flush(base)  # base^(number of rows done)
+    cur = flush(base).unsqueeze(dim)  # base^(number of rows done)
     if torch.is_grad_enabled() and base.requires_grad:
-        out = torch.ones(1, *base.shape, dtype=base.dtype, device=base.device)
-        while out.shape[0] < count:
-            out = torch.cat([out, flush(out * cur)], dim=0)
+        out = torch.ones_like(cur)
+        while out.shape[dim] < count:
+            out = torch.cat([out, flush(out * cur)], dim=dim)
             cur = flush(cur * cur)
-        return out[:count]
-    out = torch.empty(max(count, 1), *base.shape, dtype=base.dtype, device=base.device)
-    out[0] = 1
+        return out.narrow(dim, 0, count)
+    shape = list(cur.shape)
+    shape[dim] = max(count, 1)
+    out = base.new_empty(shape)
+    out.narrow(dim, 0, 1).fill_(1)
     done = 1
     while done < count:
         m = min(done, count - done)
-        block = out[done:done + m]
-        torch.mul(out[:m], cur, out=block)
+        block = out.narrow(dim, done, m)
+        torch.mul(out.narrow(dim, 0, m), cur, out=block)
         if tiny:
             flush_tiny(block, inplace=True)
         done += m
         if done < count:
             cur = flush(cur * cur)
-    return out[:count]
+    return out.narrow(dim, 0, count)
 
 
 def _versions(params: list[Tensor]) -> tuple:
@@ -333,56 +358,79 @@ class BidirectionalSSM(nn.Module):
         W = 2 * c * (lam - 1) / A
         return dt * a_re, dt * a_im, W
 
-    def _chunk_factors(self, length: int, ch: slice) -> tuple[Tensor, Tensor, int, int]:
-        """Factors of lam^l = lam^(qC) lam^r (l = qC + r) in real form, for both directions.
+    def _grid_factors(self, m: int, ch: slice) -> tuple[Tensor, Tensor, Tensor]:
+        """Factors of the two halves of the two-sided kernel on the grid l = qC + r (Q*C = m).
 
-        Returns P (Dc, 2Q, 2n) with rows (direction, q) and columns [Re; -Im] of W lam^(qC),
-        R (Dc, 2n, C) with rows [Re; Im] of lam^r, and (Q, C). lam and lam^C are formed in
-        complex128 on (Dc, n); the power tables by repeated doubling in complex64 (log2 C
-        multiplications deep), so no transcendental function is evaluated at size D*n*L.
+        Returns P (Dc, 2, Q, 2n), the transposed right factors Rt (Dc, 2, C, 2n) and K_bwd[0]
+        (Dc,) float64; the second axis is the half (forward, backward) and columns are
+        interleaved per mode, (n, re/im). P[:, 0, q] holds conj(W_fwd lam^(qC)) as [Re, -Im]
+        for q = 0..Q-1, P[:, 1, q] conj(W_bwd lam^((Q-1-q)C)) (q reversed); Rt[:, 0, r] holds
+        lam^r as [Re, Im], r = 0..C-1, and Rt[:, 1, r] lam^(C-r) (powers C..1). So per channel
+        P[:, 0] @ Rt[:, 0]^T = K_fwd[0..m-1] and P[:, 1] @ Rt[:, 1]^T = K_bwd[m..1], in order.
+        Every table is built channel-major by repeated doubling in complex64 (log2 C
+        multiplications deep) from lam and lam^C formed in complex128 on (Dc, n), so no
+        transcendental function is evaluated at size D*n*L and no table is transposed.
         """
+        q_n, chunk = kernel_grid(m)
         loga, theta, W = self.discrete(ch)
-        chunk = max(1, int(math.ceil(math.sqrt(length))))
-        q_n = -(-length // chunk)
         d, n = loga.shape
         lam = torch.polar(torch.exp(loga), theta)  # (Dc, n) complex128
         lam_c = torch.polar(torch.exp(loga * chunk), torch.remainder(theta * chunk, 2 * math.pi))
-        R = torch.view_as_real(power_table(lam.to(torch.complex64), chunk))  # (C, Dc, n, 2)
-        R = R.permute(1, 3, 2, 0).reshape(d, 2 * n, chunk)  # (Dc, 2n, C)
-        Pc = power_table(lam_c.conj().to(torch.complex64), q_n)  # conj(lam^(qC))  (Q, Dc, n)
-        Pc = Pc * W.conj().to(torch.complex64)[:, None]  # conj(W lam^(qC))  (2, Q, Dc, n)
-        P = torch.view_as_real(Pc).permute(2, 0, 1, 4, 3).reshape(d, 2 * q_n, 2 * n)
-        return P, R, q_n, chunk
+        tab = power_table(lam.to(torch.complex64), chunk + 1, dim=1)  # lam^r (Dc, C+1, n)
+        pw = power_table(lam_c.conj().to(torch.complex64), q_n, dim=1)  # conj(lam^(qC)) (Dc, Q, n)
+        wc = W.conj().to(torch.complex64).transpose(0, 1)[:, :, None]  # (Dc, 2, 1, n)
+        if torch.is_grad_enabled() and tab.requires_grad:
+            rt = torch.stack([tab[:, :chunk], tab[:, 1:].flip(1)], dim=1)  # (Dc, 2, C, n)
+            P = torch.stack([pw, pw.flip(1)], dim=1) * wc  # (Dc, 2, Q, n)
+        else:  # the same, written into preallocated halves
+            rt = tab.new_empty(d, 2, chunk, n)
+            rt[:, 0] = tab[:, :chunk]
+            rt[:, 1] = tab[:, 1:].flip(1)
+            P = pw.new_empty(d, 2, q_n, n)
+            torch.mul(pw, wc[:, 0], out=P[:, 0])
+            torch.mul(pw.flip(1), wc[:, 1], out=P[:, 1])
+        return torch.view_as_real(P).flatten(3), torch.view_as_real(rt).flatten(3), \
+            W[1].real.sum(-1)
+
+    def _raw_two_sided(self, n_fft: int, ch: slice) -> tuple[Tensor, Tensor]:
+        """(k2 without the lag-0 terms (Dc, n_fft), K_bwd[0] (Dc,) float64): k2[:, :m] holds
+        K_fwd[0..m-1] and k2[:, m:] holds K_bwd[m..1], m = n_fft / 2, straight out of ONE
+        batched matmul (Dc*2, Q, 2n) @ (Dc*2, 2n, C) over (channel, half)."""
+        P, rt, kb0 = self._grid_factors(n_fft // 2, ch)
+        d = P.shape[0]
+        k2 = torch.bmm(P.flatten(0, 1), rt.flatten(0, 1).transpose(1, 2))  # (Dc*2, Q, C)
+        return k2.view(d, n_fft), kb0
 
     def kernel(self, length: int, ch: slice = slice(None)) -> Tensor:
-        """Time-domain kernels K (2, Dc, length) in float32: one real batched matmul over modes."""
-        P, R, q_n, chunk = self._chunk_factors(length, ch)
-        K = torch.bmm(P, R)  # (Dc, 2Q, C): K[d, (dir, q), r] = Re(sum_n W lam^(qC + r))
-        return K.view(K.shape[0], 2, q_n * chunk)[..., :length].transpose(0, 1)  # (2, Dc, L)
+        """Time-domain kernels K (2, Dc, length) in float32, K[k, d, l] = Re(sum_n W_k lam^l)
+        (for inspection and tests; the convolution uses two_sided directly)."""
+        raw, kb0 = self._raw_two_sided(ssm_fft_len(length), ch)
+        # raw[:, n_fft - j] = K_bwd[j]: reversed, column j - 1 is K_bwd[j]
+        bwd = torch.cat([kb0.to(raw.dtype)[:, None], raw.flip(-1)[:, :length - 1]], dim=1)
+        return torch.stack([raw[:, :length], bwd])
 
     def two_sided(self, length: int, n_fft: int, ch: slice = slice(None)) -> Tensor:
-        """The combined two-sided circular kernel of length n_fft: (Dc, n_fft).
+        """The combined two-sided circular kernel of length n_fft = ssm_fft_len(length), plus
+        the D skip: (Dc, n_fft).
 
-        k2[j] = K_fwd[j] (0 <= j < L), k2[n_fft - j] = K_bwd[j] (1 <= j < L), k2[0] += K_bwd[0],
-        zero elsewhere; so circular convolution with zero-padded u gives both scans' sum.
+        k2[j] = K_fwd[j] (0 <= j < m), k2[n_fft - j] = K_bwd[j] (1 <= j <= m), and
+        k2[0] = K_fwd[0] + K_bwd[0] + D (the skip is a delta at lag 0), m = n_fft / 2 >= L.
+        Circular convolution with the zero-padded u gives both scans' sum plus D u on
+        0 <= i < L: it reads k2 only at lags 0..L-1 and n_fft-L+1..n_fft-1, so the samples
+        between (lags L..m-1 of each half, beyond the sequence) never reach the output.
         """
-        K = self.kernel(length, ch)  # (2, Dc, L)
-        k2 = K.new_empty(K.shape[1], n_fft)  # (Dc, Nfft)
-        k2[:, :length] = K[0]
-        k2[:, length:n_fft - length + 1] = 0
-        k2[:, 0] += K[1, :, 0]
-        if length > 1:
-            k2[:, n_fft - length + 1:] = K[1, :, 1:].flip(-1)
+        if n_fft != ssm_fft_len(length):
+            raise ValueError(f"n_fft {n_fft} is not ssm_fft_len({length})")
+        k2, kb0 = self._raw_two_sided(n_fft, ch)
+        extra = (kb0.to(k2.dtype) + self.d_skip[ch])  # (Dc,)
+        if torch.is_grad_enabled() and extra.requires_grad:
+            return torch.cat([k2[:, :1] + extra[:, None], k2[:, 1:]], dim=1)
+        k2[:, 0] += extra
         return k2
 
     def _freq(self, length: int, n_fft: int, ch: slice = slice(None)) -> Tensor:
-        """rfft of the two-sided kernel plus the D skip (a delta at lag 0 is constant over
-        frequency) for channels `ch`: complex (Dc, Fq)."""
-        Kf = torch.fft.rfft(self.two_sided(length, n_fft, ch), dim=-1)  # (Dc, Fq)
-        if torch.is_grad_enabled():
-            return Kf + self.d_skip[ch, None]
-        Kf.real.add_(self.d_skip[ch, None])
-        return Kf
+        """rfft of the two-sided kernel with the D skip for channels `ch`: complex (Dc, Fq)."""
+        return torch.fft.rfft(self.two_sided(length, n_fft, ch), dim=-1)  # (Dc, Fq)
 
     def freq_response(self, length: int, path: str) -> Tensor | None:
         """Cached frequency response: complex (D, Fq) for "fft", real (Fq, 2, D) [re, im] for
@@ -416,17 +464,15 @@ class BidirectionalSSM(nn.Module):
     # -- forward --------------------------------------------------------------------------
 
     def conv(self, u: Tensor, path: Path = "auto") -> Tensor:
-        """Two-sided SSM convolution plus D skip: (B, L, D) -> (B, L, D).
+        """Two-sided SSM convolution plus D skip: (B, L, D) -> (B, L, D) (at inference on the
+        FFT path a transposed view of a channel-major result).
 
-        FFT path: one rfft and one irfft of length Nfft serve both directions. At inference
-        the input is made channel-major once (channels_first) and the transforms run over
-        groups of channels on contiguous rows, `chunk_elems` at a time, which keeps the FFT
-        working set in cache and the transient memory small; when the kernel is not cached it
-        is built per group too. Training transforms all channels at once (autograd).
+        FFT path: one rfft and one irfft of length Nfft serve both directions. Training
+        transforms all channels at once (autograd); inference works on channel-major rows
+        (see _conv_rows).
         """
         b, length, d = u.shape
-        if path == "auto":
-            path = "dft" if length <= self.direct_max_len else "fft"
+        path = self._path(path, length)
         n_fft = ssm_fft_len(length)
         if path == "dft":
             Kf = self.freq_response(length, "dft")  # (Fq, 2, D)
@@ -436,15 +482,38 @@ class BidirectionalSSM(nn.Module):
             kr, ki = Kf[:, 0], Kf[:, 1]
             Y = torch.stack([ur * kr - ui * ki, ur * ki + ui * kr], dim=2)  # (B, Fq, 2, D)
             return torch.matmul(inv, Y.flatten(1, 2))  # (B, L, D)
+        if not torch.is_grad_enabled():
+            return self._conv_rows(u)[0].transpose(1, 2)  # (B, L, D) view
+        kf = self.freq_response(length, "fft")  # never cached while training
+        kf = kf if kf is not None else self._freq(length, n_fft)  # (D, Fq)
+        U = torch.fft.rfft(u.transpose(1, 2), n=n_fft) * kf  # (B, D, Fq)
+        return torch.fft.irfft(U, n=n_fft)[..., :length].transpose(1, 2)  # (B, L, D) view
+
+    def _path(self, path: Path, length: int) -> Path:
+        if path == "auto":
+            return "dft" if length <= self.direct_max_len else "fft"
+        return path
+
+    def _conv_rows(self, u: Tensor) -> tuple[Tensor, Tensor]:
+        """Inference FFT convolution on channel-major rows: (y_t, u_t), y_t (B, D, L) the
+        convolution plus D skip (our own storage, possibly rows of a longer buffer) and u_t
+        (B, D, >= L) the input made channel-major (channels_first), whose first L columns
+        the caller may overwrite.
+
+        Rows are contiguous, where torch.fft is fastest. Up to `chunk_elems` spectrum
+        elements (L <= 16k at D = 256, B = 1) all channels go at once into a buffer already
+        zero-padded to Nfft; longer inputs run over groups of channels, which bounds the
+        transient memory; an uncached kernel is then built per group too.
+        """
+        b, length, d = u.shape
+        n_fft = ssm_fft_len(length)
         Kf = self.freq_response(length, "fft")  # (D, Fq) or None
-        grad = torch.is_grad_enabled()
-        step = d if grad else max(8, min(d, self.chunk_elems // (b * n_fft)))
-        if step >= d:  # all channels at once (training, or short inputs): a view of the output
+        step = max(8, min(d, self.chunk_elems // (b * n_fft)))
+        if step >= d:
+            ut = channels_first(u, width=n_fft)  # (B, D, Nfft), zeros after L
             kf = Kf if Kf is not None else self._freq(length, n_fft)  # (D, Fq)
-            U = torch.fft.rfft(u.transpose(1, 2) if grad else channels_first(u), n=n_fft)  # (B, D, Fq)
-            U = U * kf if grad else U.mul_(kf)
-            return torch.fft.irfft(U, n=n_fft)[..., :length].transpose(1, 2)  # (B, L, D) view
-        # inference on long inputs: contiguous channel-major rows in and out, a group at a time
+            U = torch.fft.rfft(ut).mul_(kf)  # (B, D, Fq)
+            return torch.fft.irfft(U, n=n_fft)[..., :length], ut
         ut = channels_first(u)  # (B, D, L)
         yt = u.new_empty(b, d, length)  # (B, D, L)
         for c0 in range(0, d, step):
@@ -452,11 +521,22 @@ class BidirectionalSSM(nn.Module):
             kf = Kf[ch] if Kf is not None else self._freq(length, n_fft, ch)  # (Dc, Fq)
             U = torch.fft.rfft(ut[:, ch], n=n_fft).mul_(kf)  # (B, Dc, Fq)
             yt[:, ch] = torch.fft.irfft(U, n=n_fft)[..., :length]
-        return yt.transpose(1, 2)  # (B, L, D) view
+        return yt, ut
 
-    chunk_elems = 1 << 20  # complex spectrum elements per FFT group (B * Dc * Nfft)
+    chunk_elems = 1 << 23  # complex spectrum elements per FFT group (B * Dc * Nfft)
 
     def forward(self, u: Tensor, path: Path = "auto") -> Tensor:
+        b, length, d = u.shape
+        if not torch.is_grad_enabled() and self.gate is None \
+                and self._path(path, length) == "fft":
+            # inference, input gate: gate channel-major (both operands are rows) and let the
+            # output GEMM read the transposed product, so no (L, D) <-> (D, L) copy of y
+            yt, ut = self._conv_rows(u)
+            zt = yt.mul_(F.silu(ut[..., :length], inplace=True))  # (B, D, L)
+            out = u.new_empty(b, length, self.out.out_features)
+            for i in range(b):
+                torch.addmm(self.out.bias, zt[i].T, self.out.weight.T, out=out[i])
+            return out
         y = self.conv(u, path)  # (B, L, D), possibly a transposed view
         z = self.gate(u) if self.gate is not None else u  # (B, L, D)
         if torch.is_grad_enabled():

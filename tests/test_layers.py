@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.layers import (FLUSH_BELOW, BidirectionalSSM, ChannelMLP, ComplexFourierMLP, channels_first,
-                           modulated_norm, next_fast_len, power_table, real_dft_matrices, ssm_fft_len)
+                           kernel_grid, modulated_norm, next_fast_len, power_table, real_dft_matrices, ssm_fft_len)
 from engine.reference import fourier_reference, ssm_conv_reference, ssm_reference
 
 D, N_STATE = 16, 16
@@ -94,7 +94,7 @@ def test_two_sided_kernel_has_both_directions() -> None:
         k2 = layer.two_sided(5, ssm_fft_len(5))
     assert torch.allclose(k2[:, 1:5], K[0, :, 1:])
     assert torch.allclose(k2[:, -4:], K[1, :, 1:].flip(-1))
-    assert torch.allclose(k2[:, 0], K[0, :, 0] + K[1, :, 0])
+    assert torch.allclose(k2[:, 0], K[0, :, 0] + K[1, :, 0] + layer.d_skip)  # D skip at lag 0
 
 
 @pytest.mark.parametrize(("path", "length"), CASES)
@@ -218,6 +218,7 @@ def test_chunked_inference_paths_match_reference() -> None:
     u = torch.randn(2, 300, D, generator=torch.Generator().manual_seed(8))
     with torch.inference_mode():
         close(ssm.conv(u), ssm_conv_reference(ssm, u))
+        close(ssm(u), ssm_reference(ssm, u), rtol=5e-5)  # gate + output on channel-major rows
         close(four(u), fourier_reference(four, u), rtol=5e-5)
     close(four(u).detach(), fourier_reference(four, u), rtol=5e-5)  # autograd path
 
@@ -241,6 +242,28 @@ def test_channels_first_is_an_exact_transpose(length: int, rows: int) -> None:
     assert torch.equal(y, x.transpose(1, 2))
 
 
+@pytest.mark.parametrize(("length", "width"), [(5, 10), (37, 80), (3000, 6000)])
+def test_channels_first_pads_with_zeros(length: int, width: int) -> None:
+    x = torch.randn(2, length, 6)
+    y = channels_first(x, rows=16, width=width)
+    assert y.shape == (2, 6, width) and y.is_contiguous()
+    assert torch.equal(y[..., :length], x.transpose(1, 2))
+    assert not y[..., length:].any()
+
+
+@pytest.mark.parametrize("length", [1, 2, 7, 64, 1000, 1094, 4097, 16384])
+def test_ssm_fft_len_and_kernel_grid(length: int) -> None:
+    n_fft = ssm_fft_len(length)
+    m = n_fft // 2
+    assert n_fft == 2 * m and m >= length and n_fft >= 2 * length - 1  # a linear convolution
+    assert next_fast_len(m) == m  # FFT-friendly
+    q, c = kernel_grid(m)
+    assert q * c == m
+    # C is the divisor of m nearest sqrt(m)
+    best = min((abs(k - math.sqrt(m)), k) for k in range(1, m + 1) if m % k == 0)[1]
+    assert c == best
+
+
 @pytest.mark.parametrize("count", [1, 2, 7, 128, 129])
 def test_power_table_in_place_equals_autograd_path_and_has_no_subnormals(count: int) -> None:
     mag = torch.tensor([0.999, 0.9, 0.5, 1e-3, 1e-12])
@@ -260,3 +283,11 @@ def test_power_table_in_place_equals_autograd_path_and_has_no_subnormals(count: 
     if count > 1:  # the autograd path stays differentiable
         slow.real.sum().backward()
         assert leaf.grad is not None and torch.isfinite(torch.view_as_real(leaf.grad)).all()
+    # a table along another axis (channel-major, as the SSM kernel builds them) is the same
+    base2 = torch.stack([base, base.conj()])  # (2, 5)
+    with torch.no_grad():
+        inner = power_table(base2, count, dim=1)  # (2, count, 5)
+        # (equal up to rounding: strided and contiguous complex products round differently)
+        assert torch.allclose(inner, power_table(base2, count).movedim(0, 1), rtol=1e-6, atol=0)
+    inner_grad = power_table(base2.clone().requires_grad_(True), count, dim=1)
+    assert torch.allclose(inner_grad.detach(), inner, rtol=1e-6, atol=0)
