@@ -12,7 +12,7 @@ Glossary
   W     output weights with the ZOH input matrix folded in: W = 2 * C * (lam - 1) / A
         (B = 1 as in S4D; one W per direction)                                      (2, D, n)
   K     SSM convolution kernel, K[l] = Re(sum_n W_n lam_n^l), l = 0..L-1            (2, D, L)
-  Nfft  FFT length of the two-sided convolution (>= 2L - 1, a 5-smooth number)
+  Nfft  FFT length of the two-sided convolution, 2M with M >= L 5-smooth (so >= 2L - 1)
   Fq    number of rfft bins, Nfft // 2 + 1 (SSM) or L // 2 + 1 (Fourier MLP)
   nb    number of diagonal blocks of the complex MLP (cfg.fourier_blocks); bs = D / nb
   c     conditioning vector from the diffusion time                                  (B, D)
@@ -24,17 +24,22 @@ FNO / AFNO (Li et al. 2020; Guibas et al. 2021) for the block-diagonal complex M
 mode; DiT (Peebles & Xie 2022) for adaptive LayerNorm with zero-initialised gates.
 
 Performance notes (measured on 2 shared CPU cores; docs/BENCHMARKS.md has the numbers):
-  * the kernel is never formed with complex `exp` at size D*n*L (1.5 s at L = 4096): with
-    l = qC + r, lam^l = lam^(qC) lam^r, the power tables (D, n, C) and (D, n, Q) are built by
-    repeated doubling (complex64, log2 C deep) and the L-sized work is ONE real batched matmul
-    (D, 2Q, 2n) @ (D, 2n, C) that yields both directions;
+  * the kernel is never formed with complex `exp` at size D*n*L (1.5 s at L = 4096): on the
+    grid l = qC + r (Q*C = M = Nfft/2), lam^l = lam^(qC) lam^r, the power tables (D, Q, n)
+    and (D, C+1, n) are built channel-major by repeated doubling (complex64, log2 C deep)
+    and the L-sized work is ONE real batched matmul over (channel, direction),
+    (2D, Q, 2n) @ (2D, 2n, C), whose output IS the two-sided circular kernel (the backward
+    half comes out reversed because its factors are), so it needs no assembly copies;
   * both directions share ONE FFT convolution of length Nfft with a two-sided kernel, and
-    the D skip is folded into its frequency response (a delta at lag 0);
+    the D skip is folded into it as a delta at lag 0;
   * at inference the frequency response is cached per (L, device, dtype) while it fits
     cfg.kernel_cache_mb per layer (L <= ~11k at D = 256), invalidated by parameter version
-    counters; longer inputs rebuild it group by group of channels, keeping memory O(L);
-  * long inputs run the SSM convolution and the Fourier MLP over groups of channels /
-    blocks (`chunk_elems`), which bounds the working set and the transient memory;
+    counters; longer inputs rebuild it on every call;
+  * at inference the SSM works on channel-major rows: the input is transposed once into a
+    buffer already zero-padded to Nfft, gated there, and the output projection reads the
+    gated rows transposed (no copy back to (L, D)); beyond `chunk_elems` spectrum elements
+    (L > 16k at D = 256, B = 1) it runs over groups of channels, bounding transient memory;
+  * the Fourier MLP runs over groups of blocks at long L (`chunk_elems`);
   * the Fourier MLP works on the channel-major spectrum torch.fft returns for dim=1, so each
     block is one complex GEMM without transposes; GELU and the filter are applied in place;
   * for L <= cfg.direct_max_len the FFTs are replaced by cached real DFT matrices (one GEMM
