@@ -350,44 +350,17 @@ class UniformDiffusion(_DiffusionBase):
         (the same sum, grouped so that no two large terms cancel: every piece is 0 for a
         denoiser that puts all its mass on x0). δ comes from a log-sum-exp over the other ids.
         Where 1 - alpha_t underflows (t ~ 0), A is taken as 1e-30.
+
+        Computed by `uniform_integrand` a block of positions at a time, with the gradient with
+        respect to the logits written in closed form (see _uniform_rows).
         """
         V = self.vocab_size
         B = x0.shape[0]
-        lg = self.masked_logits(logits)  # (B, L, V)
-        wd = lg.dtype
-        logp = torch.log_softmax(lg, dim=-1)  # (B, L, V) log x̂0
         tt = t.to(torch.float64)
         alpha = _times(self.schedule.alpha(tt), B, x0.device)  # (B, 1) float64
         beta = -_times(self.schedule.dalpha(tt), B, x0.device) / alpha  # (B, 1)
-        A = (1.0 - alpha).clamp_min(1e-30)  # alpha rounds to 1 for t ~ 0; keep the formulas finite
-        C = V * alpha + A
-        log_va = torch.log(V * alpha)
-        log_a = torch.log(A)
-
-        ell = torch.logaddexp(log_va.to(wd)[:, :, None] + logp, log_a.to(wd)[:, :, None])  # (B, L, V)
-        ell_z = ell.gather(-1, x_t[..., None])[..., 0].to(torch.float64)  # (B, L)
-        ell_x0 = ell.gather(-1, x0[..., None])[..., 0].to(torch.float64)  # (B, L)
-        # D = sum_{j != x0} (ell_z - ell_j) = (V-1) ell_z - (sum_j ell_j - ell_x0), accumulated in
-        # float64: its rounding (~1e-11 here) is far below that of the float32 ell values, so D
-        # is as accurate as the per-term differences were, and exactly 0 for a perfect denoiser
-        # (V-1 equal float32 values sum exactly); one pass over (B, L, V) instead of three
-        D = (V - 1) * ell_z - (ell.sum(-1, dtype=torch.float64) - ell_x0)  # (B, L)
-        is_x0 = torch.zeros_like(lg, dtype=torch.bool).scatter_(-1, x0[..., None], True)  # (B, L, V)
-
-        lse = torch.logsumexp(lg, dim=-1)  # (B, L)
-        lse_rest = torch.logsumexp(lg.masked_fill(is_x0, FORBIDDEN_LOGIT), dim=-1)  # (B, L)
-        delta = torch.exp((lse_rest - lse).to(torch.float64)).clamp(0.0, 1.0)  # (B, L) 1 - x̂0(x0)
-        logp_z = logp.gather(-1, x_t[..., None])[..., 0].to(torch.float64)  # (B, L)
-
-        # z == x0
-        ratio = A / C
-        k_same = (V - 1) * ratio * torch.log(ratio) + ratio * D + (V * V) * alpha * delta / (torch.exp(ell_z) * C)
-        # z != x0
-        u = log_va - log_a + logp_z
-        sp, sg = F.softplus(u), torch.sigmoid(u)
-        k_diff = -(C / A) * torch.log1p(-(V * alpha / C) * delta) - (V - 1) * sp + (V / A) * (sp - sg) + D
-        K = torch.where(x_t == x0, k_same, k_diff)
-        return beta / V * K
+        forbidden = self.forbidden.to(logits.device) if self.forbidden.any() else None
+        return uniform_integrand(logits, x0, x_t, alpha, beta, forbidden)
 
     def prior_kl(self) -> float:
         """KL(q(x_1 | x0) || uniform) per token (the same for every x0)."""
@@ -472,6 +445,166 @@ class AbsorbingDiffusion(_DiffusionBase):
     def prior_kl(self) -> float:
         """KL(alpha_1 δ_x0 + (1 - alpha_1) δ_m || alpha_1 U(allowed) + (1 - alpha_1) δ_m) = alpha_1 log n_allowed."""
         return self.schedule.eps * math.log(self.n_allowed)
+
+
+# ----------------------------------------------------------------------------- uniform integrand
+
+
+def _uniform_rows(lg: Tensor, x0: Tensor, z: Tensor, alpha: Tensor, beta: Tensor, V: int,
+                  coefficients: bool = False) -> tuple[Tensor, Tensor | None]:
+    """UniformDiffusion.integrand's f for R positions: lg (R, V) masked logits (float32, or
+    float64), x0 and z (R,) ids, alpha and beta (R, 1) float64. Returns f (R,) float64 and,
+    with `coefficients`, the per-position coefficients of its gradient (R, 7) float64:
+    [c1, c2, c3, g_z, g_x0, lse, log(V alpha / A)] (derived below). Plain torch ops, so
+    autograd through it is the reference for the closed-form gradient (tests)."""
+    wd = lg.dtype
+    logp = torch.log_softmax(lg, dim=-1)  # (R, V) log x̂0
+    A = (1.0 - alpha).clamp_min(1e-30)  # alpha rounds to 1 for t ~ 0; keep the formulas finite
+    C = V * alpha + A
+    log_va = torch.log(V * alpha)
+    log_a = torch.log(A)
+
+    ell = torch.logaddexp(log_va.to(wd) + logp, log_a.to(wd))  # (R, V)
+    ell_z = ell.gather(-1, z[:, None]).to(torch.float64)  # (R, 1)
+    ell_x0 = ell.gather(-1, x0[:, None]).to(torch.float64)  # (R, 1)
+    # D = sum_{j != x0} (ell_z - ell_j) = (V-1) ell_z - (sum_j ell_j - ell_x0), accumulated in
+    # float64: its rounding (~1e-11 here) is far below that of the float32 ell values, so D
+    # is as accurate as the per-term differences were, and exactly 0 for a perfect denoiser
+    # (V-1 equal float32 values sum exactly); one pass over (R, V) instead of three
+    D = (V - 1) * ell_z - (ell.sum(-1, keepdim=True, dtype=torch.float64) - ell_x0)  # (R, 1)
+
+    lse = torch.logsumexp(lg, dim=-1, keepdim=True)  # (R, 1)
+    rest = lg.scatter(-1, x0[:, None], FORBIDDEN_LOGIT)  # the logits without x0
+    lse_rest = torch.logsumexp(rest, dim=-1, keepdim=True)  # (R, 1)
+    # delta = 1 - x̂0(x0) and x̂0(x0), each from the form that keeps its relative accuracy:
+    # the log-sum-exp over the other ids where x̂0(x0) > 1/2, 1 - x̂0(x0) elsewhere
+    p_x0 = torch.exp(logp.gather(-1, x0[:, None]).to(torch.float64))  # (R, 1)
+    delta = torch.where(p_x0 > 0.5, torch.exp((lse_rest - lse).to(torch.float64)), 1.0 - p_x0).clamp(0.0, 1.0)
+    p_x0 = torch.where(p_x0 > 0.5, 1.0 - delta, p_x0)
+    logp_z = logp.gather(-1, z[:, None]).to(torch.float64)  # (R, 1)
+
+    same = (z == x0)[:, None]  # (R, 1)
+    ratio = A / C
+    exp_mz = torch.exp(-ell_z)
+    # z == x0
+    k_same = (V - 1) * ratio * torch.log(ratio) + ratio * D + (V * V) * alpha * delta * exp_mz / C
+    # z != x0
+    u = log_va - log_a + logp_z
+    sp, sg = F.softplus(u), torch.sigmoid(u)
+    q = A / C + (V * alpha / C) * p_x0  # = 1 - (V alpha / C) delta, without the cancellation
+    k_diff = -(C / A) * torch.log(q) - (V - 1) * sp + (V / A) * (sp - sg) + D
+    f = (beta / V * torch.where(same, k_same, k_diff))[:, 0]
+    if not coefficients:
+        return f, None
+    # d f / d lg_i = beta/V (c1 p_i + c2 w_i + c3 w_i p_i) at every i but z and x0, where
+    # p = x̂0 and w_i = V alpha p_i / xbarθ_i = sigmoid(log p_i + log(V alpha / A)),
+    # W = sum_i w_i; the entries at z and x0 are written separately, in float64 (g_z, g_x0),
+    # because there large terms cancel. From dp_j/dlg_i = p_j ([i = j] - p_i):
+    #   dD_i = -w_i + kappa p_i + (V-1) w_z [i = z] + w_x0 [i = x0],
+    #   kappa = W - w_x0 - (V-1) w_z;  ddelta_i = p_x0 (p_i - [i = x0]);
+    #   d ell_z_i = w_z ([i = z] - p_i);  d log p_z_i = [i = z] - p_i.
+    c = (log_va - log_a).to(wd)
+    w = torch.sigmoid(logp + c)  # (R, V)
+    W = w.sum(-1, keepdim=True, dtype=torch.float64)
+    w_z = w.gather(-1, z[:, None]).to(torch.float64)
+    w_x0 = w.gather(-1, x0[:, None]).to(torch.float64)
+    p_z = torch.exp(logp_z)
+    kappa = W - w_x0 - (V - 1) * w_z
+    va_a = V * alpha / A
+    # z == x0: K = ... + ratio D + b delta, b = V^2 alpha e^(-ell_z) / C
+    b = (V * V) * alpha * exp_mz / C
+    c1_same = ratio * kappa + b * (p_x0 + delta * w_z)
+    g_same = ratio * ((W - w_x0) * p_x0 + (V - 1) * w_z * delta) - b * (p_x0 + delta * w_z) * delta
+    # z != x0: K = ... - (C/A) log1p(-V alpha delta / C) (gamma) ... in u (eta) ... + D.
+    # At i != z, x0: (gamma p_x0 - eta + kappa) p_i - w_i, and since w_i = p_i va_a (1 - w_i),
+    # = (gamma p_x0 - va_a - eta + kappa) p_i + va_a w_i p_i, with gamma p_x0 - va_a in closed form
+    gamma = va_a / q
+    eta = -(V - 1) * sg + va_a / alpha * sg * sg  # (V / A) sg^2
+    c1_diff = -(V * alpha / C) * delta / q - eta + kappa
+    gz_diff = eta * -torch.expm1(logp_z) + (gamma * p_x0 + kappa) * p_z + (V - 2) * w_z
+    gx0_diff = -gamma * p_x0 * delta + (kappa - eta) * p_x0
+    scale = beta / V
+    zero = torch.zeros_like(ratio)
+    c1 = scale * torch.where(same, c1_same, c1_diff)
+    c2 = scale * torch.where(same, -ratio, zero)
+    c3 = scale * torch.where(same, zero, va_a)
+    g_z = scale * torch.where(same, g_same, gz_diff)
+    g_x0 = scale * torch.where(same, g_same, gx0_diff)
+    coef = torch.cat([c1, c2, c3, g_z, g_x0, lse.to(torch.float64), (log_va - log_a).expand_as(c1)], dim=1)
+    return f, coef
+
+
+def _row_chunk(device: torch.device, vocab: int) -> int:
+    """Positions per block: ~1 M logits (4 MiB in float32, cache-sized) on a CPU; one block
+    on an accelerator, where a block's passes are not bound by a cache."""
+    return max(1, (1 << 20) // vocab) if device.type == "cpu" else 1 << 30
+
+
+class _UniformIntegrand(torch.autograd.Function):
+    """f for every position, a block of positions at a time; the backward writes d f / d logits
+    from per-position coefficients (one pass over the logits) instead of keeping autograd's
+    dozen (B, L, V) intermediates and their backward passes."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, x0: Tensor, z: Tensor, alpha: Tensor, beta: Tensor,
+                forbidden: Tensor | None) -> Tensor:
+        V = logits.shape[-1]
+        lg_all = logits.reshape(-1, V)
+        rows = lg_all.shape[0]
+        want = ctx.needs_input_grad[0]
+        f = torch.empty(rows, dtype=torch.float64, device=logits.device)
+        coef = torch.empty(rows, 7, dtype=torch.float64, device=logits.device) if want else None
+        step = _row_chunk(logits.device, V)
+        for r0 in range(0, rows, step):
+            r = slice(r0, min(rows, r0 + step))
+            lg = lg_all[r].to(_work_dtype(logits))
+            if forbidden is not None:
+                lg = lg.masked_fill(forbidden, FORBIDDEN_LOGIT)
+            f[r], c = _uniform_rows(lg, x0[r], z[r], alpha[r], beta[r], V, coefficients=want)
+            if want:
+                coef[r] = c
+        if want:
+            ctx.save_for_backward(logits, x0, z, coef, forbidden if forbidden is not None else torch.empty(0))
+            ctx.has_forbidden = forbidden is not None
+        return f
+
+    @staticmethod
+    def backward(ctx, grad_f: Tensor):
+        logits, x0, z, coef, forbidden = ctx.saved_tensors
+        V = logits.shape[-1]
+        lg_all = logits.reshape(-1, V)
+        rows = lg_all.shape[0]
+        grad = torch.empty_like(lg_all)
+        wd = _work_dtype(logits)
+        g = grad_f.to(torch.float64)[:, None] * coef[:, :5]  # (R, 5) upstream-scaled
+        step = _row_chunk(logits.device, V)
+        for r0 in range(0, rows, step):
+            r = slice(r0, min(rows, r0 + step))
+            lg = lg_all[r].to(wd)
+            if ctx.has_forbidden:
+                lg = lg.masked_fill(forbidden, FORBIDDEN_LOGIT)
+            logp = lg - coef[r, 5:6].to(wd)
+            w = torch.sigmoid(logp + coef[r, 6:7].to(wd))  # (r, V)
+            p = torch.exp_(logp)
+            gr = (w * p).mul_(g[r, 2:3].to(wd)).add_(p.mul_(g[r, 0:1].to(wd))).add_(w.mul_(g[r, 1:2].to(wd)))
+            gr.scatter_(-1, z[r, None], g[r, 3:4].to(wd))
+            gr.scatter_(-1, x0[r, None], g[r, 4:5].to(wd))
+            if ctx.has_forbidden:
+                gr.masked_fill_(forbidden, 0.0)
+            grad[r] = gr
+        return grad.view_as(logits), None, None, None, None, None
+
+
+def uniform_integrand(logits: Tensor, x0: Tensor, z: Tensor, alpha: Tensor, beta: Tensor,
+                      forbidden: Tensor | None = None) -> Tensor:
+    """Uniform-noise integrand f (B, L) float64 for logits (B, L, V), ids x0 and z = x_t
+    (B, L), alpha and beta (B, 1) float64, `forbidden` (V,) bool ids or None. See
+    UniformDiffusion.integrand for the formula; differentiable in the logits."""
+    B, L = x0.shape
+    per_row = lambda v: v.expand(B, L).reshape(-1, 1)  # (B, 1) -> (B*L, 1)
+    f = _UniformIntegrand.apply(logits, x0.reshape(-1), z.reshape(-1), per_row(alpha),
+                                per_row(beta), forbidden)
+    return f.view(B, L)
 
 
 def make_diffusion(cfg: DiffusionConfig, vocab_size: int, mask_id: int | None = None, forbidden_ids: Iterable[int] = ()) -> UniformDiffusion | AbsorbingDiffusion:
