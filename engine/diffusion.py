@@ -515,11 +515,12 @@ def _uniform_rows(lg: Tensor, x0: Tensor, z: Tensor, alpha: Tensor, beta: Tensor
     b = (V * V) * alpha * exp_mz / C
     c1_same = ratio * kappa + b * (p_x0 + delta * w_z)
     g_same = ratio * ((W - w_x0) * p_x0 + (V - 1) * w_z * delta) - b * (p_x0 + delta * w_z) * delta
-    # z != x0: K = ... - (C/A) log1p(-V alpha delta / C) (gamma) ... in u (eta) ... + D.
-    # At i != z, x0: (gamma p_x0 - eta + kappa) p_i - w_i, and since w_i = p_i va_a (1 - w_i),
+    # z != x0: the log(q) term contributes gamma ddelta_i, gamma = va_a / q, the softplus and
+    # sigmoid terms eta d log p_z_i, eta = -(V-1) sigmoid(u) + (V/A) sigmoid(u)^2, and D its dD_i.
+    # At i != z, x0 that is (gamma p_x0 - eta + kappa) p_i - w_i; since w_i = va_a p_i (1 - w_i),
     # = (gamma p_x0 - va_a - eta + kappa) p_i + va_a w_i p_i, with gamma p_x0 - va_a in closed form
     gamma = va_a / q
-    eta = -(V - 1) * sg + va_a / alpha * sg * sg  # (V / A) sg^2
+    eta = -(V - 1) * sg + (V / A) * sg * sg
     c1_diff = -(V * alpha / C) * delta / q - eta + kappa
     gz_diff = eta * -torch.expm1(logp_z) + (gamma * p_x0 + kappa) * p_z + (V - 2) * w_z
     gx0_diff = -gamma * p_x0 * delta + (kappa - eta) * p_x0
