@@ -25,6 +25,7 @@ import argparse
 import dataclasses
 import json
 import statistics
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -75,9 +76,16 @@ def matched(base: ModelConfig, arch: str) -> ModelConfig:
 
 
 def _ensure_tokenizer(train_texts: Sequence[str], out: Path, vocab: int) -> Tokenizer:
+    """OUT/tokenizer.json, trained with `vocab` ids when absent. An existing one is always reused
+    (every run in OUT must share it), and a size other than `vocab` is reported, since the
+    comparison then runs on that tokenizer, not on one of the size asked for."""
     tok_path = out / "tokenizer.json"
     if tok_path.is_file():
-        return Tokenizer.load(tok_path)
+        tok = Tokenizer.load(tok_path)
+        if tok.vocab_size != vocab:
+            print(f"note: reusing {tok_path} ({tok.vocab_size:,} ids), not a tokenizer of {vocab:,} ids as "
+                  f"--vocab asks; use another --out for another vocabulary", file=sys.stderr, flush=True)
+        return tok
     out.mkdir(parents=True, exist_ok=True)
     tok = Tokenizer.train(train_texts, vocab_size=vocab)
     tok.save(tok_path)

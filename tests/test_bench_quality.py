@@ -72,3 +72,17 @@ def test_parallel_runs_then_collect_with_an_unscored_run(corpus: Path, tmp_path:
     capsys.readouterr()
     assert quality.main([*args, "--measure-speed", str(tmp_path / "s.json"), "--models", "causal"]) == 0
     assert json.loads((tmp_path / "s.json").read_text())["causal"] > 0
+
+
+def test_an_existing_tokenizer_of_another_size_is_reused_and_reported(tmp_path: Path, capsys) -> None:
+    from engine.tokenizer import Tokenizer
+    texts = list(SENTENCES) * 20
+    first = quality._ensure_tokenizer(texts, tmp_path, 300)
+    assert (tmp_path / "tokenizer.json").is_file()
+    capsys.readouterr()
+    again = quality._ensure_tokenizer(texts, tmp_path, first.vocab_size)
+    assert again.vocab_size == first.vocab_size and "note:" not in capsys.readouterr().err
+    other = quality._ensure_tokenizer(texts, tmp_path, 4096)  # asks for another size: reused, reported
+    assert other.vocab_size == first.vocab_size == Tokenizer.load(tmp_path / "tokenizer.json").vocab_size
+    err = capsys.readouterr().err
+    assert "reusing" in err and "4,096 ids" in err and "another --out" in err
