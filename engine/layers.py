@@ -414,7 +414,7 @@ class BidirectionalSSM(nn.Module):
         bwd = torch.cat([kb0.to(raw.dtype)[:, None], raw.flip(-1)[:, :length - 1]], dim=1)
         return torch.stack([raw[:, :length], bwd])
 
-    def two_sided(self, length: int, n_fft: int, ch: slice = slice(None)) -> Tensor:
+    def two_sided(self, length: int, ch: slice = slice(None)) -> Tensor:
         """The combined two-sided circular kernel of length n_fft = ssm_fft_len(length), plus
         the D skip: (Dc, n_fft).
 
@@ -424,18 +424,16 @@ class BidirectionalSSM(nn.Module):
         0 <= i < L: it reads k2 only at lags 0..L-1 and n_fft-L+1..n_fft-1, so the samples
         between (lags L..m-1 of each half, beyond the sequence) never reach the output.
         """
-        if n_fft != ssm_fft_len(length):
-            raise ValueError(f"n_fft {n_fft} is not ssm_fft_len({length})")
-        k2, kb0 = self._raw_two_sided(n_fft, ch)
+        k2, kb0 = self._raw_two_sided(ssm_fft_len(length), ch)
         extra = (kb0.to(k2.dtype) + self.d_skip[ch])  # (Dc,)
         if torch.is_grad_enabled() and extra.requires_grad:
             return torch.cat([k2[:, :1] + extra[:, None], k2[:, 1:]], dim=1)
         k2[:, 0] += extra
         return k2
 
-    def _freq(self, length: int, n_fft: int, ch: slice = slice(None)) -> Tensor:
+    def _freq(self, length: int, ch: slice = slice(None)) -> Tensor:
         """rfft of the two-sided kernel with the D skip for channels `ch`: complex (Dc, Fq)."""
-        return torch.fft.rfft(self.two_sided(length, n_fft, ch), dim=-1)  # (Dc, Fq)
+        return torch.fft.rfft(self.two_sided(length, ch), dim=-1)  # (Dc, Fq)
 
     def freq_response(self, length: int, path: str) -> Tensor | None:
         """Cached frequency response: complex (D, Fq) for "fft", real (Fq, 2, D) [re, im] for
@@ -454,7 +452,7 @@ class BidirectionalSSM(nn.Module):
                 return hit[1]
         elif path == "fft":
             return None
-        Kf = self._freq(length, n_fft)  # (D, Fq)
+        Kf = self._freq(length)  # (D, Fq)
         if path == "dft":
             Kf = torch.view_as_real(Kf.T.contiguous()).permute(0, 2, 1).contiguous()  # (Fq, 2, D)
         if fits:
@@ -490,7 +488,7 @@ class BidirectionalSSM(nn.Module):
         if not torch.is_grad_enabled():
             return self._conv_rows(u)[0].transpose(1, 2)  # (B, L, D) view
         kf = self.freq_response(length, "fft")  # never cached while training
-        kf = kf if kf is not None else self._freq(length, n_fft)  # (D, Fq)
+        kf = kf if kf is not None else self._freq(length)  # (D, Fq)
         U = torch.fft.rfft(u.transpose(1, 2), n=n_fft) * kf  # (B, D, Fq)
         return torch.fft.irfft(U, n=n_fft)[..., :length].transpose(1, 2)  # (B, L, D) view
 
@@ -516,14 +514,14 @@ class BidirectionalSSM(nn.Module):
         step = max(8, min(d, self.chunk_elems // (b * n_fft)))
         if step >= d:
             ut = channels_first(u, width=n_fft)  # (B, D, Nfft), zeros after L
-            kf = Kf if Kf is not None else self._freq(length, n_fft)  # (D, Fq)
+            kf = Kf if Kf is not None else self._freq(length)  # (D, Fq)
             U = torch.fft.rfft(ut).mul_(kf)  # (B, D, Fq)
             return torch.fft.irfft(U, n=n_fft)[..., :length], ut
         ut = channels_first(u)  # (B, D, L)
         yt = u.new_empty(b, d, length)  # (B, D, L)
         for c0 in range(0, d, step):
             ch = slice(c0, min(d, c0 + step))
-            kf = Kf[ch] if Kf is not None else self._freq(length, n_fft, ch)  # (Dc, Fq)
+            kf = Kf[ch] if Kf is not None else self._freq(length, ch)  # (Dc, Fq)
             U = torch.fft.rfft(ut[:, ch], n=n_fft).mul_(kf)  # (B, Dc, Fq)
             yt[:, ch] = torch.fft.irfft(U, n=n_fft)[..., :length]
         return yt, ut
