@@ -120,6 +120,12 @@ def _work_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
+def _masked(logits: Tensor, forbidden: Tensor | None) -> Tensor:
+    """Logits in the work dtype with the `forbidden` ids (V,) bool, if any, at FORBIDDEN_LOGIT."""
+    lg = logits.to(_work_dtype(logits))
+    return lg if forbidden is None else lg.masked_fill(forbidden, FORBIDDEN_LOGIT)
+
+
 def _times(t: Tensor | float, n: int, device: torch.device) -> Tensor:
     """t as a float64 column (n, 1) on `device`."""
     t = torch.as_tensor(t, dtype=torch.float64, device=device)
@@ -168,10 +174,7 @@ class _DiffusionBase:
     # ----- x̂0 -------------------------------------------------------------------------------
     def masked_logits(self, logits: Tensor) -> Tensor:
         """Logits in float32 (float64 if given) with forbidden ids set to FORBIDDEN_LOGIT."""
-        lg = logits.to(_work_dtype(logits))
-        if not self.forbidden.any():
-            return lg
-        return lg.masked_fill(self.forbidden.to(lg.device), FORBIDDEN_LOGIT)
+        return _masked(logits, self.forbidden.to(logits.device) if self.forbidden.any() else None)
 
     def x0_log_probs(self, logits: Tensor) -> Tensor:
         """log x̂0 (..., V): log-softmax of the logits with forbidden ids at probability 0."""
@@ -463,6 +466,7 @@ def _uniform_rows(lg: Tensor, x0: Tensor, z: Tensor, alpha: Tensor, beta: Tensor
     C = V * alpha + A
     log_va = torch.log(V * alpha)
     log_a = torch.log(A)
+    log_ratio = log_va - log_a  # log(V alpha / A)
 
     ell = torch.logaddexp(log_va.to(wd) + logp, log_a.to(wd))  # (R, V)
     ell_z = ell.gather(-1, z[:, None]).to(torch.float64)  # (R, 1)
@@ -489,7 +493,7 @@ def _uniform_rows(lg: Tensor, x0: Tensor, z: Tensor, alpha: Tensor, beta: Tensor
     # z == x0
     k_same = (V - 1) * ratio * torch.log(ratio) + ratio * D + (V * V) * alpha * delta * exp_mz / C
     # z != x0
-    u = log_va - log_a + logp_z
+    u = log_ratio + logp_z
     sp, sg = F.softplus(u), torch.sigmoid(u)
     q = A / C + (V * alpha / C) * p_x0  # = 1 - (V alpha / C) delta, without the cancellation
     k_diff = -(C / A) * torch.log(q) - (V - 1) * sp + (V / A) * (sp - sg) + D
@@ -503,8 +507,7 @@ def _uniform_rows(lg: Tensor, x0: Tensor, z: Tensor, alpha: Tensor, beta: Tensor
     #   dD_i = -w_i + kappa p_i + (V-1) w_z [i = z] + w_x0 [i = x0],
     #   kappa = W - w_x0 - (V-1) w_z;  ddelta_i = p_x0 (p_i - [i = x0]);
     #   d ell_z_i = w_z ([i = z] - p_i);  d log p_z_i = [i = z] - p_i.
-    c = (log_va - log_a).to(wd)
-    w = torch.sigmoid(logp + c)  # (R, V)
+    w = torch.sigmoid(logp + log_ratio.to(wd))  # (R, V)
     W = w.sum(-1, keepdim=True, dtype=torch.float64)
     w_z = w.gather(-1, z[:, None]).to(torch.float64)
     w_x0 = w.gather(-1, x0[:, None]).to(torch.float64)
@@ -531,7 +534,7 @@ def _uniform_rows(lg: Tensor, x0: Tensor, z: Tensor, alpha: Tensor, beta: Tensor
     c3 = scale * torch.where(same, zero, va_a)
     g_z = scale * torch.where(same, g_same, gz_diff)
     g_x0 = scale * torch.where(same, g_same, gx0_diff)
-    coef = torch.cat([c1, c2, c3, g_z, g_x0, lse.to(torch.float64), (log_va - log_a).expand_as(c1)], dim=1)
+    coef = torch.cat([c1, c2, c3, g_z, g_x0, lse.to(torch.float64), log_ratio.expand_as(c1)], dim=1)
     return f, coef
 
 
@@ -539,6 +542,16 @@ def _row_chunk(device: torch.device, vocab: int) -> int:
     """Positions per block: ~1 M logits (4 MiB in float32, cache-sized) on a CPU; one block
     on an accelerator, where a block's passes are not bound by a cache."""
     return max(1, (1 << 20) // vocab) if device.type == "cpu" else 1 << 30
+
+
+def _masked_blocks(logits: Tensor, forbidden: Tensor | None):
+    """(rows, masked logits (r, V) in the work dtype) for blocks of _row_chunk positions."""
+    V = logits.shape[-1]
+    lg_all = logits.reshape(-1, V)
+    step = _row_chunk(logits.device, V)
+    for r0 in range(0, lg_all.shape[0], step):
+        r = slice(r0, min(lg_all.shape[0], r0 + step))
+        yield r, _masked(lg_all[r], forbidden)
 
 
 class _UniformIntegrand(torch.autograd.Function):
@@ -550,17 +563,11 @@ class _UniformIntegrand(torch.autograd.Function):
     def forward(ctx, logits: Tensor, x0: Tensor, z: Tensor, alpha: Tensor, beta: Tensor,
                 forbidden: Tensor | None) -> Tensor:
         V = logits.shape[-1]
-        lg_all = logits.reshape(-1, V)
-        rows = lg_all.shape[0]
+        rows = logits.numel() // V
         want = ctx.needs_input_grad[0]
         f = torch.empty(rows, dtype=torch.float64, device=logits.device)
         coef = torch.empty(rows, 7, dtype=torch.float64, device=logits.device) if want else None
-        step = _row_chunk(logits.device, V)
-        for r0 in range(0, rows, step):
-            r = slice(r0, min(rows, r0 + step))
-            lg = lg_all[r].to(_work_dtype(logits))
-            if forbidden is not None:
-                lg = lg.masked_fill(forbidden, FORBIDDEN_LOGIT)
+        for r, lg in _masked_blocks(logits, forbidden):
             f[r], c = _uniform_rows(lg, x0[r], z[r], alpha[r], beta[r], V, coefficients=want)
             if want:
                 coef[r] = c
@@ -572,25 +579,18 @@ class _UniformIntegrand(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_f: Tensor):
         logits, x0, z, coef, forbidden = ctx.saved_tensors
-        V = logits.shape[-1]
-        lg_all = logits.reshape(-1, V)
-        rows = lg_all.shape[0]
-        grad = torch.empty_like(lg_all)
+        forbidden = forbidden if ctx.has_forbidden else None
+        grad = torch.empty_like(logits.reshape(-1, logits.shape[-1]))
         wd = _work_dtype(logits)
         g = grad_f.to(torch.float64)[:, None] * coef[:, :5]  # (R, 5) upstream-scaled
-        step = _row_chunk(logits.device, V)
-        for r0 in range(0, rows, step):
-            r = slice(r0, min(rows, r0 + step))
-            lg = lg_all[r].to(wd)
-            if ctx.has_forbidden:
-                lg = lg.masked_fill(forbidden, FORBIDDEN_LOGIT)
+        for r, lg in _masked_blocks(logits, forbidden):
             logp = lg - coef[r, 5:6].to(wd)
             w = torch.sigmoid(logp + coef[r, 6:7].to(wd))  # (r, V)
             p = torch.exp_(logp)
             gr = (w * p).mul_(g[r, 2:3].to(wd)).add_(p.mul_(g[r, 0:1].to(wd))).add_(w.mul_(g[r, 1:2].to(wd)))
             gr.scatter_(-1, z[r, None], g[r, 3:4].to(wd))
             gr.scatter_(-1, x0[r, None], g[r, 4:5].to(wd))
-            if ctx.has_forbidden:
+            if forbidden is not None:
                 gr.masked_fill_(forbidden, 0.0)
             grad[r] = gr
         return grad.view_as(logits), None, None, None, None, None
