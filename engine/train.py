@@ -204,8 +204,12 @@ def train(setup: Setup, train_texts: Sequence[str], val_texts: Sequence[str], ou
         if not state_path.is_file():
             raise TrainError(f"--resume: no {state_path.name} in {out}")
         st = torch.load(state_path, map_location=device, weights_only=True)
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["optimizer"])
+        try:
+            model.load_state_dict(st["model"])
+            opt.load_state_dict(st["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:  # another shape or a foreign file
+            first = str(exc).strip().splitlines()[0]
+            raise TrainError(f"--resume: {state_path} does not fit this model's settings ({first})") from exc
         for k, g in gens.items():
             g.set_state(st["rng"][k])
         torch.set_rng_state(st["rng"]["torch"])
@@ -318,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--column", help="text column when --data is a CSV file")
     p.add_argument("--out", type=Path, required=True, help="run folder: train_state.pt, model/, log.jsonl")
     p.add_argument("--config", type=Path, help='JSON with optional "model", "diffusion", "train" sections; flags override it')
-    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped, with its own settings (only --max-steps, --max-minutes and --eval-every may change)")
     p.add_argument("--init-from", type=Path, help="fine-tune: start from this model folder's weights, configs and tokenizer")
     p.add_argument("--tokenizer", type=Path, help="tokenizer.json to use (default: train one on the training split)")
     p.add_argument("--vocab-size", type=int, help="vocabulary size of a newly trained tokenizer (default: the model config's)")
@@ -344,6 +348,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# what a resumed run may change: how long it trains and how often it validates
+RESUME_MAY_CHANGE = {("train", "max_steps"), ("train", "max_seconds"), ("train", "eval_every")}
+FLAG_NAMES = {("model", "arch"): "--arch/--objective", ("model", "d_model"): "--d-model", ("model", "n_layers"): "--layers",
+              ("diffusion", "noise"): "--noise", ("train", "seq_len"): "--seq-len", ("train", "batch_size"): "--batch-size",
+              ("train", "lr"): "--lr", ("train", "warmup_steps"): "--warmup-steps", ("train", "seed"): "--seed"}
+
+
+def resumed_sections(out: Path, given: dict[tuple[str, str], Any]) -> dict[str, dict[str, Any]]:
+    """The settings of the run in `out` (its model/config.json, written with every train state),
+    for --resume. What `given` asks for must agree with them, except RESUME_MAY_CHANGE: a resumed
+    run with another window, width or learning rate would not continue the same run (and another
+    shape would not even load), so a difference is an error that names each setting."""
+    if not (out / STATE).is_file():
+        raise TrainError(f"--resume: no {STATE} in {out}")
+    try:
+        raw = json.loads((out / "model" / "config.json").read_text())
+        saved = {"model": dict(raw["model"]), "diffusion": dict(raw["diffusion"]), "train": dict(raw["meta"]["train_config"])}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise TrainError(f"--resume: cannot read the run's settings from {out / 'model' / 'config.json'} ({exc})") from exc
+    conflicts = [f"{FLAG_NAMES.get(k, '.'.join(k))} {v!r} (the run has {saved[k[0]].get(k[1])!r})"
+                 for k, v in given.items() if k not in RESUME_MAY_CHANGE and saved[k[0]].get(k[1]) != v]
+    if conflicts:
+        raise TrainError("--resume keeps the run's own settings, but this command asks for " + ", ".join(conflicts)
+                         + "; only --max-steps, --max-minutes and --eval-every may change (drop the rest, or train into a new --out)")
+    return saved
+
+
 def _fail(message: str) -> NoReturn:
     print(f"python -m engine.train: error: {message}", file=sys.stderr)
     raise SystemExit(2)
@@ -354,6 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     sections: dict[str, dict[str, Any]] = {"model": {}, "diffusion": {}, "train": {}}
+    given: dict[tuple[str, str], Any] = {}  # (section, key) -> what --config and the flags ask for
     if args.config:
         try:
             raw = json.loads(args.config.read_text())
@@ -362,26 +394,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         for k, v in raw.items():
             if k not in sections or not isinstance(v, dict):
                 _fail(f"--config {args.config}: unknown section {k!r} (expected model, diffusion, train)")
-            sections[k].update(v)
+            given.update({(k, key): value for key, value in v.items()})
     tokenizer: Tokenizer | None = None
     init_state = None
+    if args.resume and (args.init_from or args.tokenizer or args.vocab_size):
+        _fail("--resume continues the run in --out with its own weights and tokenizer; "
+              "--init-from, --tokenizer and --vocab-size start a new run (give a new --out)")
     if args.init_from:
         try:
             ck = checkpoint.load(args.init_from)
         except checkpoint.CheckpointError as exc:
             _fail(str(exc))
-        sections["model"] = to_dict(ck.model_cfg) | sections["model"]
-        sections["diffusion"] = to_dict(ck.diffusion_cfg) | sections["diffusion"]
+        sections["model"] = to_dict(ck.model_cfg)
+        sections["diffusion"] = to_dict(ck.diffusion_cfg)
         tokenizer, init_state = ck.tokenizer, ck.model.state_dict()
     flag = {("model", "arch"): "causal" if args.objective == "ar" else args.arch, ("model", "d_model"): args.d_model,
             ("model", "n_layers"): args.layers, ("diffusion", "noise"): args.noise, ("train", "seq_len"): args.seq_len,
             ("train", "batch_size"): args.batch_size, ("train", "max_steps"): args.max_steps, ("train", "lr"): args.lr,
             ("train", "warmup_steps"): args.warmup_steps, ("train", "eval_every"): args.eval_every, ("train", "seed"): args.seed,
             ("train", "max_seconds"): None if args.max_minutes is None else 60.0 * args.max_minutes}
-    for (sec, key), value in flag.items():
-        if value is not None:
-            sections[sec][key] = value
+    given.update({k: v for k, v in flag.items() if v is not None})
     try:
+        if args.resume:
+            sections = resumed_sections(args.out, given)
+        for (sec, key), value in given.items():
+            sections[sec][key] = value
         tcfg = from_dict(TrainConfig, sections["train"])
         dcfg = from_dict(DiffusionConfig, sections["diffusion"])
         train_texts, val_texts = load_texts(args.data, args.column)

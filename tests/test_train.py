@@ -115,8 +115,37 @@ def test_cli_bad_input_exits_2(tmp_path: Path, capsys) -> None:
     assert exc.value.code == 2
     assert "no training documents" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
-        main(["--data", str(empty), "--out", str(tmp_path / "o"), "--resume", "--init-from", str(tmp_path / "missing")])
+        main(["--data", str(empty), "--out", str(tmp_path / "o"), "--init-from", str(tmp_path / "missing")])
     assert exc.value.code == 2 and "not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["--data", str(empty), "--out", str(tmp_path / "o"), "--resume"])
+    assert exc.value.code == 2 and "no train_state.pt" in capsys.readouterr().err
+
+
+def test_cli_resume_takes_the_runs_own_settings(data_dir: Path, tmp_path: Path, capsys) -> None:
+    """A run resumed with no flags continues with its own model and training settings (not the
+    defaults, which would not even load); a flag that would change the run is refused by name,
+    before anything is written; how long it trains may change."""
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"model": {"d_model": 32, "n_layers": 2, "d_state": 8, "fourier_blocks": 2, "n_heads": 2, "time_dim": 16},
+                               "train": {"seq_len": 16, "batch_size": 2, "warmup_steps": 1}}))
+    out = tmp_path / "run"
+    assert main(["--data", str(data_dir), "--out", str(out), "--config", str(cfg), "--vocab-size", "300",
+                 "--max-steps", "2", "--lr", "0.002"]) == 0
+    before = (out / "train_state.pt").read_bytes()
+    for bad, named in ((["--seq-len", "32"], "--seq-len 32 (the run has 16)"),
+                       (["--d-model", "64", "--lr", "0.1"], "--d-model 64 (the run has 32), --lr 0.1 (the run has 0.002)"),
+                       (["--vocab-size", "400"], "--vocab-size")):
+        with pytest.raises(SystemExit) as exc:
+            main(["--data", str(data_dir), "--out", str(out), "--resume", "--max-steps", "4", *bad])
+        assert exc.value.code == 2
+        assert named in capsys.readouterr().err
+        assert (out / "train_state.pt").read_bytes() == before  # nothing was touched
+    assert main(["--data", str(data_dir), "--out", str(out), "--resume", "--max-steps", "4"]) == 0
+    ck = checkpoint.load(out / "model")
+    assert ck.meta["step"] == 4 and ck.model_cfg.d_model == 32 and ck.tokenizer.vocab_size == 300
+    assert ck.meta["train_config"]["seq_len"] == 16 and ck.meta["train_config"]["lr"] == 0.002
+    assert ck.meta["tokens_seen"] == 4 * 2 * 16
 
 
 @pytest.mark.slow
