@@ -121,9 +121,13 @@ def _work_dtype(x: Tensor) -> torch.dtype:
 
 
 def _masked(logits: Tensor, forbidden: Tensor | None) -> Tensor:
-    """Logits in the work dtype with the `forbidden` ids (V,) bool, if any, at FORBIDDEN_LOGIT."""
+    """Logits in the work dtype with the `forbidden` ids (V,) bool, if any, at FORBIDDEN_LOGIT
+    (a copy, then the few forbidden columns filled: cheaper than a masked pass over (.., V))."""
     lg = logits.to(_work_dtype(logits))
-    return lg if forbidden is None else lg.masked_fill(forbidden, FORBIDDEN_LOGIT)
+    if forbidden is None:
+        return lg
+    lg = lg.clone() if lg is logits else lg
+    return lg.index_fill_(-1, forbidden.nonzero()[:, 0], FORBIDDEN_LOGIT)
 
 
 def _times(t: Tensor | float, n: int, device: torch.device) -> Tensor:
@@ -459,65 +463,77 @@ def _uniform_rows(lg: Tensor, x0: Tensor, z: Tensor, alpha: Tensor, beta: Tensor
     float64), x0 and z (R,) ids, alpha and beta (R, 1) float64. Returns f (R,) float64 and,
     with `coefficients`, the per-position coefficients of its gradient (R, 7) float64:
     [c1, c2, c3, g_z, g_x0, lse, log(V alpha / A)] (derived below). Plain torch ops, so
-    autograd through it is the reference for the closed-form gradient (tests)."""
-    wd = lg.dtype
-    logp = torch.log_softmax(lg, dim=-1)  # (R, V) log x̂0
+    autograd through it is the reference for the closed-form gradient (tests).
+
+    Every (R, V) quantity derives from s_j = log x̂0_j + log(V alpha / A): ell_j = log xbarθ_j
+    = log A + softplus(s_j) and w_j = sigmoid(s_j), so a block costs one log-sum-exp and a few
+    element-wise passes; per-position values (at z and x0) are recomputed in float64."""
+    wd, f64 = lg.dtype, torch.float64
     A = (1.0 - alpha).clamp_min(1e-30)  # alpha rounds to 1 for t ~ 0; keep the formulas finite
     C = V * alpha + A
-    log_va = torch.log(V * alpha)
     log_a = torch.log(A)
-    log_ratio = log_va - log_a  # log(V alpha / A)
-
-    ell = torch.logaddexp(log_va.to(wd) + logp, log_a.to(wd))  # (R, V)
-    ell_z = ell.gather(-1, z[:, None]).to(torch.float64)  # (R, 1)
-    ell_x0 = ell.gather(-1, x0[:, None]).to(torch.float64)  # (R, 1)
-    # D = sum_{j != x0} (ell_z - ell_j) = (V-1) ell_z - (sum_j ell_j - ell_x0), accumulated in
-    # float64: its rounding (~1e-11 here) is far below that of the float32 ell values, so D
-    # is as accurate as the per-term differences were, and exactly 0 for a perfect denoiser
-    # (V-1 equal float32 values sum exactly); one pass over (R, V) instead of three
-    D = (V - 1) * ell_z - (ell.sum(-1, keepdim=True, dtype=torch.float64) - ell_x0)  # (R, 1)
+    log_ratio = torch.log(V * alpha) - log_a  # log(V alpha / A)
 
     lse = torch.logsumexp(lg, dim=-1, keepdim=True)  # (R, 1)
-    rest = lg.scatter(-1, x0[:, None], FORBIDDEN_LOGIT)  # the logits without x0
-    lse_rest = torch.logsumexp(rest, dim=-1, keepdim=True)  # (R, 1)
-    # delta = 1 - x̂0(x0) and x̂0(x0), each from the form that keeps its relative accuracy:
-    # the log-sum-exp over the other ids where x̂0(x0) > 1/2, 1 - x̂0(x0) elsewhere
-    p_x0 = torch.exp(logp.gather(-1, x0[:, None]).to(torch.float64))  # (R, 1)
-    delta = torch.where(p_x0 > 0.5, torch.exp((lse_rest - lse).to(torch.float64)), 1.0 - p_x0).clamp(0.0, 1.0)
+    lse64 = lse.to(f64)
+    s = lg - (lse64 - log_ratio).to(wd)  # (R, V): log x̂0 + log(V alpha / A)
+    # ell - log A = softplus(s) (log1p(exp) is ~1.5x faster here than F.softplus; exp cannot
+    # overflow: s <= log(V alpha / A) <= log V + 69 with A >= 1e-30)
+    sp = torch.log1p(torch.exp(s))
+    # D = sum_{j != x0} (ell_z - ell_j) = (V-1) sp_z - sum_{j != x0} sp_j: log A cancels
+    # exactly (no float32 rounding of log A in every term). The sum leaves x0 out before adding
+    # (x̂0(x0) near 1 would otherwise swamp the small terms), so float32's cascade sum is as
+    # accurate as the terms are (a float64 accumulation costs 8x more per row)
+    S_rest = _sum_without(sp, x0)  # (R, 1)
+
+    logp_x0 = lg.gather(-1, x0[:, None]).to(f64) - lse64  # (R, 1) log x̂0(x0)
+    p_x0 = torch.exp(logp_x0)
+    # delta = 1 - x̂0(x0), x̂0(x0) and log x̂0(x0), each from the form that keeps its relative
+    # accuracy: where x̂0(x0) > 1/2, delta from a log-sum-exp over the other ids (those rows
+    # only) and log x̂0(x0) = log1p(-delta), not lg - lse (whose float32 rounding, ~1e-6, would
+    # swamp a delta that small, and V - 1 terms of f scale it)
+    delta = 1.0 - p_x0
+    hi = (p_x0[:, 0] > 0.5).nonzero()[:, 0]
+    if hi.numel():
+        rest = lg[hi].scatter(-1, x0[hi, None], FORBIDDEN_LOGIT)  # the logits without x0
+        delta = delta.index_copy(0, hi, torch.exp(torch.logsumexp(rest, dim=-1, keepdim=True).to(f64) - lse64[hi]))
+    delta = delta.clamp(0.0, 1.0)
     p_x0 = torch.where(p_x0 > 0.5, 1.0 - delta, p_x0)
-    logp_z = logp.gather(-1, z[:, None]).to(torch.float64)  # (R, 1)
+    logp_x0 = torch.where(p_x0 > 0.5, torch.log1p(-delta), logp_x0)
 
     same = (z == x0)[:, None]  # (R, 1)
+    logp_z = torch.where(same, logp_x0, lg.gather(-1, z[:, None]).to(f64) - lse64)  # log x̂0(z)
     ratio = A / C
-    exp_mz = torch.exp(-ell_z)
+    u = log_ratio + logp_z  # s_z in float64
+    sp, sg = F.softplus(u, threshold=40.0), torch.sigmoid(u)  # ell_z - log A and w_z
+    D = (V - 1) * sp - S_rest
+    exp_mz = torch.exp(-(log_a + sp))  # 1 / xbarθ_z
     # z == x0
     k_same = (V - 1) * ratio * torch.log(ratio) + ratio * D + (V * V) * alpha * delta * exp_mz / C
     # z != x0
-    u = log_ratio + logp_z
-    sp, sg = F.softplus(u), torch.sigmoid(u)
     q = A / C + (V * alpha / C) * p_x0  # = 1 - (V alpha / C) delta, without the cancellation
     k_diff = -(C / A) * torch.log(q) - (V - 1) * sp + (V / A) * (sp - sg) + D
     f = (beta / V * torch.where(same, k_same, k_diff))[:, 0]
     if not coefficients:
         return f, None
     # d f / d lg_i = beta/V (c1 p_i + c2 w_i + c3 w_i p_i) at every i but z and x0, where
-    # p = x̂0 and w_i = V alpha p_i / xbarθ_i = sigmoid(log p_i + log(V alpha / A)),
-    # W = sum_i w_i; the entries at z and x0 are written separately, in float64 (g_z, g_x0),
-    # because there large terms cancel. From dp_j/dlg_i = p_j ([i = j] - p_i):
+    # p = x̂0 and w_i = V alpha p_i / xbarθ_i = sigmoid(s_i), W = sum_i w_i; the entries at z
+    # and x0 are written separately, in float64 (g_z, g_x0), because there large terms cancel.
+    # From dp_j/dlg_i = p_j ([i = j] - p_i):
     #   dD_i = -w_i + kappa p_i + (V-1) w_z [i = z] + w_x0 [i = x0],
     #   kappa = W - w_x0 - (V-1) w_z;  ddelta_i = p_x0 (p_i - [i = x0]);
     #   d ell_z_i = w_z ([i = z] - p_i);  d log p_z_i = [i = z] - p_i.
-    w = torch.sigmoid(logp + log_ratio.to(wd))  # (R, V)
-    W = w.sum(-1, keepdim=True, dtype=torch.float64)
-    w_z = w.gather(-1, z[:, None]).to(torch.float64)
-    w_x0 = w.gather(-1, x0[:, None]).to(torch.float64)
+    w = torch.sigmoid(s)  # (R, V)
+    w_z = sg
+    w_x0 = torch.sigmoid(log_ratio + logp_x0)
+    W_rest = _sum_without(w, x0)  # W - w_x0
     p_z = torch.exp(logp_z)
-    kappa = W - w_x0 - (V - 1) * w_z
+    kappa = W_rest - (V - 1) * w_z
     va_a = V * alpha / A
     # z == x0: K = ... + ratio D + b delta, b = V^2 alpha e^(-ell_z) / C
     b = (V * V) * alpha * exp_mz / C
     c1_same = ratio * kappa + b * (p_x0 + delta * w_z)
-    g_same = ratio * ((W - w_x0) * p_x0 + (V - 1) * w_z * delta) - b * (p_x0 + delta * w_z) * delta
+    g_same = ratio * (W_rest * p_x0 + (V - 1) * w_z * delta) - b * (p_x0 + delta * w_z) * delta
     # z != x0: the log(q) term contributes gamma ddelta_i, gamma = va_a / q, the softplus and
     # sigmoid terms eta d log p_z_i, eta = -(V-1) sigmoid(u) + (V/A) sigmoid(u)^2, and D its dD_i.
     # At i != z, x0 that is (gamma p_x0 - eta + kappa) p_i - w_i; since w_i = va_a p_i (1 - w_i),
@@ -534,8 +550,15 @@ def _uniform_rows(lg: Tensor, x0: Tensor, z: Tensor, alpha: Tensor, beta: Tensor
     c3 = scale * torch.where(same, zero, va_a)
     g_z = scale * torch.where(same, g_same, gz_diff)
     g_x0 = scale * torch.where(same, g_same, gx0_diff)
-    coef = torch.cat([c1, c2, c3, g_z, g_x0, lse.to(torch.float64), log_ratio.expand_as(c1)], dim=1)
+    coef = torch.cat([c1, c2, c3, g_z, g_x0, lse64, log_ratio.expand_as(c1)], dim=1)
     return f, coef
+
+
+def _sum_without(x: Tensor, ids: Tensor) -> Tensor:
+    """Row sums of x (R, V) leaving out column ids[r] of each row, as float64 (R, 1). Without
+    autograd the column is zeroed in place (x is the caller's scratch)."""
+    x = x.scatter(-1, ids[:, None], 0.0) if x.requires_grad else x.scatter_(-1, ids[:, None], 0.0)
+    return x.sum(-1, keepdim=True).to(torch.float64)
 
 
 def _row_chunk(device: torch.device, vocab: int) -> int:
@@ -544,14 +567,13 @@ def _row_chunk(device: torch.device, vocab: int) -> int:
     return max(1, (1 << 20) // vocab) if device.type == "cpu" else 1 << 30
 
 
-def _masked_blocks(logits: Tensor, forbidden: Tensor | None):
-    """(rows, masked logits (r, V) in the work dtype) for blocks of _row_chunk positions."""
+def _row_blocks(logits: Tensor):
+    """Row slices of logits.reshape(-1, V) in blocks of _row_chunk positions."""
     V = logits.shape[-1]
-    lg_all = logits.reshape(-1, V)
+    rows = logits.numel() // V
     step = _row_chunk(logits.device, V)
-    for r0 in range(0, lg_all.shape[0], step):
-        r = slice(r0, min(lg_all.shape[0], r0 + step))
-        yield r, _masked(lg_all[r], forbidden)
+    for r0 in range(0, rows, step):
+        yield slice(r0, min(rows, r0 + step))
 
 
 class _UniformIntegrand(torch.autograd.Function):
@@ -567,8 +589,9 @@ class _UniformIntegrand(torch.autograd.Function):
         want = ctx.needs_input_grad[0]
         f = torch.empty(rows, dtype=torch.float64, device=logits.device)
         coef = torch.empty(rows, 7, dtype=torch.float64, device=logits.device) if want else None
-        for r, lg in _masked_blocks(logits, forbidden):
-            f[r], c = _uniform_rows(lg, x0[r], z[r], alpha[r], beta[r], V, coefficients=want)
+        lg_all = logits.reshape(-1, V)
+        for r in _row_blocks(logits):
+            f[r], c = _uniform_rows(_masked(lg_all[r], forbidden), x0[r], z[r], alpha[r], beta[r], V, coefficients=want)
             if want:
                 coef[r] = c
         if want:
@@ -579,20 +602,26 @@ class _UniformIntegrand(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_f: Tensor):
         logits, x0, z, coef, forbidden = ctx.saved_tensors
-        forbidden = forbidden if ctx.has_forbidden else None
-        grad = torch.empty_like(logits.reshape(-1, logits.shape[-1]))
+        V = logits.shape[-1]
         wd = _work_dtype(logits)
-        g = grad_f.to(torch.float64)[:, None] * coef[:, :5]  # (R, 5) upstream-scaled
-        for r, lg in _masked_blocks(logits, forbidden):
-            logp = lg - coef[r, 5:6].to(wd)
-            w = torch.sigmoid(logp + coef[r, 6:7].to(wd))  # (r, V)
-            p = torch.exp_(logp)
-            gr = (w * p).mul_(g[r, 2:3].to(wd)).add_(p.mul_(g[r, 0:1].to(wd))).add_(w.mul_(g[r, 1:2].to(wd)))
-            gr.scatter_(-1, z[r, None], g[r, 3:4].to(wd))
-            gr.scatter_(-1, x0[r, None], g[r, 4:5].to(wd))
-            if forbidden is not None:
-                gr.masked_fill_(forbidden, 0.0)
-            grad[r] = gr
+        lg_all = logits.reshape(-1, V)
+        grad = torch.empty_like(lg_all)
+        g = (grad_f.to(torch.float64)[:, None] * coef[:, :5]).to(wd)  # (R, 5) upstream-scaled
+        lse, log_ratio = coef[:, 5:6].to(wd), coef[:, 6:7].to(wd)
+        cols = forbidden.nonzero()[:, 0] if ctx.has_forbidden else None
+        for r in _row_blocks(logits):
+            # from the unmasked logits: forbidden columns get values here, and 0 at the end
+            gr = grad[r] if grad.dtype == wd else torch.empty(lg_all[r].shape, dtype=wd, device=grad.device)
+            torch.sub(lg_all[r], lse[r], out=gr)  # log x̂0
+            w = torch.add(gr, log_ratio[r]).sigmoid_()  # (r, V)
+            gr.exp_()  # x̂0
+            gr.mul_(torch.addcmul(g[r, 0:1], w, g[r, 2:3])).addcmul_(w, g[r, 1:2])  # p (c1 + c3 w) + c2 w
+            gr.scatter_(-1, z[r, None], g[r, 3:4])
+            gr.scatter_(-1, x0[r, None], g[r, 4:5])
+            if cols is not None:
+                gr.index_fill_(-1, cols, 0.0)
+            if gr.data_ptr() != grad[r].data_ptr():
+                grad[r] = gr
         return grad.view_as(logits), None, None, None, None, None
 
 
