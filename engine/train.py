@@ -193,7 +193,10 @@ def train(setup: Setup, train_texts: Sequence[str], val_texts: Sequence[str], ou
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
     model = build_model(mcfg).to(device)
     if init_state is not None:
-        model.load_state_dict(init_state)
+        try:
+            model.load_state_dict(init_state)
+        except RuntimeError as exc:
+            raise TrainError(f"the starting weights do not fit this model's settings ({str(exc).strip().splitlines()[0]})") from exc
     diffusion = diffusion_for(setup.diffusion_cfg, mcfg.vocab_size, tok)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     gens = {"data": torch.Generator().manual_seed(cfg.seed * 1009 + rank), "noise": torch.Generator(device=device).manual_seed(cfg.seed * 2003 + rank + 1)}
@@ -350,6 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # what a resumed run may change: how long it trains and how often it validates
 RESUME_MAY_CHANGE = {("train", "max_steps"), ("train", "max_seconds"), ("train", "eval_every")}
+# model settings that fine-tuning (--init-from) may change: they leave every weight's shape alone
+FINE_TUNE_MAY_CHANGE = {"dropout", "kernel_cache_mb", "direct_max_len"}
 FLAG_NAMES = {("model", "arch"): "--arch/--objective", ("model", "d_model"): "--d-model", ("model", "n_layers"): "--layers",
               ("diffusion", "noise"): "--noise", ("train", "seq_len"): "--seq-len", ("train", "batch_size"): "--batch-size",
               ("train", "lr"): "--lr", ("train", "warmup_steps"): "--warmup-steps", ("train", "seed"): "--seed"}
@@ -395,25 +400,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             if k not in sections or not isinstance(v, dict):
                 _fail(f"--config {args.config}: unknown section {k!r} (expected model, diffusion, train)")
             given.update({(k, key): value for key, value in v.items()})
-    tokenizer: Tokenizer | None = None
-    init_state = None
-    if args.resume and (args.init_from or args.tokenizer or args.vocab_size):
-        _fail("--resume continues the run in --out with its own weights and tokenizer; "
-              "--init-from, --tokenizer and --vocab-size start a new run (give a new --out)")
-    if args.init_from:
-        try:
-            ck = checkpoint.load(args.init_from)
-        except checkpoint.CheckpointError as exc:
-            _fail(str(exc))
-        sections["model"] = to_dict(ck.model_cfg)
-        sections["diffusion"] = to_dict(ck.diffusion_cfg)
-        tokenizer, init_state = ck.tokenizer, ck.model.state_dict()
     flag = {("model", "arch"): "causal" if args.objective == "ar" else args.arch, ("model", "d_model"): args.d_model,
             ("model", "n_layers"): args.layers, ("diffusion", "noise"): args.noise, ("train", "seq_len"): args.seq_len,
             ("train", "batch_size"): args.batch_size, ("train", "max_steps"): args.max_steps, ("train", "lr"): args.lr,
             ("train", "warmup_steps"): args.warmup_steps, ("train", "eval_every"): args.eval_every, ("train", "seed"): args.seed,
             ("train", "max_seconds"): None if args.max_minutes is None else 60.0 * args.max_minutes}
     given.update({k: v for k, v in flag.items() if v is not None})
+    tokenizer: Tokenizer | None = None
+    init_state = None
+    if args.resume and (args.init_from or args.tokenizer or args.vocab_size):
+        _fail("--resume continues the run in --out with its own weights and tokenizer; "
+              "--init-from, --tokenizer and --vocab-size start a new run (give a new --out)")
+    if args.init_from:
+        if args.tokenizer or args.vocab_size:
+            _fail("--init-from fine-tunes a model with its own tokenizer; --tokenizer and --vocab-size would not fit its weights")
+        try:
+            ck = checkpoint.load(args.init_from)
+        except checkpoint.CheckpointError as exc:
+            _fail(str(exc))
+        sections["model"] = to_dict(ck.model_cfg)
+        sections["diffusion"] = to_dict(ck.diffusion_cfg)
+        changed = [f"{FLAG_NAMES.get(k, '.'.join(k))} {v!r} (the model has {sections['model'].get(k[1])!r})"
+                   for k, v in given.items() if k[0] == "model" and k[1] not in FINE_TUNE_MAY_CHANGE
+                   and sections["model"].get(k[1]) != v]
+        if changed:
+            _fail(f"--init-from keeps the architecture of {args.init_from}, but this command asks for " + ", ".join(changed)
+                  + " (drop those settings, or train from scratch without --init-from)")
+        tokenizer, init_state = ck.tokenizer, ck.model.state_dict()
     try:
         if args.resume:
             sections = resumed_sections(args.out, given)

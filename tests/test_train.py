@@ -105,6 +105,15 @@ def test_cli_trains_tokenizer_and_fine_tunes(data_dir: Path, tmp_path: Path, cap
     assert ft.tokenizer.to_json() == base.tokenizer.to_json()
     sb, sf = base.model.state_dict(), ft.model.state_dict()
     assert all(torch.equal(sb[k], sf[k]) for k in sb)
+    # fine-tuning keeps the architecture and the tokenizer: asking for others is refused by name
+    for bad, named in ((["--d-model", "64"], "--d-model 64 (the model has 32)"),
+                       (["--arch", "transformer"], "--arch/--objective 'transformer' (the model has 'sfdlm')"),
+                       (["--vocab-size", "400"], "own tokenizer")):
+        with pytest.raises(SystemExit) as exc:
+            main(["--data", str(data_dir), "--out", str(tmp_path / "ft-bad"), "--init-from", str(tmp_path / "base" / "model"),
+                  "--max-steps", "1", *bad])
+        assert exc.value.code == 2 and named in capsys.readouterr().err
+    assert not (tmp_path / "ft-bad").exists()
 
 
 def test_cli_bad_input_exits_2(tmp_path: Path, capsys) -> None:
