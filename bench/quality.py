@@ -16,7 +16,8 @@ channel MLP (mlp_mult) to the SFDLM's count.
 Runs: --jobs N trains N runs at a time in separate processes (e.g. side by side on one GPU with
 --device cuda); --no-score trains only and --score scores the trained runs afterwards (so the
 scoring, CPU work, can get all the cores); --collect tabulates what is in --out, including runs
-whose scoring never finished (from their validation curves). Finished work is never redone.
+whose scoring never finished (from their validation curves). Finished work is never redone, and
+a run interrupted mid-way continues from its last saved state (saved every tenth of the budget).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from typing import Any
 import torch
 
 from engine import checkpoint
-from engine.config import DiffusionConfig, ModelConfig, TrainConfig
+from engine.config import DiffusionConfig, ModelConfig, TrainConfig, to_dict
 from engine.evaluate import evaluate
 from engine.model import build_model, count_parameters
 from engine.tokenizer import Tokenizer
@@ -107,8 +108,32 @@ def run_one(name: str, seed: int, train_texts: Sequence[str], val_texts: Sequenc
     done = (run_dir / "model" / "manifest.json").is_file() and checkpoint.load(run_dir / "model").meta.get("step") == steps
     if not done:
         setup = Setup(mcfg, DiffusionConfig(noise=noise), dataclasses.replace(tcfg, max_steps=steps, seed=seed), tok)
-        train(setup, train_texts, val_texts, run_dir, log_every=max(1, steps // 20), name=name, device=device)
+        resume = _resumable(run_dir, setup)
+        train(setup, train_texts, val_texts, run_dir, log_every=max(1, steps // 20), name=name, device=device,
+              resume=resume, save_every=max(1, steps // 10))
     return score_run(run_dir, val_texts, name, seed) if score else None
+
+
+def _resumable(run_dir: Path, setup: Setup) -> bool:
+    """True when run_dir holds an interrupted run of exactly this setup (runs save their state
+    every tenth of the budget), which then continues where it stopped. A state of other settings
+    is cleared, with a note, so that the run starts afresh."""
+    state = run_dir / "train_state.pt"
+    if not state.is_file():
+        return False
+    try:
+        cfg = json.loads((run_dir / "model" / "config.json").read_text())
+        same = (cfg["model"] == to_dict(setup.model_cfg) and cfg["diffusion"] == to_dict(setup.diffusion_cfg)
+                and cfg["meta"]["train_config"] == to_dict(setup.train_cfg))
+    except (OSError, ValueError, KeyError):
+        same = False
+    if same:
+        print(f"{run_dir.name}: resuming at step {checkpoint.load(run_dir / 'model').meta.get('step')}", file=sys.stderr, flush=True)
+        return True
+    print(f"{run_dir.name}: an earlier run with other settings is there; starting afresh", file=sys.stderr, flush=True)
+    for name in ("train_state.pt", "log.jsonl"):
+        (run_dir / name).unlink(missing_ok=True)
+    return False
 
 
 def score_run(run_dir: Path, val_texts: Sequence[str], name: str, seed: int) -> dict[str, Any]:

@@ -219,7 +219,11 @@ def train(setup: Setup, train_texts: Sequence[str], val_texts: Sequence[str], ou
         step, seen, elapsed = int(st["step"]), int(st["tokens_seen"]), float(st["elapsed_s"])
         if (out / "log.jsonl").is_file():  # earlier validations (for --keep-best and the saved meta)
             rows = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines() if x.strip()]
-            history = [r["eval"] for r in rows if "eval" in r and r["eval"]["step"] <= step]
+            # rows written after the saved state (an interrupted run) are done again: drop them
+            rows = [r for r in rows if r.get("eval", r).get("step", 0) <= step]
+            history = [r["eval"] for r in rows if "eval" in r]
+            if rank == 0:
+                (out / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     net: nn.Module = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model)

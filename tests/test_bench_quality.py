@@ -86,3 +86,44 @@ def test_an_existing_tokenizer_of_another_size_is_reused_and_reported(tmp_path: 
     assert other.vocab_size == first.vocab_size == Tokenizer.load(tmp_path / "tokenizer.json").vocab_size
     err = capsys.readouterr().err
     assert "reusing" in err and "4,096 ids" in err and "another --out" in err
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_resumes_where_it_stopped(corpus: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """A run killed mid-way (its state saved at a tenth of the budget, log rows written past it)
+    continues from the saved state: the same weights as a run never interrupted, and every
+    validation step in its log once. A state of other settings is not resumed."""
+    import torch
+
+    from engine.config import ModelConfig, TrainConfig
+    from engine.train import load_texts
+
+    train_texts, val_texts = load_texts(corpus)
+    tok = quality._ensure_tokenizer(train_texts, tmp_path, 300)
+    base = ModelConfig(vocab_size=300, d_model=32, n_layers=1, d_state=8, fourier_blocks=2, n_heads=2, time_dim=16)
+    tcfg = TrainConfig(seq_len=24, batch_size=2, eval_every=5, warmup_steps=2)
+
+    def one(out: Path) -> Path:
+        quality.run_one("sfdlm-uniform", 0, train_texts, val_texts, out, tok, 1200, base, tcfg, score=False)
+        return quality.run_path(out, "sfdlm-uniform", 0)
+
+    straight = one(tmp_path / "a")
+    real = quality.train
+    monkeypatch.setattr(quality, "train", lambda *a, **k: real(*a, **k, stop_after=12))
+    cut = one(tmp_path / "b")
+    monkeypatch.setattr(quality, "train", real)
+    assert torch.load(cut / "train_state.pt", weights_only=True)["step"] == 12
+    with (cut / "log.jsonl").open("a") as f:  # what the killed process logged after its last save
+        f.write(json.dumps({"eval": {"step": 15, "nelbo_bits_per_token": 99.0, "elapsed_s": 9.0}}) + "\n")
+    capsys.readouterr()
+    one(tmp_path / "b")
+    assert "resuming at step 12" in capsys.readouterr().err
+    a, b = (torch.load(d / "train_state.pt", weights_only=True) for d in (straight, cut))
+    assert b["step"] == 25 and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    steps = [r["step"] for r in quality.read_curve(cut)]
+    assert steps == [r["step"] for r in quality.read_curve(straight)] == [5, 10, 15, 20, 25]
+    assert 99.0 not in [r["nelbo_bits_per_token"] for r in quality.read_curve(cut)]
+    # the same folder asked for another budget: the old state is not resumed
+    quality.run_one("sfdlm-uniform", 0, train_texts, val_texts, tmp_path / "b", tok, 2400, base, tcfg, score=False)
+    assert "starting afresh" in capsys.readouterr().err
+    assert torch.load(cut / "train_state.pt", weights_only=True)["step"] == 50
