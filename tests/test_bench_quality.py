@@ -39,6 +39,19 @@ def test_equal_wallclock_uses_the_cpu_speed_of_each_model() -> None:
     assert any("equal wall-clock" in x and "NOT met" in x for x in quality.targets(rows))
 
 
+def test_equal_wallclock_on_the_runs_clock_counts_the_fastest_runs_last_validation() -> None:
+    """train_seconds is recorded to 0.1 s while the last validation is logged at the exact time:
+    the faster model's final bound is its value at equal wall-clock, not the one before it."""
+    rows = [_row("sfdlm-uniform", 0, [9.0, 8.0, 7.0, 6.0]), _row("transformer-uniform", 0, [8.5, 7.5, 6.5, 5.5])]
+    rows[0]["train_seconds"], rows[0]["curve"][-1]["elapsed_s"] = 3.0, 3.04
+    rows[1]["train_seconds"] = 6.0
+    for i, c in enumerate(rows[1]["curve"]):
+        c["elapsed_s"] = 2.0 * (i + 1) - 0.5  # 1.5, 3.5, 5.5, 7.5
+    quality.equal_wallclock(rows)
+    assert rows[0]["bits_at_equal_wallclock"] == 6.0
+    assert rows[1]["bits_at_equal_wallclock"] == 8.5
+
+
 @pytest.mark.slow
 def test_parallel_runs_then_collect_with_an_unscored_run(corpus: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "q"
