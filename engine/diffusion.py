@@ -120,14 +120,19 @@ def _work_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _masked(logits: Tensor, forbidden: Tensor | None) -> Tensor:
-    """Logits in the work dtype with the `forbidden` ids (V,) bool, if any, at FORBIDDEN_LOGIT
-    (a copy, then the few forbidden columns filled: cheaper than a masked pass over (.., V))."""
+def _columns(forbidden: Tensor | None) -> Tensor | None:
+    """The ids of a (V,) bool mask as an index tensor, or None when there is no mask."""
+    return None if forbidden is None else forbidden.nonzero()[:, 0]
+
+
+def _masked(logits: Tensor, cols: Tensor | None) -> Tensor:
+    """Logits in the work dtype with the forbidden ids `cols` (see _columns), if any, at
+    FORBIDDEN_LOGIT (a copy, then those few columns filled: cheaper than a masked pass)."""
     lg = logits.to(_work_dtype(logits))
-    if forbidden is None:
+    if cols is None:
         return lg
     lg = lg.clone() if lg is logits else lg
-    return lg.index_fill_(-1, forbidden.nonzero()[:, 0], FORBIDDEN_LOGIT)
+    return lg.index_fill_(-1, cols, FORBIDDEN_LOGIT)
 
 
 def _times(t: Tensor | float, n: int, device: torch.device) -> Tensor:
@@ -178,7 +183,7 @@ class _DiffusionBase:
     # ----- x̂0 -------------------------------------------------------------------------------
     def masked_logits(self, logits: Tensor) -> Tensor:
         """Logits in float32 (float64 if given) with forbidden ids set to FORBIDDEN_LOGIT."""
-        return _masked(logits, self.forbidden.to(logits.device) if self.forbidden.any() else None)
+        return _masked(logits, _columns(self.forbidden.to(logits.device)) if self.forbidden.any() else None)
 
     def x0_log_probs(self, logits: Tensor) -> Tensor:
         """log x̂0 (..., V): log-softmax of the logits with forbidden ids at probability 0."""
@@ -479,12 +484,12 @@ def _uniform_rows(lg: Tensor, x0: Tensor, z: Tensor, alpha: Tensor, beta: Tensor
     s = lg - (lse64 - log_ratio).to(wd)  # (R, V): log x̂0 + log(V alpha / A)
     # ell - log A = softplus(s) (log1p(exp) is ~1.5x faster here than F.softplus; exp cannot
     # overflow: s <= log(V alpha / A) <= log V + 69 with A >= 1e-30)
-    sp = torch.log1p(torch.exp(s))
+    sp_all = torch.log1p(torch.exp(s))  # (R, V)
     # D = sum_{j != x0} (ell_z - ell_j) = (V-1) sp_z - sum_{j != x0} sp_j: log A cancels
     # exactly (no float32 rounding of log A in every term). The sum leaves x0 out before adding
     # (x̂0(x0) near 1 would otherwise swamp the small terms), so float32's cascade sum is as
     # accurate as the terms are (a float64 accumulation costs 8x more per row)
-    S_rest = _sum_without(sp, x0)  # (R, 1)
+    S_rest = _sum_without(sp_all, x0)  # (R, 1)
 
     logp_x0 = lg.gather(-1, x0[:, None]).to(f64) - lse64  # (R, 1) log x̂0(x0)
     p_x0 = torch.exp(logp_x0)
@@ -590,37 +595,38 @@ class _UniformIntegrand(torch.autograd.Function):
         f = torch.empty(rows, dtype=torch.float64, device=logits.device)
         coef = torch.empty(rows, 7, dtype=torch.float64, device=logits.device) if want else None
         lg_all = logits.reshape(-1, V)
+        cols = _columns(forbidden)
         for r in _row_blocks(logits):
-            f[r], c = _uniform_rows(_masked(lg_all[r], forbidden), x0[r], z[r], alpha[r], beta[r], V, coefficients=want)
+            f[r], c = _uniform_rows(_masked(lg_all[r], cols), x0[r], z[r], alpha[r], beta[r], V, coefficients=want)
             if want:
                 coef[r] = c
         if want:
-            ctx.save_for_backward(logits, x0, z, coef, forbidden if forbidden is not None else torch.empty(0))
-            ctx.has_forbidden = forbidden is not None
+            ctx.save_for_backward(logits, x0, z, coef, cols if cols is not None else torch.empty(0, dtype=torch.long))
+            ctx.has_forbidden = cols is not None
         return f
 
     @staticmethod
     def backward(ctx, grad_f: Tensor):
-        logits, x0, z, coef, forbidden = ctx.saved_tensors
+        logits, x0, z, coef, cols = ctx.saved_tensors
         V = logits.shape[-1]
         wd = _work_dtype(logits)
         lg_all = logits.reshape(-1, V)
         grad = torch.empty_like(lg_all)
         g = (grad_f.to(torch.float64)[:, None] * coef[:, :5]).to(wd)  # (R, 5) upstream-scaled
         lse, log_ratio = coef[:, 5:6].to(wd), coef[:, 6:7].to(wd)
-        cols = forbidden.nonzero()[:, 0] if ctx.has_forbidden else None
+        direct = grad.dtype == wd  # else each block is worked in wd and copied into grad
         for r in _row_blocks(logits):
             # from the unmasked logits: forbidden columns get values here, and 0 at the end
-            gr = grad[r] if grad.dtype == wd else torch.empty(lg_all[r].shape, dtype=wd, device=grad.device)
+            gr = grad[r] if direct else torch.empty(lg_all[r].shape, dtype=wd, device=grad.device)
             torch.sub(lg_all[r], lse[r], out=gr)  # log x̂0
             w = torch.add(gr, log_ratio[r]).sigmoid_()  # (r, V)
             gr.exp_()  # x̂0
             gr.mul_(torch.addcmul(g[r, 0:1], w, g[r, 2:3])).addcmul_(w, g[r, 1:2])  # p (c1 + c3 w) + c2 w
             gr.scatter_(-1, z[r, None], g[r, 3:4])
             gr.scatter_(-1, x0[r, None], g[r, 4:5])
-            if cols is not None:
+            if ctx.has_forbidden:
                 gr.index_fill_(-1, cols, 0.0)
-            if gr.data_ptr() != grad[r].data_ptr():
+            if not direct:
                 grad[r] = gr
         return grad.view_as(logits), None, None, None, None, None
 
