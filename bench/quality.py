@@ -39,7 +39,7 @@ from engine.config import DiffusionConfig, ModelConfig, TrainConfig, to_dict
 from engine.evaluate import evaluate
 from engine.model import build_model, count_parameters
 from engine.tokenizer import Tokenizer
-from engine.train import Setup, load_texts, train
+from engine.train import STATE, Setup, TrainError, load_texts, resumed_sections, train
 
 VARIANTS = (("sfdlm-uniform", "sfdlm", "uniform"), ("sfdlm-absorbing", "sfdlm", "absorbing"),
             ("transformer-uniform", "transformer", "uniform"), ("causal", "causal", "uniform"))
@@ -118,22 +118,19 @@ def _resumable(run_dir: Path, setup: Setup) -> bool:
     """True when run_dir holds an interrupted run of exactly this setup (runs save their state
     every tenth of the budget), which then continues where it stopped. A state of other settings
     is cleared, with a note, so that the run starts afresh."""
-    state = run_dir / "train_state.pt"
-    if not state.is_file():
+    if not (run_dir / STATE).is_file():
         return False
     try:
-        cfg = json.loads((run_dir / "model" / "config.json").read_text())
-        same = (cfg["model"] == to_dict(setup.model_cfg) and cfg["diffusion"] == to_dict(setup.diffusion_cfg)
-                and cfg["meta"]["train_config"] == to_dict(setup.train_cfg))
-    except (OSError, ValueError, KeyError):
+        saved = resumed_sections(run_dir, {})
+        same = saved == {"model": to_dict(setup.model_cfg), "diffusion": to_dict(setup.diffusion_cfg),
+                         "train": to_dict(setup.train_cfg)}
+    except TrainError:
         same = False
-    if same:
-        print(f"{run_dir.name}: resuming at step {checkpoint.load(run_dir / 'model').meta.get('step')}", file=sys.stderr, flush=True)
-        return True
-    print(f"{run_dir.name}: an earlier run with other settings is there; starting afresh", file=sys.stderr, flush=True)
-    for name in ("train_state.pt", "log.jsonl"):
-        (run_dir / name).unlink(missing_ok=True)
-    return False
+    if not same:
+        print(f"{run_dir.name}: an earlier run with other settings is there; starting afresh", file=sys.stderr, flush=True)
+        for name in (STATE, "log.jsonl"):
+            (run_dir / name).unlink(missing_ok=True)
+    return same
 
 
 def score_run(run_dir: Path, val_texts: Sequence[str], name: str, seed: int) -> dict[str, Any]:

@@ -217,6 +217,8 @@ def train(setup: Setup, train_texts: Sequence[str], val_texts: Sequence[str], ou
             g.set_state(st["rng"][k])
         torch.set_rng_state(st["rng"]["torch"])
         step, seen, elapsed = int(st["step"]), int(st["tokens_seen"]), float(st["elapsed_s"])
+        if rank == 0:
+            print(f"resuming at step {step} from {state_path}", file=sys.stderr, flush=True)
         if (out / "log.jsonl").is_file():  # earlier validations (for --keep-best and the saved meta)
             rows = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines() if x.strip()]
             # rows written after the saved state (an interrupted run) are done again: drop them
@@ -358,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
 # what a resumed run may change: how long it trains and how often it validates
 RESUME_MAY_CHANGE = {("train", "max_steps"), ("train", "max_seconds"), ("train", "eval_every")}
 # model settings that fine-tuning (--init-from) may change: they leave every weight's shape alone
-FINE_TUNE_MAY_CHANGE = {"dropout", "kernel_cache_mb", "direct_max_len"}
+FINE_TUNE_MAY_CHANGE = {("model", "dropout"), ("model", "kernel_cache_mb"), ("model", "direct_max_len")}
 FLAG_NAMES = {("model", "arch"): "--arch/--objective", ("model", "d_model"): "--d-model", ("model", "n_layers"): "--layers",
               ("diffusion", "noise"): "--noise", ("train", "seq_len"): "--seq-len", ("train", "batch_size"): "--batch-size",
               ("train", "lr"): "--lr", ("train", "warmup_steps"): "--warmup-steps", ("train", "seed"): "--seed"}
@@ -376,12 +378,19 @@ def resumed_sections(out: Path, given: dict[tuple[str, str], Any]) -> dict[str, 
         saved = {"model": dict(raw["model"]), "diffusion": dict(raw["diffusion"]), "train": dict(raw["meta"]["train_config"])}
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise TrainError(f"--resume: cannot read the run's settings from {out / 'model' / 'config.json'} ({exc})") from exc
-    conflicts = [f"{FLAG_NAMES.get(k, '.'.join(k))} {v!r} (the run has {saved[k[0]].get(k[1])!r})"
-                 for k, v in given.items() if k not in RESUME_MAY_CHANGE and saved[k[0]].get(k[1]) != v]
+    conflicts = differences(given, saved, RESUME_MAY_CHANGE, "the run")
     if conflicts:
         raise TrainError("--resume keeps the run's own settings, but this command asks for " + ", ".join(conflicts)
                          + "; only --max-steps, --max-minutes and --eval-every may change (drop the rest, or train into a new --out)")
     return saved
+
+
+def differences(given: dict[tuple[str, str], Any], saved: dict[str, dict[str, Any]], may_change: set[tuple[str, str]],
+                owner: str) -> list[str]:
+    """What `given` asks for that differs from `saved` (only its sections) outside `may_change`,
+    one phrase each: "--seq-len 256 (the run has 64)"."""
+    return [f"{FLAG_NAMES.get(k, '.'.join(k))} {v!r} ({owner} has {saved[k[0]].get(k[1])!r})"
+            for k, v in given.items() if k[0] in saved and k not in may_change and saved[k[0]].get(k[1]) != v]
 
 
 def _fail(message: str) -> NoReturn:
@@ -424,9 +433,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _fail(str(exc))
         sections["model"] = to_dict(ck.model_cfg)
         sections["diffusion"] = to_dict(ck.diffusion_cfg)
-        changed = [f"{FLAG_NAMES.get(k, '.'.join(k))} {v!r} (the model has {sections['model'].get(k[1])!r})"
-                   for k, v in given.items() if k[0] == "model" and k[1] not in FINE_TUNE_MAY_CHANGE
-                   and sections["model"].get(k[1]) != v]
+        changed = differences(given, {"model": sections["model"]}, FINE_TUNE_MAY_CHANGE, "the model")
         if changed:
             _fail(f"--init-from keeps the architecture of {args.init_from}, but this command asks for " + ", ".join(changed)
                   + " (drop those settings, or train from scratch without --init-from)")
