@@ -10,7 +10,9 @@ time draw per window); then engine.evaluate scores the final model on the valida
 (bound with reconstruction term, infill at 15/50/85 % pinned). Equal wall-clock: each model's
 validation bound at the last evaluation no later than the time the faster of SFDLM-uniform and
 the transformer denoiser needs for the whole budget, on that machine's clock or (--speed) on the
-CPU's clock measured by --measure-speed. Parameters are matched by widening the transformers'
+CPU's clock measured by --measure-speed, and the bound interpolated in time between the
+evaluations on either side of that time (the last evaluation before it favours the faster model
+by up to one evaluation interval). Parameters are matched by widening the transformers'
 channel MLP (mlp_mult) to the SFDLM's count.
 
 Runs: --jobs N trains N runs at a time in separate processes (e.g. side by side on one GPU with
@@ -211,7 +213,11 @@ def equal_wallclock(rows: list[dict[str, Any]], speed: dict[str, float] | None =
     than the time the faster of SFDLM-uniform and the transformer denoiser (PAIR, the models the
     target compares; the fastest of all models when either is missing) needed for the whole
     budget. With `speed` (training tokens/s per model measured on the CPU, --measure-speed) the
-    clock is that CPU's; otherwise the run's own."""
+    clock is that CPU's; otherwise the run's own.
+
+    The last evaluation before that time can lie up to one evaluation interval earlier, which
+    favours the faster model; bits_at_equal_wallclock_interp is the bound interpolated linearly
+    in time between the evaluations on either side (the last one when none comes later)."""
     def clock(r: dict[str, Any], c: dict[str, Any]) -> float | None:
         if speed is not None:
             return c["step"] * r["batch_size"] * r["seq_len"] / speed[r["model"]]
@@ -222,8 +228,16 @@ def equal_wallclock(rows: list[dict[str, Any]], speed: dict[str, float] | None =
     for r in rows:
         # + 0.05 s: train_seconds is recorded to 0.1 s, and the fastest model's own last
         # validation (logged at the unrounded time) must count
-        early = [c for c in r["curve"] if clock(r, c) is not None and clock(r, c) <= fastest + 0.05 + 1e-9]
-        r["bits_at_equal_wallclock"] = early[-1]["bits"] if early else None
+        timed = [(clock(r, c), c["bits"]) for c in r["curve"] if clock(r, c) is not None]
+        early = [(t, b) for t, b in timed if t <= fastest + 0.05 + 1e-9]
+        late = [(t, b) for t, b in timed if t > fastest + 0.05 + 1e-9]
+        r["bits_at_equal_wallclock"] = early[-1][1] if early else None
+        if early and late:
+            (t0, b0), (t1, b1) = early[-1], late[0]
+            w = min(1.0, max(0.0, (fastest - t0) / (t1 - t0)))
+            r["bits_at_equal_wallclock_interp"] = b0 + w * (b1 - b0)
+        else:
+            r["bits_at_equal_wallclock_interp"] = r["bits_at_equal_wallclock"]
         r["equal_wallclock_s"] = round(fastest, 1)
         if speed is not None:
             r["cpu_tokens_per_s"] = speed[r["model"]]
@@ -292,20 +306,22 @@ def table(rows: list[dict[str, Any]]) -> str:
         by.setdefault(r["model"], []).append(r)
     cpu = any("cpu_tokens_per_s" in r for r in rows)
     lines = ["| model | params | seeds | loop bound, bits/token | ppl (loop bound) | scored bound, bits/token | infill@15% | infill@50% | infill@85% | train tokens/s"
-             + (" | CPU tokens/s | CPU s for the budget" if cpu else " | train s") + " | bits at equal wall-clock |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if cpu else "")]
+             + (" | CPU tokens/s | CPU s for the budget" if cpu else " | train s")
+             + " | bits at equal wall-clock | the same, interpolated |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if cpu else "")]
     for name, rs in by.items():
         def vals(key: str, sub: str | None = None) -> list[float]:
             return [(r[key][sub] if sub else r[key]) for r in rs if r.get(key) is not None]
         loop = [r["curve"][-1]["bits"] for r in rs]
         scored = vals("nelbo_bits_per_token")
         inf = [_spread(v, ".3f") if (v := vals("infill_accuracy", f)) else "—" for f in ("0.15", "0.5", "0.85")]
-        eq = vals("bits_at_equal_wallclock")
+        eq, eqi = vals("bits_at_equal_wallclock"), vals("bits_at_equal_wallclock_interp")
         clock = (f"{statistics.median(vals('cpu_tokens_per_s')):,.0f} | {statistics.median(vals('cpu_train_seconds')):,.0f}" if cpu
                  else f"{statistics.median(vals('train_seconds')):,.0f}")
         lines.append(f"| {name} | {rs[0]['parameters']:,} | {len(rs)} | {_spread(loop, '.3f')} | {2 ** statistics.median(loop):.1f} | "
                      f"{_spread(scored, '.3f') + (f' ({len(scored)} scored)' if len(scored) != len(rs) else '') if scored else '—'} | "
-                     f"{' | '.join(inf)} | {statistics.median(vals('tokens_per_s')):,.0f} | {clock} | {_spread(eq, '.3f') if eq else '—'} |")
+                     f"{' | '.join(inf)} | {statistics.median(vals('tokens_per_s')):,.0f} | {clock} | {_spread(eq, '.3f') if eq else '—'} | "
+                     f"{_spread(eqi, '.3f') if eqi else '—'} |")
     return "\n".join(lines)
 
 
@@ -327,6 +343,10 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
     ea, eb = med(a, "bits_at_equal_wallclock"), med(b, "bits_at_equal_wallclock")
     if ea and eb:
         out.append(f"bound at equal wall-clock: {ea:.3f} vs {eb:.3f} bits/token (target: lower): {'met' if ea < eb else 'NOT met'}")
+    ea, eb = med(a, "bits_at_equal_wallclock_interp"), med(b, "bits_at_equal_wallclock_interp")
+    if ea and eb:
+        out.append(f"bound at equal wall-clock, interpolated between evaluations: {ea:.3f} vs {eb:.3f} bits/token "
+                   f"(target: lower): {'met' if ea < eb else 'NOT met'}")
     ia, ib = med(a, "infill_accuracy", "0.5"), med(b, "infill_accuracy", "0.5")
     if ia is not None and ib is not None:
         out.append(f"infill at 50 % pinned: {100 * ia:.1f} % vs {100 * ib:.1f} % (target: within 2 points): {'met' if ia >= ib - 0.02 else 'NOT met'}")

@@ -39,6 +39,24 @@ def test_equal_wallclock_uses_the_cpu_speed_of_each_model() -> None:
     assert any("equal wall-clock" in x and "NOT met" in x for x in quality.targets(rows))
 
 
+def test_equal_wallclock_interpolates_between_the_evaluations_around_the_time() -> None:
+    """The faster model finishes at 25 s on this clock; the slower one was evaluated at 20 s (7.5)
+    and 30 s (6.5): the last evaluation says 7.5, interpolation 7.0."""
+    rows = [_row("sfdlm-uniform", 0, [9.0, 8.0, 7.0, 7.2]), _row("transformer-uniform", 0, [8.5, 7.5, 6.5, 5.5])]
+    quality.equal_wallclock(rows, {"sfdlm-uniform": 160.0, "transformer-uniform": 100.0})
+    assert rows[1]["bits_at_equal_wallclock"] == 7.5
+    assert rows[1]["bits_at_equal_wallclock_interp"] == pytest.approx(7.0)
+    assert rows[0]["bits_at_equal_wallclock_interp"] == 7.2  # its own last evaluation: nothing later
+    lines = quality.targets(rows)
+    assert any(x.startswith("bound at equal wall-clock:") and x.endswith(": met") for x in lines)
+    assert any("interpolated" in x and "NOT met" in x for x in lines)  # 7.2 is not below 7.0
+    for r in rows:
+        r.update(parameters=1000, tokens_per_s=100.0)
+    table = quality.table(rows).splitlines()
+    assert table[0].endswith("| bits at equal wall-clock | the same, interpolated |")
+    assert table[-1].endswith("| 7.500 | 7.000 |")
+
+
 def test_equal_wallclock_on_the_runs_clock_counts_the_fastest_runs_last_validation() -> None:
     """train_seconds is recorded to 0.1 s while the last validation is logged at the exact time:
     the faster model's final bound is its value at equal wall-clock, not the one before it."""
