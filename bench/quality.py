@@ -65,7 +65,8 @@ def trained_fields(name: str, seed: int, parameters: int, mlp_mult: int, steps: 
     """The part of a result row that training alone determines (scored and unscored rows share it)."""
     return {"model": name, "seed": seed, "parameters": parameters, "mlp_mult": mlp_mult,
             "tokens": steps * batch * seq_len, "batch_size": batch, "seq_len": seq_len,
-            "device": device, "train_seconds": round(wall, 1), "tokens_per_s": round(steps * batch * seq_len / wall, 1),
+            "device": device, "train_seconds": round(wall, 3),
+            "tokens_per_s": round(steps * batch * seq_len / wall, 1) if wall > 0 else None,
             "curve": [{"elapsed_s": c.get("elapsed_s"), "step": c["step"], "bits": c["nelbo_bits_per_token"]} for c in curve]}
 
 
@@ -226,8 +227,8 @@ def equal_wallclock(rows: list[dict[str, Any]], speed: dict[str, float] | None =
     have_pair = {r["model"] for r in rows} >= set(PAIR)
     fastest = min(total[id(r)] for r in rows if r["model"] in PAIR or not have_pair)
     for r in rows:
-        # + 0.05 s: train_seconds is recorded to 0.1 s, and the fastest model's own last
-        # validation (logged at the unrounded time) must count
+        # + 0.05 s: checkpoints written before the fifth session record train_seconds to 0.1 s
+        # (now 1 ms), and the fastest model's own last validation (logged at 0.01 s) must count
         timed = [(clock(r, c), c["bits"]) for c in r["curve"] if clock(r, c) is not None]
         early = [(t, b) for t, b in timed if t <= fastest + 0.05 + 1e-9]
         late = [(t, b) for t, b in timed if t > fastest + 0.05 + 1e-9]
@@ -245,9 +246,10 @@ def equal_wallclock(rows: list[dict[str, Any]], speed: dict[str, float] | None =
 
 
 def run(data: Path, out: Path, tokens: int, seeds: Sequence[int], base: ModelConfig, tcfg: TrainConfig, variants: Sequence[str],
-        device: str = "cpu", jobs: int = 1, child_args: Sequence[str] = (), mode: str = "both") -> list[dict[str, Any]]:
+        device: str = "cpu", jobs: int = 1, child_args: Sequence[str] = (), mode: str = "both") -> tuple[list[dict[str, Any]], list[str]]:
     """Every (variant, seed); with jobs > 1 each runs in its own process, `jobs` at a time.
-    mode: "both" (train, then score), "train" (no scoring) or "score" (score trained runs only)."""
+    mode: "both" (train, then score), "train" (no scoring) or "score" (score trained runs only).
+    Returns the rows of the finished runs and the names of the runs whose process failed."""
     train_texts, val_texts = load_texts(data)
     tok = _ensure_tokenizer(train_texts, out, base.vocab_size)
     todo = [(name, seed) for seed in seeds for name, _, _ in VARIANTS if name in variants]
@@ -264,7 +266,7 @@ def run(data: Path, out: Path, tokens: int, seeds: Sequence[int], base: ModelCon
             if row is not None:
                 rows.append(row)
                 print(json.dumps({k: v for k, v in row.items() if k not in ("curve", "sample")}), flush=True)
-        return rows
+        return rows, []  # in one process a failure raises
     import subprocess
     import sys
     pending, running = list(todo), []
@@ -288,7 +290,7 @@ def run(data: Path, out: Path, tokens: int, seeds: Sequence[int], base: ModelCon
     rows = [json.loads((run_path(out, n, s) / "row.json").read_text()) for n, s in todo if (run_path(out, n, s) / "row.json").is_file()]
     if failed:
         print(f"failed runs (see their stderr.log): {', '.join(failed)}", flush=True)
-    return rows
+    return rows, failed
 
 
 def _spread(vals: list[float], fmt: str) -> str:
@@ -316,11 +318,12 @@ def table(rows: list[dict[str, Any]]) -> str:
         scored = vals("nelbo_bits_per_token")
         inf = [_spread(v, ".3f") if (v := vals("infill_accuracy", f)) else "—" for f in ("0.15", "0.5", "0.85")]
         eq, eqi = vals("bits_at_equal_wallclock"), vals("bits_at_equal_wallclock_interp")
+        tps = f"{statistics.median(v):,.0f}" if (v := vals("tokens_per_s")) else "—"
         clock = (f"{statistics.median(vals('cpu_tokens_per_s')):,.0f} | {statistics.median(vals('cpu_train_seconds')):,.0f}" if cpu
                  else f"{statistics.median(vals('train_seconds')):,.0f}")
         lines.append(f"| {name} | {rs[0]['parameters']:,} | {len(rs)} | {_spread(loop, '.3f')} | {2 ** statistics.median(loop):.1f} | "
                      f"{_spread(scored, '.3f') + (f' ({len(scored)} scored)' if len(scored) != len(rs) else '') if scored else '—'} | "
-                     f"{' | '.join(inf)} | {statistics.median(vals('tokens_per_s')):,.0f} | {clock} | {_spread(eq, '.3f') if eq else '—'} | "
+                     f"{' | '.join(inf)} | {tps} | {clock} | {_spread(eq, '.3f') if eq else '—'} | "
                      f"{_spread(eqi, '.3f') if eqi else '—'} |")
     return "\n".join(lines)
 
@@ -389,6 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(v[0] for v in VARIANTS)}")
     seeds = [int(x) for x in args.seeds.split(",")]
+    failed: list[str] = []
     if args.measure_speed:
         train_texts, _ = load_texts(args.data)
         tok = _ensure_tokenizer(train_texts, args.out, args.vocab)
@@ -403,8 +407,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         child = [a for i, a in enumerate(child) if a not in ("--jobs", "--models", "--seeds", "--json") and
                  (i == 0 or child[i - 1] not in ("--jobs", "--models", "--seeds"))]
         mode = "score" if args.score else "train" if args.no_score else "both"
-        rows = run(args.data, args.out, args.tokens, seeds, base, tcfg, models, device=args.device, jobs=args.jobs,
-                   child_args=child, mode=mode)
+        rows, failed = run(args.data, args.out, args.tokens, seeds, base, tcfg, models, device=args.device,
+                           jobs=args.jobs, child_args=child, mode=mode)
         if args.child:
             return 0  # a failure raised, and the parent saw its exit status
         if mode != "both":  # tabulate everything there is, scored or not
@@ -420,7 +424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(line)
     if args.json:
         print(json.dumps(rows, indent=2))
-    return 0
+    return 1 if failed else 0  # the table shows what finished; a failed run still fails the command
 
 
 if __name__ == "__main__":

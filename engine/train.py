@@ -232,7 +232,7 @@ def train(setup: Setup, train_texts: Sequence[str], val_texts: Sequence[str], ou
     model.train()
 
     def model_meta() -> dict[str, Any]:
-        return {"step": step, "tokens_seen": seen * world, "train_seconds": round(elapsed, 1),
+        return {"step": step, "tokens_seen": seen * world, "train_seconds": round(elapsed, 3),
                 "train_config": to_dict(cfg), "parameters": count_parameters(model),
                 "world_size": world, "device": device, "validation": history[-1] if history else None}
 

@@ -97,6 +97,15 @@ def test_parallel_runs_then_collect_with_an_unscored_run(corpus: Path, tmp_path:
     assert quality.main([*args2, "--no-score"]) == 0
     assert not (out / "causal-seed3" / "row.json").exists() and (out / "causal-seed3" / "model").is_dir()
     assert "| causal |" in capsys.readouterr().out
+    # a run whose process fails (here: its weights damaged before scoring) fails the command, and
+    # the table still shows what there is
+    weights = out / "causal-seed3" / "model" / "weights.pt"
+    good = weights.read_bytes()
+    weights.write_bytes(good[:-10] + b"0123456789")
+    assert quality.main([*args2, "--score", "--jobs", "2"]) == 1
+    out_text = capsys.readouterr().out
+    assert "failed runs (see their stderr.log): causal-seed3" in out_text and "| causal |" in out_text
+    weights.write_bytes(good)
     assert quality.main([*args2, "--score", "--jobs", "2"]) == 0
     row = json.loads((out / "causal-seed3" / "row.json").read_text())
     assert row["tokens"] == 25 * 48 and row["nelbo_bits_per_token"] > 0 and row["curve"]
