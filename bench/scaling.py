@@ -60,6 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(0 = torch's default, the number of cores)")
     p.add_argument("--d-model", type=int, default=256, help="model width D (default: 256)")
     p.add_argument("--layers", type=int, default=6, help="number of blocks (default: 6)")
+    p.add_argument("--d-state", type=int, default=64,
+                   help="SSM state size of the SFDLM, d_state // 2 complex modes per channel "
+                        "(default: 64, ModelConfig's; the shipped default model uses 32)")
     p.add_argument("--vocab", type=int, default=8192, help="vocabulary size V (default: 8192)")
     p.add_argument("--memory-repeats", type=int, default=1,
                    help="fresh child processes per (model, L); the median peak is reported "
@@ -85,7 +88,7 @@ def build(arch: str, args: argparse.Namespace):
 
     torch.manual_seed(args.seed)
     extra = {} if args.kernel_cache_mb is None else {"kernel_cache_mb": args.kernel_cache_mb}
-    cfg = ModelConfig(vocab_size=args.vocab, d_model=args.d_model, n_layers=args.layers,
+    cfg = ModelConfig(vocab_size=args.vocab, d_model=args.d_model, n_layers=args.layers, d_state=args.d_state,
                       arch=arch, **extra)
     return build_model(cfg).eval()
 
@@ -203,7 +206,7 @@ def child_memory(args: argparse.Namespace) -> None:
 def peak_memory(arch: str, length: int, args: argparse.Namespace) -> dict[str, float | None]:
     cmd = [sys.executable, "-m", "bench.scaling", "--child", arch, str(length),
            "--batch", str(args.batch), "--threads", str(args.threads), "--d-model",
-           str(args.d_model), "--layers", str(args.layers), "--vocab", str(args.vocab),
+           str(args.d_model), "--layers", str(args.layers), "--vocab", str(args.vocab), "--d-state", str(args.d_state),
            "--seed", str(args.seed), "--keep-malloc-env"]
     if args.kernel_cache_mb is not None:
         cmd += ["--kernel-cache-mb", str(args.kernel_cache_mb)]
@@ -246,7 +249,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     if not args.json:
         print(f"# whole forward (ids -> logits over V={args.vocab}), B={args.batch}, "
-              f"D={args.d_model}, layers={args.layers}, threads={torch.get_num_threads()}, "
+              f"D={args.d_model}, layers={args.layers}, d_state={args.d_state}, threads={torch.get_num_threads()}, "
               f"torch {torch.__version__}; time = median of alternating calls; "
               f"peak = max RSS increase over post-build RSS in a fresh process; live = peak heap "
               f"bytes in use over post-build, sampled between aten ops (glibc mallinfo2)")

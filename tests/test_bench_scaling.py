@@ -42,3 +42,12 @@ def test_cli_json_rows(tmp_path: Path) -> None:
         assert r["sfdlm_peak_mb"] >= 0 and r["transformer_peak_mb"] >= 0
         if scaling.heap_in_use() is not None:
             assert r["sfdlm_live_mb"] > 0 and r["transformer_live_mb"] > 0
+
+
+def test_build_takes_the_ssm_state_size() -> None:
+    """--d-state reaches the SFDLM's SSM layers (d_state // 2 complex modes); the transformer has none."""
+    args = scaling.parse_args(["--d-model", "16", "--layers", "2", "--vocab", "32", "--d-state", "8"])
+    model = scaling.build("sfdlm", args)
+    assert {block.ssm.n_modes for block in model.blocks} == {4}
+    assert model.cfg.d_state == 8
+    assert scaling.parse_args([]).d_state == 64
