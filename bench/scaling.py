@@ -60,14 +60,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(0 = torch's default, the number of cores)")
     p.add_argument("--d-model", type=int, default=256, help="model width D (default: 256)")
     p.add_argument("--layers", type=int, default=6, help="number of blocks (default: 6)")
-    p.add_argument("--d-state", type=int, default=64,
+    p.add_argument("--d-state", type=int, default=32,
                    help="SSM state size of the SFDLM, d_state // 2 complex modes per channel "
-                        "(default: 64, ModelConfig's; the shipped default model uses 32)")
-    p.add_argument("--vocab", type=int, default=8192, help="vocabulary size V (default: 8192)")
-    p.add_argument("--memory-repeats", type=int, default=1,
+                        "(default: %(default)s, the shipped default model's; ModelConfig's is 64)")
+    p.add_argument("--vocab", type=int, default=4096,
+                   help="vocabulary size V (default: %(default)s, the shipped default model's)")
+    p.add_argument("--memory-repeats", type=int, default=5,
                    help="fresh child processes per (model, L); the median peak is reported "
-                        "(allocator placement makes single readings vary by ~10 %%) "
-                        "(default: %(default)s)")
+                        "(allocator placement makes single RSS readings vary by up to 40 %% at "
+                        "L = 16384) (default: %(default)s)")
     p.add_argument("--kernel-cache-mb", type=float, default=None,
                    help="override ModelConfig.kernel_cache_mb (SFDLM kernel cache per layer, "
                         "MiB) to measure the cache / memory trade-off (default: the config's)")

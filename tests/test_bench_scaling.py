@@ -50,4 +50,12 @@ def test_build_takes_the_ssm_state_size() -> None:
     model = scaling.build("sfdlm", args)
     assert {block.ssm.n_modes for block in model.blocks} == {4}
     assert model.cfg.d_state == 8
-    assert scaling.parse_args([]).d_state == 64
+
+
+def test_defaults_are_the_shipped_models_state_size_and_vocabulary() -> None:
+    """The benchmark measures the denoiser the product ships (at the issue's width and depth):
+    its defaults must follow assets/model when that model changes."""
+    shipped = json.loads((ROOT / "assets" / "model" / "config.json").read_text())["model"]
+    args = scaling.parse_args([])
+    assert (args.d_state, args.vocab) == (shipped["d_state"], shipped["vocab_size"])
+    assert (args.d_model, args.layers) == (256, 6)
