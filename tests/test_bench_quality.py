@@ -58,7 +58,8 @@ def test_equal_wallclock_interpolates_between_the_evaluations_around_the_time() 
 
 
 def test_equal_wallclock_on_the_runs_clock_counts_the_fastest_runs_last_validation() -> None:
-    """train_seconds is recorded to 0.1 s while the last validation is logged at the exact time:
+    """Checkpoints before the fifth session record train_seconds to 0.1 s while the last
+    validation is logged to 0.01 s:
     the faster model's final bound is its value at equal wall-clock, not the one before it."""
     rows = [_row("sfdlm-uniform", 0, [9.0, 8.0, 7.0, 6.0]), _row("transformer-uniform", 0, [8.5, 7.5, 6.5, 5.5])]
     rows[0]["train_seconds"], rows[0]["curve"][-1]["elapsed_s"] = 3.0, 3.04

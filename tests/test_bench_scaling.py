@@ -45,7 +45,7 @@ def test_cli_json_rows(tmp_path: Path) -> None:
 
 
 def test_build_takes_the_ssm_state_size() -> None:
-    """--d-state reaches the SFDLM's SSM layers (d_state // 2 complex modes); the transformer has none."""
+    """--d-state reaches the SFDLM's SSM layers (d_state // 2 complex modes)."""
     args = scaling.parse_args(["--d-model", "16", "--layers", "2", "--vocab", "32", "--d-state", "8"])
     model = scaling.build("sfdlm", args)
     assert {block.ssm.n_modes for block in model.blocks} == {4}
