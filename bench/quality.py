@@ -20,6 +20,8 @@ Runs: --jobs N trains N runs at a time in separate processes (e.g. side by side 
 scoring, CPU work, can get all the cores); --collect tabulates what is in --out, including runs
 whose scoring never finished (from their validation curves). Finished work is never redone, and
 a run interrupted mid-way continues from its last saved state (saved every tenth of the budget).
+When a run's process fails, the command still prints the table of what finished, names the
+failed runs (their stderr.log says why) and exits 1.
 """
 
 from __future__ import annotations

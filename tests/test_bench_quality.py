@@ -57,6 +57,17 @@ def test_equal_wallclock_interpolates_between_the_evaluations_around_the_time() 
     assert table[-1].endswith("| 7.500 | 7.000 |")
 
 
+def test_a_run_recorded_with_zero_training_time_has_no_tokens_per_second() -> None:
+    """A tiny run can finish under the clock's resolution: no division by zero, and the table
+    shows a dash for its speed."""
+    row = quality.trained_fields("causal", 0, 1000, 4, 10, 2, 8, "cpu", 0.0, [{"step": 10, "elapsed_s": 0.0, "nelbo_bits_per_token": 7.0}])
+    assert row["tokens_per_s"] is None and row["train_seconds"] == 0.0
+    assert quality.trained_fields("causal", 0, 1000, 4, 10, 2, 8, "cpu", 0.0004, [])["train_seconds"] == 0.0
+    assert quality.trained_fields("causal", 0, 1000, 4, 10, 2, 8, "cpu", 0.0016, [])["train_seconds"] == 0.002
+    quality.equal_wallclock([row])
+    assert "| causal | 1,000 | 1 | 7.000 | 128.0 | — | — | — | — | — |" in quality.table([row])
+
+
 def test_equal_wallclock_on_the_runs_clock_counts_the_fastest_runs_last_validation() -> None:
     """Checkpoints before the fifth session record train_seconds to 0.1 s while the last
     validation is logged to 0.01 s:
