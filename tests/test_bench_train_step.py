@@ -1,0 +1,73 @@
+"""bench.train_step: every part it times does the work it names, and the step's composition and
+the Amdahl ceilings are computed from the timings as documented."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench import train_step
+from bench.quality import matched
+from engine.config import DiffusionConfig, ModelConfig
+from engine.diffusion import make_diffusion
+from engine.model import build_model
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ModelConfig(vocab_size=64, d_model=32, n_layers=2, d_state=8, fourier_blocks=4, time_dim=16)
+
+
+@pytest.mark.parametrize("arch", ["sfdlm", "transformer"])
+def test_each_part_back_propagates_into_its_own_weights(arch: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(matched(TINY, arch))
+    diffusion = make_diffusion(DiffusionConfig(noise="uniform"), TINY.vocab_size, forbidden_ids=range(3))
+    ps = train_step.parts(arch, model, diffusion, 2, 16, torch.Generator().manual_seed(0))
+    block = model.blocks[0]
+    own = {"ssm": block.ssm.log_dt, "fourier": block.fourier.w1} if arch == "sfdlm" else {"attention": block.attn.qkv.weight}
+    assert list(ps) == ["step", *own, "mlp", "head + loss"]
+    checks = {**own, "mlp": block.mlp.up.weight, "head + loss": model.embed.weight}
+    for name, weight in checks.items():
+        model.zero_grad(set_to_none=True)
+        ps[name]()
+        assert weight.grad is not None and weight.grad.abs().sum() > 0, name
+        others = [w for n, w in checks.items() if n != name and w is not weight]
+        if name != "head + loss":  # the head is tied to the embedding, which no sublayer touches
+            assert all(w.grad is None for w in others), name
+    before = model.blocks[1].mlp.down.weight.detach().clone()
+    ps["step"]()
+    assert not torch.equal(before, model.blocks[1].mlp.down.weight)  # the optimizer stepped
+
+
+def test_summary_is_amdahl_on_the_sfdlm_own_sublayers() -> None:
+    res = {"sfdlm": {"ms": {"step": 100.0}, "own_ms_per_step": 40.0},
+           "transformer": {"ms": {"step": 120.0}, "own_ms_per_step": 50.0}}
+    s = train_step.summary(res)
+    assert s["ratio"] == pytest.approx(1.2)
+    assert s["ratio_own_2x"] == pytest.approx(120 / 80)
+    assert s["ratio_own_free"] == pytest.approx(120 / 60)
+
+
+def test_cli_json_composition_adds_up() -> None:
+    out = subprocess.run([sys.executable, "-m", "bench.train_step", "--d-model", "32", "--layers", "2", "--vocab", "64",
+                          "--seq-len", "16", "--batch-size", "2", "--repeats", "1", "--threads", "1", "--json"],
+                         cwd=ROOT, capture_output=True, text=True, check=True, timeout=300)
+    data = json.loads(out.stdout)
+    assert data["config"]["seq_len"] == 16 and data["config"]["threads"] == 1
+    models = data["models"]
+    assert set(models) == {"sfdlm", "transformer"}
+    sf, tr = models["sfdlm"]["parameters"], models["transformer"]["parameters"]
+    assert abs(sf - tr) / sf < 0.1  # matched parameter counts, as in bench.quality
+    for arch, r in models.items():
+        ms, n = r["ms"], r["layers"]
+        own = n * sum(ms[p] for p in train_step.OWN[arch])
+        assert r["own_ms_per_step"] == pytest.approx(own)
+        assert r["rest_ms"] == pytest.approx(ms["step"] - own - n * ms["mlp"] - ms["head + loss"])
+        assert r["tokens_per_s"] == pytest.approx(2 * 16 / ms["step"] * 1e3)
+    s = data["summary"]
+    assert s["ratio"] == pytest.approx(models["transformer"]["ms"]["step"] / models["sfdlm"]["ms"]["step"])
+    assert s["ratio"] < s["ratio_own_2x"] < s["ratio_own_free"]
