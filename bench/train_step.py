@@ -13,11 +13,14 @@ inputs of the training shape (B, L, D), with the gradient of the output's sum:
                windows with clean spans, as in training), backward, AdamW update
   ssm, fourier the SFDLM's own sublayers (one block's BidirectionalSSM, ComplexFourierMLP)
   attention    the transformer's own sublayer (one block's SelfAttention, not causal)
-  mlp          the channel MLP (one block's; each model's own, of the same size here)
+  mlp          the channel MLP (one block's; each model's own: the transformer's is the wider
+               one at run 2's size, mlp_mult 5 against 4, which is how its parameters match)
   head + loss  the tied 8,192-way head and the uniform-noise integrand on (B, L, D) features
   rest         step - layers x (own sublayers + mlp) - head + loss: embeddings, time MLP,
                adaLN, norms, residuals, long skips, the optimizer update
 
+Parts are timed alone, the step as a whole, so `rest` also carries what a part costs more or less
+inside the step than alone (caches, allocator state); on a noisy machine it can come out negative.
 The summary gives each model's training tokens/s, their ratio, and the ratio the SFDLM would
 reach if its own sublayers were twice as fast, or free (the transformer unchanged): how much a
 faster SSM and Fourier layer can buy at this shape at most (Amdahl's law).
