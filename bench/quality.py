@@ -184,7 +184,7 @@ def measure_speed(base: ModelConfig, tcfg: TrainConfig, tok: Tokenizer, variants
     """Training tokens/s of each variant on this machine (median step time after warm-up), measured
     alternately in one process so that all variants see the same machine state."""
     from engine.checkpoint import diffusion_for
-    from engine.train import batch_loss, token_stream, windows
+    from engine.train import optimizer_step, token_stream, windows
     stream = token_stream(train_texts[:2000], tok)
     nets = {}
     for name, arch, noise in VARIANTS:
@@ -200,10 +200,7 @@ def measure_speed(base: ModelConfig, tcfg: TrainConfig, tok: Tokenizer, variants
         for name, (model, arch, diffusion, opt) in nets.items():
             x0 = windows(stream, tcfg.seq_len, tcfg.batch_size, gen_data).to(device)
             t0 = time.perf_counter()
-            loss, _, _ = batch_loss(model, arch, diffusion, x0, gen_noise, tcfg.clean_prob)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            optimizer_step(model, arch, diffusion, opt, x0, gen_noise, tcfg.clean_prob, tcfg.grad_clip)
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             if i >= warmup:

@@ -9,15 +9,16 @@ model after model in every round, so load from other processes hits all parts al
 over the rounds after one warm-up round are reported. Each part is forward plus backward on
 inputs of the training shape (B, L, D), with the gradient of the output's sum:
 
-  step         the whole training step: uniform-noise loss (engine.train.batch_loss, half of the
-               windows with clean spans, as in training), backward, AdamW update
+  step         the whole training step, the training loop's own (engine.train.optimizer_step):
+               uniform-noise loss with clean spans in half of the windows, backward, gradient
+               clipping, AdamW update
   ssm, fourier the SFDLM's own sublayers (one block's BidirectionalSSM, ComplexFourierMLP)
   attention    the transformer's own sublayer (one block's SelfAttention, not causal)
   mlp          the channel MLP (one block's; each model's own: the transformer's is the wider
                one at run 2's size, mlp_mult 5 against 4, which is how its parameters match)
   head + loss  the tied 8,192-way head and the uniform-noise integrand on (B, L, D) features
   rest         step - layers x (own sublayers + mlp) - head + loss: embeddings, time MLP,
-               adaLN, norms, residuals, long skips, the optimizer update
+               adaLN, norms, residuals, long skips, clipping and the optimizer update
 
 Parts are timed alone, the step as a whole, so `rest` also carries what a part costs more or less
 inside the step than alone (caches, allocator state); on a noisy machine it can come out negative.
@@ -38,17 +39,17 @@ from collections.abc import Callable, Sequence
 import torch
 
 from bench.quality import matched
-from engine.config import DiffusionConfig, ModelConfig
+from engine.config import DiffusionConfig, ModelConfig, TrainConfig
 from engine.diffusion import make_diffusion
 from engine.model import build_model, count_parameters
-from engine.train import batch_loss
+from engine.train import optimizer_step
 
 FIRST_ID = 3  # windows draw ids from FIRST_ID..V-1, leaving the specials <pad>, <mask>, <bos> out
 OWN = {"sfdlm": ("ssm", "fourier"), "transformer": ("attention",)}
 
 
 def parts(arch: str, model: torch.nn.Module, diffusion, B: int, L: int, gen: torch.Generator,
-          clean_prob: float = 0.5) -> dict[str, Callable[[], None]]:
+          clean_prob: float = TrainConfig.clean_prob, grad_clip: float = TrainConfig.grad_clip) -> dict[str, Callable[[], None]]:
     """name -> a callable running that part's forward and backward once."""
     d, V = model.cfg.d_model, model.cfg.vocab_size
     block = model.blocks[0]
@@ -57,10 +58,7 @@ def parts(arch: str, model: torch.nn.Module, diffusion, B: int, L: int, gen: tor
     x0 = torch.randint(FIRST_ID, V, (B, L), generator=gen)  # (B, L)
 
     def step() -> None:
-        loss, _, _ = batch_loss(model, arch, diffusion, x0, gen, clean_prob)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        optimizer_step(model, arch, diffusion, opt, x0, gen, clean_prob, grad_clip)
 
     def sub(f: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], None]:
         def run() -> None:

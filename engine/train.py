@@ -137,6 +137,20 @@ def batch_loss(model: nn.Module, arch: str, diffusion: Any, x0: Tensor, gen: tor
     return out.loss, float(out.nelbo_sum), out.n_tokens
 
 
+def optimizer_step(net: nn.Module, arch: str, diffusion: Any, opt: torch.optim.Optimizer, x0: Tensor, gen: torch.Generator,
+                   clean_prob: float, grad_clip: float = 0.0) -> Tensor:
+    """One training step on the batch x0 (B, L): loss, backward, gradient clipping to `grad_clip`
+    (global norm over the optimizer's parameters; 0 = none), update. `net` may be a DDP wrapper.
+    Returns the step's loss (detached)."""
+    loss, _, _ = batch_loss(net, arch, diffusion, x0, gen, clean_prob)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        nn.utils.clip_grad_norm_([q for group in opt.param_groups for q in group["params"]], grad_clip)
+    opt.step()
+    return loss.detach()
+
+
 @torch.no_grad()
 def evaluate_loss(model: nn.Module, arch: str, diffusion: Any, data: Tensor, batch: int, seed: int = 1234) -> dict[str, float]:
     """Bits per token and perplexity bound on fixed windows, no clean positions, fixed noise."""
@@ -281,12 +295,7 @@ def train(setup: Setup, train_texts: Sequence[str], val_texts: Sequence[str], ou
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg, elapsed)
         x0 = windows(stream, cfg.seq_len, cfg.batch_size, gens["data"]).to(device)  # (B, L)
-        loss, _, _ = batch_loss(net, mcfg.arch, diffusion, x0, gens["noise"], cfg.clean_prob)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
+        loss = optimizer_step(net, mcfg.arch, diffusion, opt, x0, gens["noise"], cfg.clean_prob, cfg.grad_clip)
         step += 1
         seen += x0.numel()
         tok_log += x0.numel()
