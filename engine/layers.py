@@ -48,8 +48,9 @@ Performance notes (measured on 2 shared CPU cores; docs/BENCHMARKS.md has the nu
     autograd Function (_TwoSidedConv) whose backward is one rfft of the output gradient and
     two irffts, and the Fourier MLP's rfft has a c2r backward (rfft_last), where torch's own
     backward of rfft is a complex-to-complex transform of twice the cost; at B = 32, L = 256,
-    D = 256 on one core this took the SSM from ~155 to ~112 ms and the Fourier MLP from ~135
-    to ~110 ms per forward + backward (bench.train_step has the step-level figures).
+    D = 256 on one core this made the SSM 0.82x and the Fourier MLP 0.95x as costly per
+    forward + backward, and the SFDLM's training step 0.965x (bench.layers_ab, measured
+    against the code before; docs/BENCHMARKS.md, "Training step").
 """
 
 from __future__ import annotations
