@@ -36,9 +36,8 @@ from types import ModuleType
 import torch
 
 import engine.layers as here
-from bench.train_step import FIRST_ID
-from engine.config import DiffusionConfig, ModelConfig, TrainConfig
-from engine.diffusion import make_diffusion
+from bench.train_step import FIRST_ID, add_shape_arguments, forward_backward, uniform_diffusion
+from engine.config import ModelConfig, TrainConfig
 from engine.model import build_model
 from engine.train import optimizer_step
 
@@ -55,14 +54,20 @@ def load_layers(checkout: Path) -> ModuleType:
     return mod
 
 
+def own_layers(mod: ModuleType, cfg: ModelConfig) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """`mod`'s BidirectionalSSM and ComplexFourierMLP, built as engine.model.SFDLMBlock builds them."""
+    ssm = mod.BidirectionalSSM(cfg.d_model, cfg.d_state, init=cfg.ssm_init, cache_mb=cfg.kernel_cache_mb,
+                               direct_max_len=cfg.direct_max_len, gate=cfg.ssm_gate)
+    fourier = mod.ComplexFourierMLP(cfg.d_model, cfg.fourier_blocks, cfg.fourier_mult,
+                                    direct_max_len=cfg.direct_max_len)
+    return ssm, fourier
+
+
 def with_layers(model: torch.nn.Module, mod: ModuleType, cfg: ModelConfig) -> torch.nn.Module:
     """`model` (an SFDLM) with every block's SSM and Fourier layer rebuilt from `mod`, weights kept."""
     for block in model.blocks:
-        ssm = mod.BidirectionalSSM(cfg.d_model, cfg.d_state, init=cfg.ssm_init, cache_mb=cfg.kernel_cache_mb,
-                                   direct_max_len=cfg.direct_max_len, gate=cfg.ssm_gate)
+        ssm, fourier = own_layers(mod, cfg)
         ssm.load_state_dict(block.ssm.state_dict())
-        fourier = mod.ComplexFourierMLP(cfg.d_model, cfg.fourier_blocks, cfg.fourier_mult,
-                                        direct_max_len=cfg.direct_max_len)
         fourier.load_state_dict(block.fourier.state_dict())
         block.ssm, block.fourier = ssm, fourier
     return model
@@ -70,24 +75,13 @@ def with_layers(model: torch.nn.Module, mod: ModuleType, cfg: ModelConfig) -> to
 
 def parts(base_mod: ModuleType, cfg: ModelConfig, B: int, L: int) -> dict[str, dict[str, Callable[[], None]]]:
     """part -> {"base": run, "this": run}: callables doing one forward + backward (or step)."""
-    d = cfg.d_model
-    x = torch.randn(B, L, d, generator=torch.Generator().manual_seed(1), requires_grad=True)  # (B, L, D)
-
-    def sub(layer: torch.nn.Module) -> Callable[[], None]:
-        def run() -> None:
-            layer(x).sum().backward()
-            x.grad = None
-        return run
-
+    x = torch.randn(B, L, cfg.d_model, generator=torch.Generator().manual_seed(1), requires_grad=True)  # (B, L, D)
     out: dict[str, dict[str, Callable[[], None]]] = {"ssm": {}, "fourier": {}, "step": {}}
     for tag, mod in (("base", base_mod), ("this", here)):
         torch.manual_seed(0)
-        out["ssm"][tag] = sub(mod.BidirectionalSSM(d, cfg.d_state, init=cfg.ssm_init, gate=cfg.ssm_gate,
-                                                   direct_max_len=cfg.direct_max_len))
-        torch.manual_seed(0)
-        out["fourier"][tag] = sub(mod.ComplexFourierMLP(d, cfg.fourier_blocks, cfg.fourier_mult,
-                                                        direct_max_len=cfg.direct_max_len))
-    diffusion = make_diffusion(DiffusionConfig(noise="uniform"), cfg.vocab_size, forbidden_ids=range(FIRST_ID))
+        ssm, fourier = own_layers(mod, cfg)
+        out["ssm"][tag], out["fourier"][tag] = forward_backward(ssm, x), forward_backward(fourier, x)
+    diffusion = uniform_diffusion(cfg.vocab_size)
     x0 = torch.randint(FIRST_ID, cfg.vocab_size, (B, L), generator=torch.Generator().manual_seed(2))  # (B, L)
     for tag, mod in (("base", base_mod), ("this", here)):
         torch.manual_seed(0)
@@ -129,14 +123,7 @@ def table(res: dict[str, dict[str, float]]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.layers_ab", description=__doc__.splitlines()[0])
     p.add_argument("--base", required=True, type=Path, help="a checkout (e.g. a git worktree) whose layers to compare against")
-    p.add_argument("--d-model", type=int, default=256)
-    p.add_argument("--layers", type=int, default=6)
-    p.add_argument("--vocab", type=int, default=8192, help="vocabulary size (random ids; no tokenizer needed)")
-    p.add_argument("--seq-len", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=8, help="timed rounds after one warm-up round")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    add_shape_arguments(p, repeats=8)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

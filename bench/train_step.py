@@ -48,6 +48,31 @@ FIRST_ID = 3  # windows draw ids from FIRST_ID..V-1, leaving the specials <pad>,
 OWN = {"sfdlm": ("ssm", "fourier"), "transformer": ("attention",)}
 
 
+def uniform_diffusion(vocab_size: int):
+    """The uniform-noise diffusion both benchmarks train with (the specials below FIRST_ID forbidden)."""
+    return make_diffusion(DiffusionConfig(noise="uniform"), vocab_size, forbidden_ids=range(FIRST_ID))
+
+
+def forward_backward(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Callable[[], None]:
+    """A callable running f(x), then the backward of its sum (x's gradient dropped after)."""
+    def run() -> None:
+        f(x).sum().backward()
+        x.grad = None
+    return run
+
+
+def add_shape_arguments(p: argparse.ArgumentParser, repeats: int) -> None:
+    """The model, batch and timing options both benchmarks take (run 2's shape by default)."""
+    p.add_argument("--d-model", type=int, default=256, help="model width")
+    p.add_argument("--layers", type=int, default=6, help="model depth")
+    p.add_argument("--vocab", type=int, default=8192, help="vocabulary size (random ids; no tokenizer needed)")
+    p.add_argument("--seq-len", type=int, default=256, help="training window L")
+    p.add_argument("--batch-size", type=int, default=32, help="windows per step B")
+    p.add_argument("--repeats", type=int, default=repeats, help="timed rounds after one warm-up round; medians reported")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the tables")
+
+
 def parts(arch: str, model: torch.nn.Module, diffusion, B: int, L: int, gen: torch.Generator,
           clean_prob: float = TrainConfig.clean_prob, grad_clip: float = TrainConfig.grad_clip) -> dict[str, Callable[[], None]]:
     """name -> a callable running that part's forward and backward once."""
@@ -60,12 +85,6 @@ def parts(arch: str, model: torch.nn.Module, diffusion, B: int, L: int, gen: tor
     def step() -> None:
         optimizer_step(model, arch, diffusion, opt, x0, gen, clean_prob, grad_clip)
 
-    def sub(f: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], None]:
-        def run() -> None:
-            f(x).sum().backward()
-            x.grad = None
-        return run
-
     t = torch.rand(B, generator=gen)  # (B,)
     x_t = diffusion.corrupt(x0, t, gen)  # (B, L)
 
@@ -75,16 +94,16 @@ def parts(arch: str, model: torch.nn.Module, diffusion, B: int, L: int, gen: tor
 
     out = {"step": step}
     if arch == "sfdlm":
-        out |= {"ssm": sub(block.ssm), "fourier": sub(block.fourier)}
+        out |= {"ssm": forward_backward(block.ssm, x), "fourier": forward_backward(block.fourier, x)}
     else:
-        out["attention"] = sub(lambda h: block.attn(h, causal=False))
-    out |= {"mlp": sub(block.mlp), "head + loss": head_loss}
+        out["attention"] = forward_backward(lambda h: block.attn(h, causal=False), x)
+    out |= {"mlp": forward_backward(block.mlp, x), "head + loss": head_loss}
     return out
 
 
 def measure(base: ModelConfig, B: int, L: int, repeats: int) -> dict[str, dict]:
     """Per model: parameters, median ms of every part, per-step composition and tokens/s."""
-    diffusion = make_diffusion(DiffusionConfig(noise="uniform"), base.vocab_size, forbidden_ids=range(FIRST_ID))
+    diffusion = uniform_diffusion(base.vocab_size)
     runs = {}
     for arch in OWN:
         torch.manual_seed(0)
@@ -141,14 +160,7 @@ def table(res: dict[str, dict], B: int, L: int) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.train_step", description=__doc__.splitlines()[0])
-    p.add_argument("--d-model", type=int, default=256, help="width of both models")
-    p.add_argument("--layers", type=int, default=6, help="depth of both models")
-    p.add_argument("--vocab", type=int, default=8192, help="vocabulary size (random ids; no tokenizer needed)")
-    p.add_argument("--seq-len", type=int, default=256, help="training window L")
-    p.add_argument("--batch-size", type=int, default=32, help="windows per step B")
-    p.add_argument("--repeats", type=int, default=5, help="timed rounds after one warm-up round; medians reported")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of the tables")
+    add_shape_arguments(p, repeats=5)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
