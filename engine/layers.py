@@ -40,8 +40,9 @@ Performance notes (measured on 2 shared CPU cores; docs/BENCHMARKS.md has the nu
     gated rows transposed (no copy back to (L, D)); beyond `chunk_elems` spectrum elements
     (L > 16k at D = 256, B = 1) it runs over groups of channels, bounding transient memory;
   * the Fourier MLP runs over groups of blocks at long L (`chunk_elems`);
-  * the Fourier MLP works on the channel-major spectrum torch.fft returns for dim=1, so each
-    block is one complex GEMM without transposes; GELU and the filter are applied in place;
+  * the Fourier MLP transposes its input to channel-major rows once (channels_first) and
+    transforms along them, so the spectrum is (B, D, Fq) and each block is one complex GEMM
+    without transposes; at inference GELU and the filter are applied in place;
   * for L <= cfg.direct_max_len the FFTs are replaced by cached real DFT matrices (one GEMM
     over all B*D columns);
   * in training the backward passes use real transforms only: the SSM convolution is one
@@ -280,8 +281,7 @@ class _TwoSidedConv(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u: Tensor, k2: Tensor) -> Tensor:
-        b, length, d = u.shape
-        n_fft = k2.shape[-1]
+        length, n_fft = u.shape[1], k2.shape[-1]
         U = torch.fft.rfft(channels_first(u, width=n_fft))  # (B, D, Fq)
         K = torch.fft.rfft(k2)  # (D, Fq)
         y = torch.fft.irfft(U * K, n=n_fft)[..., :length].transpose(1, 2)  # (B, L, D)
@@ -649,8 +649,8 @@ class ComplexFourierMLP(nn.Module):
     channel written as a cosine series in the normalised frequency f in [0, 1], so any L works.
     Transforms use norm="ortho" so white-noise-like inputs give O(1) bins at every length.
 
-    The spectrum is kept channel-major, (B, D, Fq) (the layout torch.fft returns for a
-    transform over dim 1), so each block is one complex GEMM W (h, bs) @ X (bs, Fq) with no
+    The spectrum is kept channel-major, (B, D, Fq) (the input is transposed to channel-major
+    rows before the transform), so each block is one complex GEMM W (h, bs) @ X (bs, Fq) with no
     transposes; at inference GELU and the filter are applied in place and long inputs are
     processed a few blocks at a time.
     """
