@@ -305,6 +305,58 @@ class _TwoSidedConv(torch.autograd.Function):
         return gu, gk
 
 
+class _FourierMix(torch.autograd.Function):
+    """The Fourier MLP's training mix on a channel-major spectrum, as one autograd Function:
+    X (B, D, Fq) complex, w1 (nb, h, bs), b1 (nb, h, 1), w2 (nb, bs, h), G (D, Fq) ->
+      Y = w2 @ gelu_split(w1 @ X + b1) + G * X   (per block of bs channels, per bin).
+
+    Its backward writes every product so that only small operands are conjugated: torch's own
+    backward of matmul(w2, A) materialises conj(A) transposed, a strided copy of the whole
+    hidden spectrum (B, nb, h, Fq), the largest tensor of the layer. Here
+      grad A  = w2^H @ gY,                 grad H = gelu_split'(H) * grad A,
+      grad w2 = sum_b gY A^H = (sum_b A conj(gY)^T)^H    (conj of gY, bs/h of A's size),
+      grad w1 = sum_b grad H conj(X)^T,    grad b1 = sum over batch and bins of grad H,
+      grad X  = w1^H @ grad H + conj(G) * gY,  grad G = sum_b gY * conj(X),
+    in torch's convention for complex gradients (dL/dRe + i dL/dIm of a real loss)."""
+
+    @staticmethod
+    def forward(ctx, X: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, G: Tensor) -> Tensor:
+        b, d, fq = X.shape
+        nb, h, bs = w1.shape
+        Xb = X.view(b, nb, bs, fq)
+        H = torch.matmul(w1, Xb).add_(b1)  # (B, nb, h, Fq)
+        A = torch.view_as_complex(F.gelu(torch.view_as_real(H)))  # split GELU
+        Y = torch.matmul(w2, A).view(b, d, fq).addcmul_(G, X)  # (B, D, Fq)
+        ctx.save_for_backward(X, w1, w2, G, H, A)
+        return Y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gY: Tensor) -> tuple[Tensor | None, ...]:
+        X, w1, w2, G, H, A = ctx.saved_tensors
+        b, d, fq = X.shape
+        nb, h, bs = w1.shape
+        need = ctx.needs_input_grad
+        gY = gY.contiguous()
+        gYb = gY.view(b, nb, bs, fq)
+        gX = gw1 = gb1 = gw2 = gG = None
+        if need[3]:  # (sum_b A conj(gY)^T)^H: only gY (not A) is conjugated
+            gw2 = torch.matmul(A, gYb.conj_physical().transpose(-1, -2)).sum(0).mH  # (nb, bs, h)
+        gH = torch.matmul(w2.transpose(-1, -2).conj_physical(), gYb)  # (B, nb, h, Fq)
+        torch.ops.aten.gelu_backward(torch.view_as_real(gH), torch.view_as_real(H),
+                                     grad_input=torch.view_as_real(gH))
+        del A
+        if need[2]:
+            gb1 = gH.sum((0, 3))[..., None]  # (nb, h, 1)
+        if need[1]:
+            gw1 = torch.matmul(gH, X.conj_physical().view(b, nb, bs, fq).transpose(-1, -2)).sum(0)
+        if need[0]:
+            gX = torch.matmul(w1.transpose(-1, -2).conj_physical(), gH).view(b, d, fq).addcmul_(G.conj_physical(), gY)
+        if need[4]:
+            gG = (gY * X.conj()).sum(0)  # (D, Fq)
+        return gX, gw1, gb1, gw2, gG
+
+
 def _versions(params: list[Tensor]) -> tuple:
     return tuple((p._version, p.data_ptr()) for p in params)
 
@@ -701,12 +753,8 @@ class ComplexFourierMLP(nn.Module):
         w1, w2 = torch.view_as_complex(self.w1), torch.view_as_complex(self.w2)
         b1 = torch.view_as_complex(self.b1)[..., None]  # (nb, h, 1)
         Xb = X.view(b, nb, bs, fq)
-        if torch.is_grad_enabled():  # in place on the products' outputs (their backward
-            # needs only the operands), which saves two allocations of the hidden size
-            H = torch.matmul(w1, Xb).add_(b1)  # (B, nb, h, Fq)
-            H = torch.view_as_complex(F.gelu(torch.view_as_real(H)))  # split GELU
-            Y = torch.matmul(w2, H).view(b, d, fq)  # (B, D, Fq)
-            return Y.addcmul_(self.filter(fq, X.device, X.real.dtype), X)
+        if torch.is_grad_enabled():  # one Function, its backward written out (_FourierMix)
+            return _FourierMix.apply(X, w1, b1, w2, self.filter(fq, X.device, X.real.dtype))
         # inference: a few blocks at a time (bounded working set), in place
         group = max(1, min(nb, self.chunk_elems // max(1, b * fq * 2 * self.hidden)))
         if group >= nb:  # short inputs: one pass, filter cached per Fq
