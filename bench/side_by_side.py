@@ -1,0 +1,169 @@
+"""The two denoisers' training steps timed side by side, as `bench.quality --jobs 2` runs them.
+
+    git worktree add /tmp/base <commit>          # optional: the code to compare against
+    python -m bench.side_by_side [--base /tmp/base] [--window 60] [--repeats 3] [--threads 1]
+                                 [--d-model 256] [--layers 6] [--vocab 8192] [--seq-len 256]
+                                 [--batch-size 32] [--json]
+
+`bench.quality --jobs 2 --threads 1` trains the SFDLM and the transformer denoiser in two
+processes at once, one core each, and the equal-wall-clock target is read on that clock ("the
+runs' own"). Timed alone (`--measure-speed`, `bench.train_step`, `bench.layers_ab`) a step costs
+something else: the two processes share the memory bus and the last-level cache. This benchmark
+measures the runs' clock without a two-hour run. Each round starts, for this checkout and then
+for the base (when given), two worker processes at the same moment, one per model, each built
+by its own checkout's engine (the worker runs with that checkout as its working directory and
+first entry of sys.path). A worker builds the model as bench.quality does (matched parameter
+counts), runs one untimed step, then training steps (engine.train.optimizer_step on random
+ids, uniform noise) until `--window` seconds have passed since the common start, and reports
+the duration of every step it began in the window. Both processes are busy for the whole
+window, so every timed step ran against the other model's.
+
+Reported per checkout: each model's median step (ms) over its steps, the rounds' medians, and
+the median over rounds of the per-round ratio transformer / SFDLM (the runs' speed ratio; above
+1 the SFDLM is faster). With --base, also this checkout / base per model (below 1 is faster):
+the transformer's row is a control, since a change to the SFDLM's layers leaves it unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from bench.train_step import add_shape_arguments
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = ("sfdlm", "transformer")
+
+# Runs inside the checkout under test; uses only APIs every checkout since the eighth session's
+# base (9486a47, run 5's code) has, so that old code can be timed by the same worker.
+WORKER = r"""
+import json, sys, time
+spec = json.loads(sys.argv[1])
+import torch
+torch.set_num_threads(spec["threads"])
+from bench.quality import matched
+from engine.config import DiffusionConfig, ModelConfig, TrainConfig
+from engine.diffusion import make_diffusion
+from engine.model import build_model
+from engine.train import optimizer_step
+V, B, L = spec["vocab"], spec["batch_size"], spec["seq_len"]
+torch.manual_seed(0)
+model = build_model(matched(ModelConfig(vocab_size=V, d_model=spec["d_model"], n_layers=spec["layers"]), spec["arch"]))
+diffusion = make_diffusion(DiffusionConfig(noise="uniform"), V, forbidden_ids=range(3))
+opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+gen = torch.Generator().manual_seed(0)
+x0 = torch.randint(3, V, (B, L), generator=gen)
+step = lambda: optimizer_step(model, spec["arch"], diffusion, opt, x0, gen, TrainConfig.clean_prob, TrainConfig.grad_clip)
+time.sleep(max(0.0, spec["start"] - time.time()))
+step()  # warm-up, untimed
+end, ms = spec["start"] + spec["window"], []
+while True:
+    t0 = time.time()
+    if t0 >= end and ms:
+        break
+    step()
+    ms.append((time.time() - t0) * 1e3)
+print(json.dumps({"arch": spec["arch"], "step_ms": ms}))
+"""
+
+
+def check_checkout(path: Path) -> Path:
+    path = Path(path).resolve()
+    if not (path / "engine" / "train.py").is_file() or not (path / "bench" / "quality.py").is_file():
+        raise SystemExit(f"{path} is not a checkout of this repository (no engine/train.py, bench/quality.py)")
+    return path
+
+
+def run_pair(checkout: Path, shape: dict, window: float, startup: float) -> dict[str, list[float]]:
+    """Both models' step times (ms), their workers started together in `checkout`."""
+    start = time.time() + startup
+    env = {**os.environ, "PYTHONPATH": str(checkout)}
+    procs = {arch: subprocess.Popen([sys.executable, "-c", WORKER,
+                                     json.dumps({**shape, "arch": arch, "start": start, "window": window})],
+                                    cwd=checkout, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for arch in MODELS}
+    out = {}
+    for arch, p in procs.items():
+        stdout, stderr = p.communicate()
+        if p.returncode != 0:
+            raise SystemExit(f"the {arch} worker in {checkout} failed:\n{stderr.strip()[-2000:]}")
+        out[arch] = json.loads(stdout.strip().splitlines()[-1])["step_ms"]
+    return out
+
+
+def summarise(rounds: list[dict[str, list[float]]]) -> dict:
+    """Per model: median step over all its steps and per round; the per-round ratio transformer / SFDLM."""
+    med = [{a: statistics.median(r[a]) for a in MODELS} for r in rounds]
+    ratios = [m["transformer"] / m["sfdlm"] for m in med]
+    return {"step_ms": {a: statistics.median([x for r in rounds for x in r[a]]) for a in MODELS},
+            "round_ms": {a: [round(m[a], 1) for m in med] for a in MODELS},
+            "steps": {a: sum(len(r[a]) for r in rounds) for a in MODELS},
+            "ratio_rounds": [round(x, 4) for x in ratios], "ratio": statistics.median(ratios)}
+
+
+def measure(checkouts: dict[str, Path], shape: dict, window: float, repeats: int, startup: float) -> dict:
+    rounds: dict[str, list] = {tag: [] for tag in checkouts}
+    for _ in range(repeats):
+        for tag, path in checkouts.items():  # this checkout, then the base, in every round
+            rounds[tag].append(run_pair(path, shape, window, startup))
+    res = {tag: summarise(r) for tag, r in rounds.items()}
+    if "base" in res:
+        res["this_over_base"] = {a: statistics.median([res["this"]["round_ms"][a][i] / res["base"]["round_ms"][a][i]
+                                                        for i in range(repeats)]) for a in MODELS}
+    return res
+
+
+def table(res: dict, shape: dict, window: float, repeats: int) -> str:
+    tokens = shape["batch_size"] * shape["seq_len"]
+    lines = [f"# side by side, {shape['threads']} thread(s) each, B = {shape['batch_size']}, L = {shape['seq_len']}, "
+             f"{repeats} round(s) of {window:g} s",
+             "| checkout | SFDLM step, ms | transformer step, ms | steps timed | tokens/s SFDLM / transformer "
+             "| transformer / SFDLM per round | median |",
+             "|---|---|---|---|---|---|---|"]
+    for tag in ("this", "base"):
+        if tag in res:
+            r = res[tag]
+            s, t = r["step_ms"]["sfdlm"], r["step_ms"]["transformer"]
+            lines.append(f"| {tag} | {s:,.0f} | {t:,.0f} | {r['steps']['sfdlm']} / {r['steps']['transformer']} "
+                         f"| {tokens / s * 1e3:,.0f} / {tokens / t * 1e3:,.0f} "
+                         f"| {', '.join(f'{x:.3f}' for x in r['ratio_rounds'])} | **{r['ratio']:.3f}** |")
+    if "this_over_base" in res:
+        tb = res["this_over_base"]
+        lines.append(f"\nthis / base, median of rounds: SFDLM step {tb['sfdlm']:.3f}, transformer step "
+                     f"{tb['transformer']:.3f} (the control)")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.side_by_side", description=__doc__.splitlines()[0])
+    add_shape_arguments(p, repeats=3)
+    p.add_argument("--base", type=Path, help="another checkout (e.g. a git worktree) to time the same way")
+    p.add_argument("--window", type=float, default=60.0, help="seconds of timed steps per pair and round")
+    p.add_argument("--startup", type=float, default=20.0,
+                   help="seconds from launch to the common start (imports and model building happen before it)")
+    args = p.parse_args(argv)
+    if args.repeats < 1 or args.window <= 0:
+        p.error("--repeats must be at least 1 and --window positive")
+    shape = {"vocab": args.vocab, "d_model": args.d_model, "layers": args.layers, "seq_len": args.seq_len,
+             "batch_size": args.batch_size, "threads": args.threads or 1}
+    checkouts = {"this": ROOT}
+    if args.base is not None:
+        checkouts["base"] = check_checkout(args.base)
+    res = measure(checkouts, shape, args.window, args.repeats, args.startup)
+    if args.json:
+        print(json.dumps({"config": {**shape, "window": args.window, "repeats": args.repeats,
+                                     "base": str(checkouts.get("base", ""))}, **res}, indent=2))
+    else:
+        print(table(res, shape, args.window, args.repeats))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
