@@ -51,7 +51,11 @@ Performance notes (measured on 2 shared CPU cores; docs/BENCHMARKS.md has the nu
     backward of rfft is a complex-to-complex transform of twice the cost; at B = 32, L = 256,
     D = 256 on one core this made the SSM 0.82x and the Fourier MLP 0.95x as costly per
     forward + backward, and the SFDLM's training step 0.965x (bench.layers_ab, measured
-    against the code before; docs/BENCHMARKS.md, "Training step").
+    against the code before; docs/BENCHMARKS.md, "Training step");
+  * the Fourier MLP's training mix is one autograd Function (_FourierMix) whose backward
+    conjugates only small operands (the output gradient, the spectrum, the weights), where
+    torch's backward of the second block product copied the whole hidden spectrum conjugated
+    and transposed (docs/BENCHMARKS.md, ninth session).
 """
 
 from __future__ import annotations

@@ -1,0 +1,53 @@
+"""bench.side_by_side: both workers run at once in the checkout they are given, every timed step
+began inside the common window, and the CLI reports both checkouts (tiny shapes; the base is this
+checkout itself)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bench import side_by_side
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = {"vocab": 64, "d_model": 16, "layers": 2, "seq_len": 16, "batch_size": 2, "threads": 1}
+
+
+def test_pair_runs_both_models_for_the_window() -> None:
+    t0 = time.time()
+    out = side_by_side.run_pair(ROOT, TINY, window=0.5, startup=3.0)
+    took = time.time() - t0
+    assert set(out) == {"sfdlm", "transformer"}
+    for ms in out.values():
+        assert ms and all(x > 0 for x in ms)
+    # both started together: the pair took about startup + window, not twice the window
+    assert took < 3.0 + 2 * 0.5 + 20
+
+
+def test_summary_ratio_is_the_per_round_median() -> None:
+    rounds = [{"sfdlm": [10.0, 10.0, 12.0], "transformer": [12.0]},
+              {"sfdlm": [20.0], "transformer": [30.0, 30.0]},
+              {"sfdlm": [10.0], "transformer": [11.0]}]
+    s = side_by_side.summarise(rounds)
+    assert s["round_ms"] == {"sfdlm": [10.0, 20.0, 10.0], "transformer": [12.0, 30.0, 11.0]}
+    assert s["ratio_rounds"] == [1.2, 1.5, 1.1] and s["ratio"] == pytest.approx(1.2)
+    assert s["steps"] == {"sfdlm": 5, "transformer": 4}
+    assert s["step_ms"]["sfdlm"] == 10.0
+
+
+def test_cli_reports_both_checkouts_and_rejects_a_non_checkout(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "bench.side_by_side", "--d-model", "16", "--layers", "2", "--vocab", "64",
+           "--seq-len", "16", "--batch-size", "2", "--window", "0.3", "--startup", "3", "--repeats", "1"]
+    res = subprocess.run(cmd + ["--base", str(ROOT), "--json"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    data = json.loads(res.stdout)
+    for tag in ("this", "base"):
+        assert data[tag]["ratio"] > 0 and data[tag]["steps"]["sfdlm"] >= 1
+    assert set(data["this_over_base"]) == {"sfdlm", "transformer"}
+    bad = subprocess.run(cmd + ["--base", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "not a checkout" in bad.stderr
