@@ -83,7 +83,8 @@ def load_split_texts(data: str | Path, split: str, column: str | None = None) ->
     else:
         texts = [d.text for d in _documents(data, column)]
     if not texts:
-        raise TrainError(f"no documents in {data}")
+        raise TrainError(f"the {split} split of {data} is empty (0 documents)" if (data / "train.jsonl").is_file()
+                         else f"no documents in {data}")
     return texts
 
 
@@ -474,6 +475,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if rank == 0:
         print(f"training {name}: {len(train_texts):,} documents, vocab {mcfg.vocab_size}, d={mcfg.d_model}, "
               f"{mcfg.n_layers} layers, {world} process(es) on {device}", file=sys.stderr)
+        if not val_texts:
+            print(f"note: no validation documents in {args.data}: no validation bound is measured"
+                  + (" and --keep-best keeps nothing" if args.keep_best else "")
+                  + " (prepare the corpus with a validation share, engine.corpus prepare --split)", file=sys.stderr)
     try:
         metrics = train(Setup(mcfg, dcfg, tcfg, tokenizer), train_texts, val_texts, args.out, resume=args.resume,
                         init_state=init_state, device=device, log_every=args.log_every, save_every=args.save_every, name=name,

@@ -131,6 +131,26 @@ def test_cli_bad_input_exits_2(tmp_path: Path, capsys) -> None:
     assert exc.value.code == 2 and "no train_state.pt" in capsys.readouterr().err
 
 
+def test_cli_says_when_there_is_no_validation_split(tmp_path: Path, capsys) -> None:
+    """A prepared corpus whose validation split is empty trains, and says that no validation
+    bound will be measured; evaluating an empty split names the split instead of a bare error."""
+    from engine.evaluate import main as evaluate_main
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "train.jsonl").write_text("".join(json.dumps({"text": s}) + "\n" for s in SENTENCES))
+    (corpus / "validation.jsonl").write_text("")
+    (corpus / "test.jsonl").write_text("")
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"model": {"d_model": 32, "n_layers": 2, "d_state": 8, "fourier_blocks": 2, "time_dim": 16},
+                               "train": {"seq_len": 16, "batch_size": 2, "warmup_steps": 1}}))
+    assert main(["--data", str(corpus), "--out", str(tmp_path / "run"), "--config", str(cfg), "--vocab-size", "300",
+                 "--max-steps", "2", "--keep-best"]) == 0
+    err = capsys.readouterr().err
+    assert "no validation documents" in err and "--keep-best keeps nothing" in err
+    assert evaluate_main(["--model", str(tmp_path / "run" / "model"), "--data", str(corpus), "--split", "test"]) == 2
+    assert "the test split of" in capsys.readouterr().err
+
+
 def test_cli_resume_takes_the_runs_own_settings(data_dir: Path, tmp_path: Path, capsys) -> None:
     """A run resumed with no flags continues with its own model and training settings (not the
     defaults, which would not even load); a flag that would change the run is refused by name,
