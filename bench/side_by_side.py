@@ -42,13 +42,16 @@ ROOT = Path(__file__).resolve().parent.parent
 MODELS = ("sfdlm", "transformer")
 
 # Runs inside the checkout under test; uses only APIs every checkout since the eighth session's
-# base (9486a47, run 5's code) has, so that old code can be timed by the same worker.
+# base (9486a47, run 5's code) has, so that old code can be timed by the same worker (which is
+# why the uniform diffusion is built here, not by bench.train_step.uniform_diffusion, newer).
+# It reports each timed step's duration and when it began, in seconds after the common start.
 WORKER = r"""
 import json, sys, time
 spec = json.loads(sys.argv[1])
 import torch
 torch.set_num_threads(spec["threads"])
 from bench.quality import matched
+from bench.train_step import FIRST_ID
 from engine.config import DiffusionConfig, ModelConfig, TrainConfig
 from engine.diffusion import make_diffusion
 from engine.model import build_model
@@ -56,21 +59,22 @@ from engine.train import optimizer_step
 V, B, L = spec["vocab"], spec["batch_size"], spec["seq_len"]
 torch.manual_seed(0)
 model = build_model(matched(ModelConfig(vocab_size=V, d_model=spec["d_model"], n_layers=spec["layers"]), spec["arch"]))
-diffusion = make_diffusion(DiffusionConfig(noise="uniform"), V, forbidden_ids=range(3))
+diffusion = make_diffusion(DiffusionConfig(noise="uniform"), V, forbidden_ids=range(FIRST_ID))
 opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 gen = torch.Generator().manual_seed(0)
-x0 = torch.randint(3, V, (B, L), generator=gen)
+x0 = torch.randint(FIRST_ID, V, (B, L), generator=gen)
 step = lambda: optimizer_step(model, spec["arch"], diffusion, opt, x0, gen, TrainConfig.clean_prob, TrainConfig.grad_clip)
 time.sleep(max(0.0, spec["start"] - time.time()))
 step()  # warm-up, untimed
-end, ms = spec["start"] + spec["window"], []
+end, ms, began = spec["start"] + spec["window"], [], []
 while True:
     t0 = time.time()
     if t0 >= end and ms:
         break
     step()
     ms.append((time.time() - t0) * 1e3)
-print(json.dumps({"arch": spec["arch"], "step_ms": ms}))
+    began.append(t0 - spec["start"])
+print(json.dumps({"arch": spec["arch"], "step_ms": ms, "began_s": began}))
 """
 
 
@@ -81,8 +85,10 @@ def check_checkout(path: Path) -> Path:
     return path
 
 
-def run_pair(checkout: Path, shape: dict, window: float, startup: float) -> dict[str, list[float]]:
-    """Both models' step times (ms), their workers started together in `checkout`."""
+def run_pair(checkout: Path, shape: dict, window: float, startup: float,
+             began: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
+    """Both models' step times (ms), their workers started together in `checkout`; `began`, if
+    given, receives each model's step start times (seconds after the common start)."""
     start = time.time() + startup
     env = {**os.environ, "PYTHONPATH": str(checkout)}
     procs = {arch: subprocess.Popen([sys.executable, "-c", WORKER,
@@ -94,7 +100,10 @@ def run_pair(checkout: Path, shape: dict, window: float, startup: float) -> dict
         stdout, stderr = p.communicate()
         if p.returncode != 0:
             raise SystemExit(f"the {arch} worker in {checkout} failed:\n{stderr.strip()[-2000:]}")
-        out[arch] = json.loads(stdout.strip().splitlines()[-1])["step_ms"]
+        rep = json.loads(stdout.strip().splitlines()[-1])
+        out[arch] = rep["step_ms"]
+        if began is not None:
+            began[arch] = rep["began_s"]
     return out
 
 

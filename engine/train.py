@@ -78,13 +78,14 @@ def load_split_texts(data: str | Path, split: str, column: str | None = None) ->
     data = Path(data)
     if (data / f"{split}.jsonl").is_file():
         texts = read_split(data, split)
+        empty = f"the {split} split of {data} is empty (0 documents)"
     elif (data / "train.jsonl").is_file():
         raise TrainError(f"{data} has no {split}.jsonl")
     else:
         texts = [d.text for d in _documents(data, column)]
+        empty = f"no documents in {data}"
     if not texts:
-        raise TrainError(f"the {split} split of {data} is empty (0 documents)" if (data / "train.jsonl").is_file()
-                         else f"no documents in {data}")
+        raise TrainError(empty)
     return texts
 
 
