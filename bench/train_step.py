@@ -16,7 +16,8 @@ inputs of the training shape (B, L, D), with the gradient of the output's sum:
   attention    the transformer's own sublayer (one block's SelfAttention, not causal)
   mlp          the channel MLP (one block's; each model's own: the transformer's is the wider
                one at run 2's size, mlp_mult 5 against 4, which is how its parameters match)
-  head + loss  the tied 8,192-way head and the uniform-noise integrand on (B, L, D) features
+  head + loss  the tied 8,192-way head and the uniform-noise integrand on (B, L, D) features,
+               fused as the loss runs them (UniformDiffusion.head_sum)
   rest         step - layers x (own sublayers + mlp) - head + loss: embeddings, time MLP,
                adaLN, norms, residuals, long skips, clipping and the optimizer update
 
@@ -88,8 +89,10 @@ def parts(arch: str, model: torch.nn.Module, diffusion, B: int, L: int, gen: tor
     t = torch.rand(B, generator=gen)  # (B,)
     x_t = diffusion.corrupt(x0, t, gen)  # (B, L)
 
-    def head_loss() -> None:
-        diffusion.integrand(x0, x_t, model.head(x), t).sum().backward()
+    clean = torch.zeros(B, L, dtype=torch.bool)
+
+    def head_loss() -> None:  # as the loss computes it: fused, the logits a block at a time
+        diffusion.head_sum(x, model.head_weight(), x0, x_t, t, clean).backward()
         x.grad = None
 
     out = {"step": step}

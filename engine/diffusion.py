@@ -111,6 +111,15 @@ class Diffusion(Protocol):
     def nelbo_discrete(self, model: Denoiser, x0: Tensor, clean: Tensor | None, T: int, generator: torch.Generator) -> LossOut: ...
 
 
+def tied_head_weight(model: Denoiser) -> Tensor | None:
+    """The (V, D) weights of a model whose logits are features @ W.T and which returns its
+    features when called with features_only=True (engine.model.DenoiserBase, also inside DDP);
+    None for any other callable."""
+    net = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    get = getattr(net, "head_weight", None)
+    return get() if callable(get) else None
+
+
 def _rand(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> Tensor:
     """Uniform [0, 1) draws made on the generator's device, returned on `device`."""
     return torch.rand(shape, generator=generator, device=generator.device).to(device)
@@ -234,16 +243,21 @@ class _DiffusionBase:
         free = ~clean  # (B, L)
         t = self.sample_times(B, generator, x0.device)  # (B,)
         x_t = self.corrupt(x0, t, generator, clean)  # (B, L)
-        logits = model(x_t, t, clean)  # (B, L, V)
-        f = self.integrand(x0, x_t, logits, t)  # (B, L) float64
-        diffusion = (f * (1.0 - self.t_min)).masked_fill(clean, 0.0).sum()
+        diffusion, dtype = self._diffusion_sum(model, x0, x_t, t, clean)
         recon = torch.zeros((), dtype=torch.float64, device=x0.device)
         if reconstruction and self.t_min > 0:
             t_r = torch.full((B,), self.t_min, dtype=torch.float32, device=x0.device)
             x_r = self.corrupt(x0, t_r, generator, clean)
             kl = self.step_kl(x0, x_r, model(x_r, t_r, clean), t_r, torch.zeros_like(t_r))
             recon = kl.to(torch.float64).masked_fill(clean, 0.0).sum()
-        return self._out(diffusion, recon, free, t, torch.promote_types(logits.dtype, torch.float32))
+        return self._out(diffusion, recon, free, t, dtype)
+
+    def _diffusion_sum(self, model: Denoiser, x0: Tensor, x_t: Tensor, t: Tensor, clean: Tensor) -> tuple[Tensor, torch.dtype]:
+        """(the integrand summed over the non-clean positions, weighted by 1 - t_min; the
+        loss's dtype) for one time per sequence."""
+        logits = model(x_t, t, clean)  # (B, L, V)
+        f = self.integrand(x0, x_t, logits, t)  # (B, L) float64
+        return (f * (1.0 - self.t_min)).masked_fill(clean, 0.0).sum(), torch.promote_types(logits.dtype, torch.float32)
 
     def nelbo_discrete(self, model: Denoiser, x0: Tensor, clean: Tensor | None, T: int, generator: torch.Generator) -> LossOut:
         """Discrete-time (D3PM-style) NELBO with T steps on t_i = i / T: one fresh x_{t_i} per step
@@ -366,13 +380,36 @@ class UniformDiffusion(_DiffusionBase):
         Computed by `uniform_integrand` a block of positions at a time, with the gradient with
         respect to the logits written in closed form (see _uniform_rows).
         """
-        V = self.vocab_size
-        B = x0.shape[0]
+        alpha, beta = self._rates(t, x0.shape[0], x0.device)
+        return uniform_integrand(logits, x0, x_t, alpha, beta, self._forbidden_on(logits.device))
+
+    def _rates(self, t: Tensor, B: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """alpha_t and beta_t = -alpha'_t / alpha_t as float64 columns (B, 1)."""
         tt = t.to(torch.float64)
-        alpha = _times(self.schedule.alpha(tt), B, x0.device)  # (B, 1) float64
-        beta = -_times(self.schedule.dalpha(tt), B, x0.device) / alpha  # (B, 1)
-        forbidden = self.forbidden.to(logits.device) if self.forbidden.any() else None
-        return uniform_integrand(logits, x0, x_t, alpha, beta, forbidden)
+        alpha = _times(self.schedule.alpha(tt), B, device)
+        return alpha, -_times(self.schedule.dalpha(tt), B, device) / alpha
+
+    def _forbidden_on(self, device: torch.device) -> Tensor | None:
+        return self.forbidden.to(device) if self.forbidden.any() else None
+
+    def _diffusion_sum(self, model: Denoiser, x0: Tensor, x_t: Tensor, t: Tensor, clean: Tensor) -> tuple[Tensor, torch.dtype]:
+        """As the base class's, but fused with the head (head_integrand) when the model has a
+        tied head (`head_weight`, as every denoiser of engine.model does): the (B, L, V) logits
+        are formed a block at a time and never kept, 0.77x the time of the head and loss at
+        run 2's shape on one core (docs/BENCHMARKS.md, tenth session)."""
+        W = tied_head_weight(model)
+        if W is None:
+            return super()._diffusion_sum(model, x0, x_t, t, clean)
+        h = model(x_t, t, clean, features_only=True)  # (B, L, D)
+        return self.head_sum(h, W, x0, x_t, t, clean), torch.promote_types(h.dtype, torch.float32)
+
+    def head_sum(self, h: Tensor, W: Tensor, x0: Tensor, x_t: Tensor, t: Tensor, clean: Tensor) -> Tensor:
+        """The loss's diffusion sum for features h (B, L, D) and tied head weights W (V, D):
+        sum over the non-clean positions of (1 - t_min) f, f the integrand of the logits h W^T,
+        fused (head_integrand). Differentiable in h and W."""
+        alpha, beta = self._rates(t, x0.shape[0], x0.device)
+        scale = (~clean).to(torch.float64) * (1.0 - self.t_min)  # (B, L): 0 at clean positions
+        return head_integrand(h, W, x0, x_t, alpha, beta, scale, self._forbidden_on(h.device))[0]
 
     def prior_kl(self) -> float:
         """KL(q(x_1 | x0) || uniform) per token (the same for every x0)."""
@@ -463,12 +500,13 @@ class AbsorbingDiffusion(_DiffusionBase):
 
 
 def _uniform_rows(lg: Tensor, x0: Tensor, z: Tensor, alpha: Tensor, beta: Tensor, V: int,
-                  coefficients: bool = False) -> tuple[Tensor, Tensor | None]:
+                  coefficients: bool = False, keep: list[Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
     """UniformDiffusion.integrand's f for R positions: lg (R, V) masked logits (float32, or
     float64), x0 and z (R,) ids, alpha and beta (R, 1) float64. Returns f (R,) float64 and,
     with `coefficients`, the per-position coefficients of its gradient (R, 7) float64:
     [c1, c2, c3, g_z, g_x0, lse, log(V alpha / A)] (derived below). Plain torch ops, so
-    autograd through it is the reference for the closed-form gradient (tests).
+    autograd through it is the reference for the closed-form gradient (tests). A `keep` list
+    gets the (R, V) scratch e = exp(s) and w appended, for _logit_grad_kept.
 
     Every (R, V) quantity derives from s_j = log x̂0_j + log(V alpha / A): ell_j = log xbarθ_j
     = log A + softplus(s_j) and w_j = sigmoid(s_j), so a block costs one log-sum-exp and a few
@@ -484,7 +522,8 @@ def _uniform_rows(lg: Tensor, x0: Tensor, z: Tensor, alpha: Tensor, beta: Tensor
     s = lg - (lse64 - log_ratio).to(wd)  # (R, V): log x̂0 + log(V alpha / A)
     # ell - log A = softplus(s) (log1p(exp) is ~1.5x faster here than F.softplus; exp cannot
     # overflow: s <= log(V alpha / A) <= log V + 69 with A >= 1e-30)
-    sp_all = torch.log1p(torch.exp(s))  # (R, V)
+    e = torch.exp(s)  # (R, V): V alpha x̂0 / A
+    sp_all = torch.log1p(e)
     # D = sum_{j != x0} (ell_z - ell_j) = (V-1) sp_z - sum_{j != x0} sp_j: log A cancels
     # exactly (no float32 rounding of log A in every term). The sum leaves x0 out before adding
     # (x̂0(x0) near 1 would otherwise swamp the small terms), so float32's cascade sum is as
@@ -529,6 +568,8 @@ def _uniform_rows(lg: Tensor, x0: Tensor, z: Tensor, alpha: Tensor, beta: Tensor
     #   kappa = W - w_x0 - (V-1) w_z;  ddelta_i = p_x0 (p_i - [i = x0]);
     #   d ell_z_i = w_z ([i = z] - p_i);  d log p_z_i = [i = z] - p_i.
     w = torch.sigmoid(s)  # (R, V)
+    if keep is not None:  # for _logit_grad_kept (w is zeroed at x0 below, which it overwrites)
+        keep += [e, w]
     w_z = sg
     w_x0 = torch.sigmoid(log_ratio + logp_x0)
     W_rest = _sum_without(w, x0)  # W - w_x0
@@ -581,6 +622,40 @@ def _row_blocks(logits: Tensor):
         yield slice(r0, min(rows, r0 + step))
 
 
+def _logit_grad(lg: Tensor, out: Tensor, lse: Tensor, log_ratio: Tensor, g: Tensor, z: Tensor,
+                x0: Tensor, cols: Tensor | None) -> Tensor:
+    """d f / d logits of R positions into `out` (R, V) in the work dtype (`out` may be `lg`):
+    lg (R, V) the logits, lse and log_ratio (R, 1) from _uniform_rows' coefficients, g (R, 5)
+    the coefficients c1, c2, c3, g_z, g_x0 already scaled by the upstream gradient, `cols` the
+    forbidden ids (their entries set to 0) or None."""
+    torch.sub(lg, lse, out=out)  # log x̂0
+    w = torch.add(out, log_ratio).sigmoid_()  # (R, V)
+    out.exp_()  # x̂0
+    out.mul_(torch.addcmul(g[:, 0:1], w, g[:, 2:3])).addcmul_(w, g[:, 1:2])  # p (c1 + c3 w) + c2 w
+    out.scatter_(-1, z[:, None], g[:, 3:4])
+    out.scatter_(-1, x0[:, None], g[:, 4:5])
+    if cols is not None:
+        out.index_fill_(-1, cols, 0.0)
+    return out
+
+
+def _logit_grad_kept(out: Tensor, e: Tensor, w: Tensor, coef: Tensor, scale: Tensor, z: Tensor,
+                     x0: Tensor, cols: Tensor | None) -> Tensor:
+    """_logit_grad from what _uniform_rows kept (`keep`), with no transcendental pass: x̂0_i =
+    e_i A / (V alpha), so p (c1 + c3 w) + c2 w = e (c1' + c3' w) + c2 w with c1', c3' = c1, c3
+    times A / (V alpha) = exp(-coef[:, 6]). coef (R, 7) float64 from _uniform_rows, scale (R,)
+    the upstream weights; into `out` (R, V) in the work dtype."""
+    g = scale[:, None] * coef[:, :5]  # (R, 5) float64
+    g[:, 0:3:2] *= torch.exp(-coef[:, 6:7])  # c1', c3'
+    g = g.to(out.dtype)
+    torch.mul(e, torch.addcmul(g[:, 0:1], w, g[:, 2:3]), out=out).addcmul_(w, g[:, 1:2])
+    out.scatter_(-1, z[:, None], g[:, 3:4])
+    out.scatter_(-1, x0[:, None], g[:, 4:5])
+    if cols is not None:
+        out.index_fill_(-1, cols, 0.0)
+    return out
+
+
 class _UniformIntegrand(torch.autograd.Function):
     """f for every position, a block of positions at a time; the backward writes d f / d logits
     from per-position coefficients (one pass over the logits) instead of keeping autograd's
@@ -618,14 +693,7 @@ class _UniformIntegrand(torch.autograd.Function):
         for r in _row_blocks(logits):
             # from the unmasked logits: forbidden columns get values here, and 0 at the end
             gr = grad[r] if direct else torch.empty(lg_all[r].shape, dtype=wd, device=grad.device)
-            torch.sub(lg_all[r], lse[r], out=gr)  # log x̂0
-            w = torch.add(gr, log_ratio[r]).sigmoid_()  # (r, V)
-            gr.exp_()  # x̂0
-            gr.mul_(torch.addcmul(g[r, 0:1], w, g[r, 2:3])).addcmul_(w, g[r, 1:2])  # p (c1 + c3 w) + c2 w
-            gr.scatter_(-1, z[r, None], g[r, 3:4])
-            gr.scatter_(-1, x0[r, None], g[r, 4:5])
-            if ctx.has_forbidden:
-                gr.index_fill_(-1, cols, 0.0)
+            _logit_grad(lg_all[r], gr, lse[r], log_ratio[r], g[r], z[r], x0[r], cols if ctx.has_forbidden else None)
             if not direct:
                 grad[r] = gr
         return grad.view_as(logits), None, None, None, None, None
@@ -641,6 +709,90 @@ def uniform_integrand(logits: Tensor, x0: Tensor, z: Tensor, alpha: Tensor, beta
     f = _UniformIntegrand.apply(logits, x0.reshape(-1), z.reshape(-1), per_row(alpha),
                                 per_row(beta), forbidden)
     return f.view(B, L)
+
+
+def _head_rows(device: torch.device, vocab: int) -> int:
+    """Positions per block of the fused head: ~2 M logits (8 MiB in float32) on a CPU, which
+    measured fastest at V = 8,192 (256 positions; 128 and 1,024 were 5-10 % slower); every
+    position at once on an accelerator."""
+    return max(1, (1 << 21) // vocab) if device.type == "cpu" else 1 << 30
+
+
+def _head_blocks(h: Tensor, W: Tensor, x0: Tensor, z: Tensor, alpha: Tensor, beta: Tensor,
+                 cols: Tensor | None, scale: Tensor | None, grad_h: bool, grad_W: bool):
+    """The fused head and integrand a block of positions at a time: f (N,) float64 and, for
+    `scale` (N,) float64 the weights of the sum, d(sum scale f)/dh (N, D) and /dW (V, D) (None
+    where not asked for). h (N, D) features, W (V, D) the head weights (logits = h W^T)."""
+    N, V = h.shape[0], W.shape[0]
+    wd = _work_dtype(h)
+    hd, Wd = h.detach().to(wd), W.detach().to(wd)
+    want = scale is not None and (grad_h or grad_W)
+    f = torch.empty(N, dtype=torch.float64, device=h.device)
+    gh = torch.empty_like(hd) if want and grad_h else None
+    gW = torch.zeros_like(Wd) if want and grad_W else None
+    R = min(N, _head_rows(h.device, V))
+    buf = torch.empty(R, V, dtype=wd, device=h.device)  # one block of logits, reused
+    for r0 in range(0, N, R):
+        r = slice(r0, min(N, r0 + R))
+        lg = torch.mm(hd[r], Wd.t(), out=buf[: r.stop - r0])  # (n, V)
+        if cols is not None:
+            lg.index_fill_(-1, cols, FORBIDDEN_LOGIT)
+        for q in _row_blocks(lg):  # the integrand's own, cache-sized, sub-blocks
+            rr = slice(r0 + q.start, r0 + q.stop)
+            kept: list[Tensor] = []
+            f[rr], c = _uniform_rows(lg[q], x0[rr], z[rr], alpha[rr], beta[rr], V, coefficients=want,
+                                     keep=kept if want else None)
+            if want:  # the block's logits become its gradient in place
+                _logit_grad_kept(lg[q], *kept, c, scale[rr], z[rr], x0[rr], cols)
+        if gh is not None:
+            torch.mm(lg, Wd, out=gh[r])
+        if gW is not None:
+            gW.addmm_(lg.t(), hd[r])
+    return f, gh, gW
+
+
+class _HeadIntegrand(torch.autograd.Function):
+    """sum_i scale_i f_i with the logits h W^T formed a block of positions at a time and never
+    kept: the forward works out the gradients too (the sum is linear in f with known weights, so
+    the upstream gradient is one scalar), and the backward only scales them. The (N, V) logits
+    and their gradient, 2 x 268 MB at run 2's shape, are never in memory. Outputs (sum, f); f is
+    not differentiable."""
+
+    @staticmethod
+    def forward(ctx, h: Tensor, W: Tensor, x0: Tensor, z: Tensor, alpha: Tensor, beta: Tensor,
+                cols: Tensor | None, scale: Tensor):
+        f, gh, gW = _head_blocks(h, W, x0, z, alpha, beta, cols, scale,
+                                 ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+        ctx.save_for_backward(*(g if g is not None else torch.empty(0) for g in (gh, gW)))
+        ctx.dtypes = h.dtype, W.dtype
+        ctx.mark_non_differentiable(f)
+        return (scale * f).sum(), f
+
+    @staticmethod
+    def backward(ctx, grad_sum: Tensor, grad_f: Tensor | None):
+        gh, gW = ctx.saved_tensors
+        outs = []
+        for need, g, dtype in zip(ctx.needs_input_grad[:2], (gh, gW), ctx.dtypes):
+            outs.append((g * grad_sum.to(g.dtype)).to(dtype) if need else None)
+        return (*outs, None, None, None, None, None, None)
+
+
+def head_integrand(h: Tensor, W: Tensor, x0: Tensor, z: Tensor, alpha: Tensor, beta: Tensor,
+                   scale: Tensor, forbidden: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(sum of scale * f, f (B, L) float64) for the uniform-noise integrand of the logits
+    h W^T, fused: the same values and gradients as uniform_integrand(h @ W.T, ...) weighted by
+    `scale` (B, L) and summed, without the (B, L, V) logits in memory. h (B, L, D) features, W
+    (V, D) tied head weights, the rest as for uniform_integrand. Differentiable in h and W."""
+    B, L = x0.shape
+    per_row = lambda v: v.expand(B, L).reshape(-1, 1)  # (B, 1) -> (B*L, 1)
+    args = (h.reshape(B * L, -1), W, x0.reshape(-1), z.reshape(-1), per_row(alpha), per_row(beta),
+            _columns(forbidden), scale.reshape(-1).to(torch.float64))
+    if torch.is_grad_enabled() and (h.requires_grad or W.requires_grad):
+        total, f = _HeadIntegrand.apply(*args)
+    else:
+        f = _head_blocks(*args, grad_h=False, grad_W=False)[0]
+        total = (args[-1] * f).sum()
+    return total, f.view(B, L)
 
 
 def make_diffusion(cfg: DiffusionConfig, vocab_size: int, mask_id: int | None = None, forbidden_ids: Iterable[int] = ()) -> UniformDiffusion | AbsorbingDiffusion:

@@ -86,10 +86,17 @@ class DenoiserBase(nn.Module):
 
     def head(self, h: Tensor) -> Tensor:
         """Logits tied to the token embedding: (..., D) -> (..., V)."""
-        return F.linear(h, self.embed.weight)
+        return F.linear(h, self.head_weight())
 
-    def forward(self, x_t: Tensor, t: Tensor, clean: Tensor) -> Tensor:
-        return self.head(self.features(x_t, t, clean))  # (B, L, V)
+    def head_weight(self) -> Tensor:
+        """(V, D): logits = features @ head_weight().T (the losses fuse the head with this)."""
+        return self.embed.weight
+
+    def forward(self, x_t: Tensor, t: Tensor, clean: Tensor, features_only: bool = False) -> Tensor:
+        """Logits (B, L, V), or with features_only the features (B, L, D) they are the head of
+        (a keyword, so that a DDP wrapper passes it through)."""
+        h = self.features(x_t, t, clean)
+        return h if features_only else self.head(h)
 
 
 class SFDLM(DenoiserBase):

@@ -17,7 +17,8 @@ from torch import Tensor, nn
 from engine.config import DiffusionConfig
 import engine.diffusion as diffusion_module
 from engine.diffusion import (FORBIDDEN_LOGIT, AbsorbingDiffusion, Diffusion, UniformDiffusion, _uniform_rows,
-                              make_diffusion, random_clean_mask, uniform_integrand)
+                              head_integrand, make_diffusion, random_clean_mask, tied_head_weight,
+                              uniform_integrand)
 
 V = 5
 MASK = V - 1  # the absorbing noise's mask id (forbidden in x̂0)
@@ -186,6 +187,140 @@ def test_uniform_integrand_gradient_passes_gradcheck() -> None:
     alpha, beta = alpha.clamp(max=1 - 1e-3), beta  # away from t ~ 0, where f is steep
     fn = lambda lg: uniform_integrand(lg, x0, z, alpha, beta, forbidden)
     assert torch.autograd.gradcheck(fn, (logits.clone().requires_grad_(True),), eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+def _head_case(vocab: int, batch: int, length: int, dim: int, seed: int):
+    """Features h (B, L, D) and head weights W (V, D) whose logits h W^T are as wide as
+    _integrand_case's, its ids, times and forbidden ids, and weights that are 0 at about a
+    third of the positions (clean ones)."""
+    _, x0, z, alpha, beta, forbidden = _integrand_case(vocab, batch, length, torch.float64, seed)
+    g = torch.Generator().manual_seed(seed + 100)
+    h = torch.randn(batch, length, dim, generator=g, dtype=torch.float64)
+    W = 3 * torch.randn(vocab, dim, generator=g, dtype=torch.float64) / math.sqrt(dim)
+    scale = torch.linspace(0.5, 2.0, batch * length, dtype=torch.float64).view(batch, length)
+    scale = scale.masked_fill(torch.rand(batch, length, generator=g) < 1 / 3, 0.0)
+    return h, W, x0, z, alpha, beta, forbidden, scale
+
+
+@pytest.mark.parametrize("rows,chunk", [(1, 1), (7, 3), (16, 1 << 30), (1 << 30, 5)])
+def test_head_integrand_equals_the_integrand_of_the_logits(rows: int, chunk: int, monkeypatch) -> None:
+    """The fused head + integrand gives the weighted sum, f and the gradients in h and W of
+    sum(scale * uniform_integrand(h @ W.T)) in float64, for any head block and integrand
+    sub-block (blocks that do not divide the positions included); with no gradient asked for
+    (no_grad, or inputs that do not require it) the same values; the clean positions (scale 0)
+    pass no gradient."""
+    monkeypatch.setattr(diffusion_module, "_head_rows", lambda device, vocab: rows)
+    monkeypatch.setattr(diffusion_module, "_row_chunk", lambda device, vocab: chunk)
+    h, W, x0, z, alpha, beta, forbidden, scale = _head_case(11, 5, 9, 6, seed=3)
+    hr, Wr = h.clone().requires_grad_(True), W.clone().requires_grad_(True)
+    want_f = uniform_integrand(hr @ Wr.T, x0, z, alpha, beta, forbidden)
+    want_total = (scale * want_f).sum()
+    want_total.backward()
+    hf, Wf = h.clone().requires_grad_(True), W.clone().requires_grad_(True)
+    total, f = head_integrand(hf, Wf, x0, z, alpha, beta, scale, forbidden)
+    torch.testing.assert_close(f, want_f.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(total, want_total.detach(), rtol=1e-12, atol=1e-12)
+    assert not f.requires_grad and total.requires_grad
+    (3.0 * total).backward()  # the upstream gradient scales what the forward worked out
+    torch.testing.assert_close(hf.grad, 3.0 * hr.grad, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(Wf.grad, 3.0 * Wr.grad, rtol=1e-9, atol=1e-12)
+    assert not hf.grad[scale == 0].any() and hf.grad[scale > 0].abs().amax(-1).min() > 0
+    with torch.no_grad():
+        total_ng, f_ng = head_integrand(hf, Wf, x0, z, alpha, beta, scale, forbidden)
+    torch.testing.assert_close(f_ng, f)
+    torch.testing.assert_close(total_ng, total.detach())
+    total_leaf, _ = head_integrand(h, W, x0, z, alpha, beta, scale, forbidden)
+    assert not total_leaf.requires_grad
+    torch.testing.assert_close(total_leaf, total.detach())
+
+
+def test_head_integrand_gradient_matches_finite_differences() -> None:
+    """Central differences of the weighted sum agree with the gradients the fused forward works
+    out, at every entry of h and of W (float64, small V)."""
+    h, W, x0, z, alpha, beta, forbidden, scale = _head_case(7, 3, 4, 3, seed=4)
+    alpha = alpha.clamp(max=1 - 1e-3)  # away from t ~ 0, where f is steep
+    total = lambda hh, WW: float(head_integrand(hh, WW, x0, z, alpha, beta, scale, forbidden)[0])
+    hg, Wg = h.clone().requires_grad_(True), W.clone().requires_grad_(True)
+    head_integrand(hg, Wg, x0, z, alpha, beta, scale, forbidden)[0].backward()
+    eps = 1e-6
+    for x, grad, other in ((h, hg.grad, lambda v: total(v, W)), (W, Wg.grad, lambda v: total(h, v))):
+        numeric = torch.empty_like(x)
+        for i in range(x.numel()):
+            up, down = x.clone(), x.clone()
+            up.view(-1)[i] += eps
+            down.view(-1)[i] -= eps
+            numeric.view(-1)[i] = (other(up) - other(down)) / (2 * eps)
+        torch.testing.assert_close(grad, numeric, rtol=1e-5, atol=1e-5 * float(numeric.abs().max()))
+
+
+def test_head_integrand_float32_at_model_size() -> None:
+    """float32 features and head weights over a real vocabulary, times down to 1e-4, a third of
+    the positions confident about x0: f, dL/dh and dL/dW close to the float64 unfused
+    computation (the fused gradient takes x̂0 from exp(s), whose float32 rounding grows with
+    log(V alpha / A), up to ~78 at t ~ 0)."""
+    vocab, B, L, dim = 4096, 4, 64, 32
+    _, x0, z, alpha, beta, forbidden = _integrand_case(vocab, B, L, torch.float32, seed=5)
+    g = torch.Generator().manual_seed(6)
+    h = torch.randn(B, L, dim, generator=g)
+    W = 2 * torch.randn(vocab, dim, generator=g) / math.sqrt(dim)
+    confident = torch.zeros(B, L, dtype=torch.bool)
+    confident[:, ::3] = True
+    h[confident] += 3.0 * W[x0[confident]]  # x̂0(x0) close to 1 there
+    scale = torch.linspace(0.5, 2.0, B * L, dtype=torch.float64).view(B, L)
+    hr, Wr = h.double().requires_grad_(True), W.double().requires_grad_(True)
+    want_f = uniform_integrand(hr @ Wr.T, x0, z, alpha, beta, forbidden)
+    (scale * want_f).sum().backward()
+    hf, Wf = h.clone().requires_grad_(True), W.clone().requires_grad_(True)
+    total, f = head_integrand(hf, Wf, x0, z, alpha, beta, scale, forbidden)
+    total.backward()
+    assert hf.grad.dtype == Wf.grad.dtype == torch.float32
+    torch.testing.assert_close(f, want_f.detach(), rtol=1e-5, atol=1e-6)
+    for got, want in ((hf.grad, hr.grad), (Wf.grad, Wr.grad)):
+        err = (got.double() - want).abs().amax(-1)  # per row of h or W
+        assert (err <= 1e-3 * want.abs().amax(-1) + 1e-6 * want.abs().max()).all(), float(err.max())
+        assert float((got.double() - want).norm() / want.norm()) < 1e-4
+
+
+def test_the_loss_fuses_the_head_of_a_tied_head_denoiser() -> None:
+    """UniformDiffusion.loss on an SFDLM and a transformer denoiser takes the fused path (the
+    full logits are never formed: head() is not called) and gives the loss and parameter
+    gradients of the unfused path (the same model behind a plain callable) to float32
+    rounding; a plain callable has no tied head and keeps the unfused path."""
+    from engine.config import ModelConfig
+    from engine.model import build_model
+
+    vocab, B, L = 97, 3, 20
+    d = make_diffusion(DiffusionConfig(noise="uniform", t_min=1e-3), vocab, forbidden_ids=range(3))
+    x0 = torch.randint(3, vocab, (B, L), generator=torch.Generator().manual_seed(0))
+    clean = random_clean_mask(B, L, torch.Generator().manual_seed(1), p=1.0)
+    assert clean.any() and not clean.all()
+    for arch in ("sfdlm", "transformer"):
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(vocab_size=vocab, d_model=32, n_layers=2, d_state=8,
+                                        fourier_blocks=4, arch=arch))
+        assert tied_head_weight(model) is model.embed.weight
+        plain = lambda x_t, t, c: model(x_t, t, c)
+        assert tied_head_weight(plain) is None
+        results = []
+        for net in (plain, model):
+            calls = []
+            head = model.head
+            model.head = lambda hh, head=head, calls=calls: calls.append(1) or head(hh)
+            try:
+                out = d.loss(net, x0, clean, torch.Generator().manual_seed(2))
+                model.zero_grad(set_to_none=True)
+                out.loss.backward()
+            finally:
+                del model.head
+            results.append((out, {n: p.grad.clone() for n, p in model.named_parameters()}, len(calls)))
+        (want, want_grads, plain_calls), (got, grads, fused_calls) = results
+        assert plain_calls == 1 and fused_calls == 0, arch
+        assert got.n_tokens == want.n_tokens == int((~clean).sum())
+        torch.testing.assert_close(got.loss, want.loss, rtol=1e-5, atol=0)
+        torch.testing.assert_close(got.nelbo_sum, want.nelbo_sum, rtol=1e-5, atol=0)
+        for name, g in want_grads.items():
+            torch.testing.assert_close(grads[name], g, rtol=1e-4, atol=1e-5 * float(g.abs().max()) + 1e-12,
+                                       msg=lambda m, name=name: f"{arch} {name}: {m}")
 
 
 def test_uniform_integrand_float32_at_model_size() -> None:
