@@ -18,6 +18,10 @@ inputs of the training shape (B, L, D), with the gradient of the output's sum:
                one at run 2's size, mlp_mult 5 against 4, which is how its parameters match)
   head + loss  the tied 8,192-way head and the uniform-noise integrand on (B, L, D) features,
                fused as the loss runs them (UniformDiffusion.head_sum)
+  head + loss, unfused
+               the same with the (B, L, V) logits formed whole and then the integrand (the path
+               before the tenth session, kept for callables without a tied head); for comparison
+               only, not part of the step
   rest         step - layers x (own sublayers + mlp) - head + loss: embeddings, time MLP,
                adaLN, norms, residuals, long skips, clipping and the optimizer update
 
@@ -47,6 +51,7 @@ from engine.train import optimizer_step
 
 FIRST_ID = 3  # windows draw ids from FIRST_ID..V-1, leaving the specials <pad>, <mask>, <bos> out
 OWN = {"sfdlm": ("ssm", "fourier"), "transformer": ("attention",)}
+UNFUSED = "head + loss, unfused"  # timed for comparison only: not part of the step
 
 
 def uniform_diffusion(vocab_size: int):
@@ -95,12 +100,16 @@ def parts(arch: str, model: torch.nn.Module, diffusion, B: int, L: int, gen: tor
         diffusion.head_sum(x, model.head_weight(), x0, x_t, t, clean).backward()
         x.grad = None
 
+    def head_loss_unfused() -> None:  # the (B, L, V) logits formed whole, then the integrand
+        diffusion.integrand(x0, x_t, model.head(x), t).sum().backward()
+        x.grad = None
+
     out = {"step": step}
     if arch == "sfdlm":
         out |= {"ssm": forward_backward(block.ssm, x), "fourier": forward_backward(block.fourier, x)}
     else:
         out["attention"] = forward_backward(lambda h: block.attn(h, causal=False), x)
-    out |= {"mlp": forward_backward(block.mlp, x), "head + loss": head_loss}
+    out |= {"mlp": forward_backward(block.mlp, x), "head + loss": head_loss, UNFUSED: head_loss_unfused}
     return out
 
 
@@ -154,6 +163,8 @@ def table(res: dict[str, dict], B: int, L: int) -> str:
             lines.append(f"| {name} | {one:,.1f} | {calls} | {one * calls:,.0f} | {one * calls / step:.0%} |")
         lines.append(f"| rest | | | {r['rest_ms']:,.0f} | {r['rest_ms'] / step:.0%} |")
         lines.append(f"| **step** | {step:,.1f} | 1 | {step:,.0f} | 100% |")
+        lines.append(f"| ({UNFUSED}, not in the step: fused / unfused {ms['head + loss'] / ms[UNFUSED]:.2f}) "
+                     f"| {ms[UNFUSED]:,.1f} | | | |")
     s = summary(res)
     lines += [f"\nB = {B}, L = {L}: SFDLM / transformer training tokens/s {s['ratio']:.3f}x; "
               f"with the SFDLM's own sublayers (SSM + Fourier) twice as fast {s['ratio_own_2x']:.3f}x, "

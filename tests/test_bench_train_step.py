@@ -29,13 +29,20 @@ def test_each_part_back_propagates_into_its_own_weights(arch: str) -> None:
     ps = train_step.parts(arch, model, diffusion, 2, 16, torch.Generator().manual_seed(0))
     block = model.blocks[0]
     own = {"ssm": block.ssm.log_dt, "fourier": block.fourier.w1} if arch == "sfdlm" else {"attention": block.attn.qkv.weight}
-    assert list(ps) == ["step", *own, "mlp", "head + loss"]
-    checks = {**own, "mlp": block.mlp.up.weight, "head + loss": model.embed.weight}
+    assert list(ps) == ["step", *own, "mlp", "head + loss", train_step.UNFUSED]
+    checks = {**own, "mlp": block.mlp.up.weight, "head + loss": model.embed.weight,
+              train_step.UNFUSED: model.embed.weight}
+    grads = {}
     for name, weight in checks.items():
         model.zero_grad(set_to_none=True)
         ps[name]()
         assert weight.grad is not None and weight.grad.abs().sum() > 0, name
-        assert all(w.grad is None for n, w in checks.items() if n != name), name  # and nothing else checked
+        assert all(w.grad is None for w in checks.values() if w is not weight), name  # and nothing else checked
+        grads[name] = weight.grad.clone()
+    # the fused head + loss and the unfused one are the same computation (the loss's sum carries
+    # the 1 - t_min weight of the time integral)
+    torch.testing.assert_close(grads["head + loss"], (1 - diffusion.t_min) * grads[train_step.UNFUSED],
+                               rtol=1e-4, atol=1e-6 * float(grads["head + loss"].abs().max()))
     before = model.blocks[1].mlp.down.weight.detach().clone()
     ps["step"]()
     assert not torch.equal(before, model.blocks[1].mlp.down.weight)  # the optimizer stepped
