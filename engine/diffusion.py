@@ -730,7 +730,7 @@ def _head_blocks(h: Tensor, W: Tensor, x0: Tensor, z: Tensor, alpha: Tensor, bet
     f = torch.empty(N, dtype=torch.float64, device=h.device)
     gh = torch.empty_like(hd) if want and grad_h else None
     gW = torch.zeros_like(Wd) if want and grad_W else None
-    R = min(N, _head_rows(h.device, V))
+    R = max(1, min(N, _head_rows(h.device, V)))
     buf = torch.empty(R, V, dtype=wd, device=h.device)  # one block of logits, reused
     for r0 in range(0, N, R):
         r = slice(r0, min(N, r0 + R))
@@ -785,7 +785,7 @@ def head_integrand(h: Tensor, W: Tensor, x0: Tensor, z: Tensor, alpha: Tensor, b
     (V, D) tied head weights, the rest as for uniform_integrand. Differentiable in h and W."""
     B, L = x0.shape
     per_row = lambda v: v.expand(B, L).reshape(-1, 1)  # (B, 1) -> (B*L, 1)
-    args = (h.reshape(B * L, -1), W, x0.reshape(-1), z.reshape(-1), per_row(alpha), per_row(beta),
+    args = (h.reshape(B * L, h.shape[-1]), W, x0.reshape(-1), z.reshape(-1), per_row(alpha), per_row(beta),
             _columns(forbidden), scale.reshape(-1).to(torch.float64))
     if torch.is_grad_enabled() and (h.requires_grad or W.requires_grad):
         total, f = _HeadIntegrand.apply(*args)

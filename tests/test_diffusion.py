@@ -234,6 +234,16 @@ def test_head_integrand_equals_the_integrand_of_the_logits(rows: int, chunk: int
     torch.testing.assert_close(total_leaf, total.detach())
 
 
+def test_head_integrand_of_no_positions_is_zero() -> None:
+    """Windows of length 0: a zero sum, an empty f, zero gradients, no error."""
+    h, W = torch.zeros(2, 0, 4, requires_grad=True), torch.randn(9, 4, requires_grad=True)
+    ids = torch.zeros(2, 0, dtype=torch.long)
+    alpha, beta = torch.full((2, 1), 0.5, dtype=torch.float64), torch.ones(2, 1, dtype=torch.float64)
+    total, f = head_integrand(h, W, ids, ids, alpha, beta, torch.zeros(2, 0, dtype=torch.float64))
+    total.backward()
+    assert float(total.detach()) == 0.0 and f.shape == (2, 0) and not W.grad.any()
+
+
 def test_head_integrand_gradient_matches_finite_differences() -> None:
     """Central differences of the weighted sum agree with the gradients the fused forward works
     out, at every entry of h and of W (float64, small V)."""
