@@ -420,7 +420,9 @@ def pause(svc: Any, username: str | None, state: DraftState | None) -> DraftUpda
         if not ctrl.streaming:
             return DraftUpdate(message="nothing is being generated: the draft is already paused", kind="info")
         ctrl.pause_requested = True
-    return DraftUpdate(message="pausing after the current step…", kind="info")
+    # no message: the stream's own "Paused at step N" is the confirmation, and a "pausing…" sent
+    # from here could reach the browser after it and overwrite it (seen in a loaded CI run)
+    return DraftUpdate(kind="info")
 
 
 def _editable(ctrl: RunControl) -> Any:

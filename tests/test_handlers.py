@@ -137,7 +137,8 @@ def test_pause_resume_and_branch(app_services):
     gen = start(svc, steps=8)
     ups = [next(gen), next(gen), next(gen)]
     st = ups[-1].state
-    assert h.pause(svc, "alice", st).kind == "info"
+    paused = h.pause(svc, "alice", st)
+    assert paused.kind == "info" and paused.message == ""  # the stream itself says "Paused"
     rest = list(gen)
     assert rest[-1].message.startswith("Paused") and rest[-1].step == 2
     p = free_positions(ups[-1])[1]
