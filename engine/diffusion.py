@@ -632,11 +632,7 @@ def _logit_grad(lg: Tensor, out: Tensor, lse: Tensor, log_ratio: Tensor, g: Tens
     w = torch.add(out, log_ratio).sigmoid_()  # (R, V)
     out.exp_()  # x̂0
     out.mul_(torch.addcmul(g[:, 0:1], w, g[:, 2:3])).addcmul_(w, g[:, 1:2])  # p (c1 + c3 w) + c2 w
-    out.scatter_(-1, z[:, None], g[:, 3:4])
-    out.scatter_(-1, x0[:, None], g[:, 4:5])
-    if cols is not None:
-        out.index_fill_(-1, cols, 0.0)
-    return out
+    return _write_ids(out, g, z, x0, cols)
 
 
 def _logit_grad_kept(out: Tensor, e: Tensor, w: Tensor, coef: Tensor, scale: Tensor, z: Tensor,
@@ -649,6 +645,12 @@ def _logit_grad_kept(out: Tensor, e: Tensor, w: Tensor, coef: Tensor, scale: Ten
     g[:, 0:3:2] *= torch.exp(-coef[:, 6:7])  # c1', c3'
     g = g.to(out.dtype)
     torch.mul(e, torch.addcmul(g[:, 0:1], w, g[:, 2:3]), out=out).addcmul_(w, g[:, 1:2])
+    return _write_ids(out, g, z, x0, cols)
+
+
+def _write_ids(out: Tensor, g: Tensor, z: Tensor, x0: Tensor, cols: Tensor | None) -> Tensor:
+    """The gradient's entries written apart: g_z at z, g_x0 at x0 (g's columns 3 and 4, in
+    float64 before the cast, where large terms cancel) and 0 at the forbidden ids `cols`."""
     out.scatter_(-1, z[:, None], g[:, 3:4])
     out.scatter_(-1, x0[:, None], g[:, 4:5])
     if cols is not None:
@@ -719,14 +721,14 @@ def _head_rows(device: torch.device, vocab: int) -> int:
 
 
 def _head_blocks(h: Tensor, W: Tensor, x0: Tensor, z: Tensor, alpha: Tensor, beta: Tensor,
-                 cols: Tensor | None, scale: Tensor | None, grad_h: bool, grad_W: bool):
-    """The fused head and integrand a block of positions at a time: f (N,) float64 and, for
+                 cols: Tensor | None, scale: Tensor, grad_h: bool, grad_W: bool):
+    """The fused head and integrand a block of positions at a time: f (N,) float64 and, with
     `scale` (N,) float64 the weights of the sum, d(sum scale f)/dh (N, D) and /dW (V, D) (None
     where not asked for). h (N, D) features, W (V, D) the head weights (logits = h W^T)."""
     N, V = h.shape[0], W.shape[0]
     wd = _work_dtype(h)
     hd, Wd = h.detach().to(wd), W.detach().to(wd)
-    want = scale is not None and (grad_h or grad_W)
+    want = grad_h or grad_W
     f = torch.empty(N, dtype=torch.float64, device=h.device)
     gh = torch.empty_like(hd) if want and grad_h else None
     gW = torch.zeros_like(Wd) if want and grad_W else None
@@ -739,10 +741,9 @@ def _head_blocks(h: Tensor, W: Tensor, x0: Tensor, z: Tensor, alpha: Tensor, bet
             lg.index_fill_(-1, cols, FORBIDDEN_LOGIT)
         for q in _row_blocks(lg):  # the integrand's own, cache-sized, sub-blocks
             rr = slice(r0 + q.start, r0 + q.stop)
-            kept: list[Tensor] = []
-            f[rr], c = _uniform_rows(lg[q], x0[rr], z[rr], alpha[rr], beta[rr], V, coefficients=want,
-                                     keep=kept if want else None)
-            if want:  # the block's logits become its gradient in place
+            kept: list[Tensor] | None = [] if want else None
+            f[rr], c = _uniform_rows(lg[q], x0[rr], z[rr], alpha[rr], beta[rr], V, coefficients=want, keep=kept)
+            if kept is not None:  # the block's logits become its gradient in place
                 _logit_grad_kept(lg[q], *kept, c, scale[rr], z[rr], x0[rr], cols)
         if gh is not None:
             torch.mm(lg, Wd, out=gh[r])
