@@ -32,7 +32,7 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -213,7 +213,9 @@ def equal_wallclock(rows: list[dict[str, Any]], speed: dict[str, float] | None =
     than the time the faster of SFDLM-uniform and the transformer denoiser (PAIR, the models the
     target compares; the fastest of all models when either is missing) needed for the whole
     budget. With `speed` (training tokens/s per model measured on the CPU, --measure-speed) the
-    clock is that CPU's; otherwise the run's own.
+    clock is that CPU's; otherwise the run's own. Each seed is its own race: the runs of a seed
+    trained side by side, so the time is that seed's fastest run, never another seed's (a seed
+    trained on a faster machine or day would otherwise set every seed's time).
 
     The last evaluation before that time can lie up to one evaluation interval earlier, which
     favours the faster model; bits_at_equal_wallclock_interp is the bound interpolated linearly
@@ -223,6 +225,16 @@ def equal_wallclock(rows: list[dict[str, Any]], speed: dict[str, float] | None =
             return c["step"] * r["batch_size"] * r["seq_len"] / speed[r["model"]]
         return c["elapsed_s"]
     total = {id(r): (r["tokens"] / speed[r["model"]] if speed is not None else r["train_seconds"]) for r in rows}
+    by_seed: dict[int, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_seed.setdefault(r["seed"], []).append(r)
+    for race in by_seed.values():
+        _equal_wallclock_race(race, total, clock, speed)
+
+
+def _equal_wallclock_race(rows: list[dict[str, Any]], total: dict[int, float],
+                          clock: Callable[[dict[str, Any], dict[str, Any]], float | None], speed: dict[str, float] | None) -> None:
+    """equal_wallclock for the runs of one seed."""
     have_pair = {r["model"] for r in rows} >= set(PAIR)
     fastest = min(total[id(r)] for r in rows if r["model"] in PAIR or not have_pair)
     # + 0.05 s: checkpoints written before the fifth session record train_seconds to 0.1 s
@@ -348,6 +360,12 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
         ea, eb = med(a, key), med(b, key)
         if ea and eb:
             out.append(f"{label}: {ea:.3f} vs {eb:.3f} bits/token (target: lower): {'met' if ea < eb else 'NOT met'}")
+        if len(seeds := sorted({r["seed"] for r in rows})) > 1:  # the median can hide a seed that misses
+            for s in seeds:
+                va = [r[key] for r in rows if r["model"] == a and r["seed"] == s and r.get(key) is not None]
+                vb = [r[key] for r in rows if r["model"] == b and r["seed"] == s and r.get(key) is not None]
+                if va and vb:
+                    out.append(f"  seed {s}: {va[0]:.3f} vs {vb[0]:.3f}: {'met' if va[0] < vb[0] else 'NOT met'}")
     ia, ib = med(a, "infill_accuracy", "0.5"), med(b, "infill_accuracy", "0.5")
     if ia is not None and ib is not None:
         out.append(f"infill at 50 % pinned: {100 * ia:.1f} % vs {100 * ib:.1f} % (target: within 2 points): {'met' if ia >= ib - 0.02 else 'NOT met'}")

@@ -82,6 +82,29 @@ def test_equal_wallclock_on_the_runs_clock_counts_the_fastest_runs_last_validati
     assert rows[1]["bits_at_equal_wallclock"] == 8.5
 
 
+def test_equal_wallclock_on_the_runs_clock_is_each_seeds_own_race() -> None:
+    """Seeds train on different days or machines: seed 1's time is its own fastest run's (40 s),
+    not seed 0's (4 s), and a seed that misses is named even when the median meets."""
+    rows = []
+    for seed, scale, t_bits in ((0, 1.0, [8.5, 7.5, 6.5, 5.5]), (1, 10.0, [8.5, 7.5, 6.5, 5.5]), (2, 1.0, [8.5, 7.5, 6.5, 5.5])):
+        sf, tr = _row("sfdlm-uniform", seed, [9.0, 8.0, 7.0, 6.0 if seed != 2 else 7.4]), _row("transformer-uniform", seed, t_bits)
+        for r, speed_up in ((sf, 1.0), (tr, 2.0)):  # the transformer's steps take twice as long
+            for i, c in enumerate(r["curve"]):
+                c["elapsed_s"] = scale * speed_up * (i + 1)
+            r["train_seconds"] = r["curve"][-1]["elapsed_s"]
+        rows += [sf, tr]
+    quality.equal_wallclock(rows)
+    seed1 = [r for r in rows if r["seed"] == 1]
+    assert all(r["equal_wallclock_s"] == 40.0 for r in seed1)
+    assert seed1[1]["bits_at_equal_wallclock"] == 7.5  # step 20 at 40 s, not "no evaluation before 4 s"
+    lines = quality.targets(rows)
+    assert any(x.startswith("bound at equal wall-clock:") and x.endswith(": met") for x in lines)  # median 6.0 vs 7.5
+    assert "  seed 2: 7.400 vs 7.500: met" in lines
+    rows[4]["curve"][-1]["bits"] = 7.6
+    quality.equal_wallclock(rows)
+    assert "  seed 2: 7.600 vs 7.500: NOT met" in quality.targets(rows)
+
+
 @pytest.mark.slow
 def test_parallel_runs_then_collect_with_an_unscored_run(corpus: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "q"
