@@ -347,8 +347,14 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
         return statistics.median(v) if v else None
     a, b = PAIR
     out = []
-    la = [r["curve"][-1]["bits"] for r in rows if r["model"] == a]
-    lb = [r["curve"][-1]["bits"] for r in rows if r["model"] == b]
+    # equal tokens only where a seed's two runs both reached the same step (a run stopped early,
+    # e.g. once past the other's finishing time, is tabulated but not compared at equal tokens)
+    seeds = {r["seed"] for r in rows}
+    level = {s for s in seeds if len({r["tokens"] for r in rows if r["seed"] == s and r["model"] in PAIR}) == 1}
+    la = [r["curve"][-1]["bits"] for r in rows if r["model"] == a and r["seed"] in level]
+    lb = [r["curve"][-1]["bits"] for r in rows if r["model"] == b and r["seed"] in level]
+    if seeds - level:
+        out.append(f"seeds {', '.join(map(str, sorted(seeds - level)))}: the two runs stopped at different steps, so they are left out of the equal-token line")
     if la and lb:
         pa, pb = 2 ** statistics.median(la), 2 ** statistics.median(lb)
         out.append(f"perplexity bound at equal tokens (loop bound): {pa:.1f} vs {pb:.1f} = {pa / pb:.3f}x (target <= 1.15x): {'met' if pa / pb <= 1.15 else 'NOT met'}")

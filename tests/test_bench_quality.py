@@ -101,6 +101,8 @@ def test_equal_wallclock_on_the_runs_clock_is_each_seeds_own_race() -> None:
     assert any(x.startswith("bound at equal wall-clock:") and x.endswith(": met") for x in lines)  # median 6.0 vs 7.5
     assert "  seed 2: 7.400 vs 7.500: met" in lines
     rows[4]["curve"][-1]["bits"] = 7.6
+    rows[5]["curve"], rows[5]["tokens"] = rows[5]["curve"][:3], 300  # seed 2's transformer stopped at step 30
+    assert any(x.startswith("seeds 2: the two runs stopped at different steps") for x in quality.targets(rows))
     quality.equal_wallclock(rows)
     assert "  seed 2: 7.600 vs 7.500: NOT met" in quality.targets(rows)
 
