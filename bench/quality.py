@@ -32,7 +32,7 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -225,33 +225,26 @@ def equal_wallclock(rows: list[dict[str, Any]], speed: dict[str, float] | None =
             return c["step"] * r["batch_size"] * r["seq_len"] / speed[r["model"]]
         return c["elapsed_s"]
     total = {id(r): (r["tokens"] / speed[r["model"]] if speed is not None else r["train_seconds"]) for r in rows}
-    by_seed: dict[int, list[dict[str, Any]]] = {}
+    fastest: dict[int, float] = {}  # per seed: its runs raced side by side
+    for seed in {r["seed"] for r in rows}:
+        race = [r for r in rows if r["seed"] == seed]
+        have_pair = {r["model"] for r in race} >= set(PAIR)
+        fastest[seed] = min(total[id(r)] for r in race if r["model"] in PAIR or not have_pair)
     for r in rows:
-        by_seed.setdefault(r["seed"], []).append(r)
-    for race in by_seed.values():
-        _equal_wallclock_race(race, total, clock, speed)
-
-
-def _equal_wallclock_race(rows: list[dict[str, Any]], total: dict[int, float],
-                          clock: Callable[[dict[str, Any], dict[str, Any]], float | None], speed: dict[str, float] | None) -> None:
-    """equal_wallclock for the runs of one seed."""
-    have_pair = {r["model"] for r in rows} >= set(PAIR)
-    fastest = min(total[id(r)] for r in rows if r["model"] in PAIR or not have_pair)
-    # + 0.05 s: checkpoints written before the fifth session record train_seconds to 0.1 s
-    # (now 1 ms), and the fastest model's own last validation (logged at 0.01 s) must count
-    cut = fastest + 0.05 + 1e-9
-    for r in rows:
+        # + 0.05 s: checkpoints written before the fifth session record train_seconds to 0.1 s
+        # (now 1 ms), and the fastest model's own last validation (logged at 0.01 s) must count
+        cut = fastest[r["seed"]] + 0.05 + 1e-9
         timed = [(clock(r, c), c["bits"]) for c in r["curve"] if clock(r, c) is not None]
         early = [(t, b) for t, b in timed if t <= cut]
         late = [(t, b) for t, b in timed if t > cut]
         r["bits_at_equal_wallclock"] = early[-1][1] if early else None
         if early and late:
             (t0, b0), (t1, b1) = early[-1], late[0]
-            w = min(1.0, max(0.0, (fastest - t0) / (t1 - t0)))
+            w = min(1.0, max(0.0, (fastest[r["seed"]] - t0) / (t1 - t0)))
             r["bits_at_equal_wallclock_interp"] = b0 + w * (b1 - b0)
         else:
             r["bits_at_equal_wallclock_interp"] = r["bits_at_equal_wallclock"]
-        r["equal_wallclock_s"] = round(fastest, 1)
+        r["equal_wallclock_s"] = round(fastest[r["seed"]], 1)
         if speed is not None:
             r["cpu_tokens_per_s"] = speed[r["model"]]
             r["cpu_train_seconds"] = round(total[id(r)], 1)
@@ -349,12 +342,12 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
     out = []
     # equal tokens only where a seed's two runs both reached the same step (a run stopped early,
     # e.g. once past the other's finishing time, is tabulated but not compared at equal tokens)
-    seeds = {r["seed"] for r in rows}
+    seeds = sorted({r["seed"] for r in rows})
     level = {s for s in seeds if len({r["tokens"] for r in rows if r["seed"] == s and r["model"] in PAIR}) == 1}
     la = [r["curve"][-1]["bits"] for r in rows if r["model"] == a and r["seed"] in level]
     lb = [r["curve"][-1]["bits"] for r in rows if r["model"] == b and r["seed"] in level]
-    if seeds - level:
-        out.append(f"seeds {', '.join(map(str, sorted(seeds - level)))}: the two runs stopped at different steps, so they are left out of the equal-token line")
+    if uneven := [s for s in seeds if s not in level]:
+        out.append(f"seeds {', '.join(map(str, uneven))}: the two runs stopped at different steps, so they are left out of the equal-token line")
     if la and lb:
         pa, pb = 2 ** statistics.median(la), 2 ** statistics.median(lb)
         out.append(f"perplexity bound at equal tokens (loop bound): {pa:.1f} vs {pb:.1f} = {pa / pb:.3f}x (target <= 1.15x): {'met' if pa / pb <= 1.15 else 'NOT met'}")
@@ -366,7 +359,7 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
         ea, eb = med(a, key), med(b, key)
         if ea and eb:
             out.append(f"{label}: {ea:.3f} vs {eb:.3f} bits/token (target: lower): {'met' if ea < eb else 'NOT met'}")
-        if len(seeds := sorted({r["seed"] for r in rows})) > 1:  # the median can hide a seed that misses
+        if len(seeds) > 1:  # the median can hide a seed that misses
             for s in seeds:
                 va = [r[key] for r in rows if r["model"] == a and r["seed"] == s and r.get(key) is not None]
                 vb = [r[key] for r in rows if r["model"] == b and r["seed"] == s and r.get(key) is not None]
