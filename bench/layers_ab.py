@@ -36,7 +36,7 @@ from types import ModuleType
 import torch
 
 import engine.layers as here
-from bench.train_step import FIRST_ID, add_shape_arguments, forward_backward, uniform_diffusion
+from bench.train_step import FIRST_ID, add_shape_arguments, forward_backward, training_diffusion
 from engine.config import ModelConfig, TrainConfig
 from engine.model import build_model
 from engine.train import optimizer_step
@@ -81,7 +81,7 @@ def parts(base_mod: ModuleType, cfg: ModelConfig, B: int, L: int) -> dict[str, d
         torch.manual_seed(0)
         ssm, fourier = own_layers(mod, cfg)
         out["ssm"][tag], out["fourier"][tag] = forward_backward(ssm, x), forward_backward(fourier, x)
-    diffusion = uniform_diffusion(cfg.vocab_size)
+    diffusion = training_diffusion(cfg.vocab_size)
     x0 = torch.randint(FIRST_ID, cfg.vocab_size, (B, L), generator=torch.Generator().manual_seed(2))  # (B, L)
     for tag, mod in (("base", base_mod), ("this", here)):
         torch.manual_seed(0)

@@ -1,7 +1,8 @@
 """Where a training step's time goes: the SFDLM and the transformer denoiser, part by part.
 
     python -m bench.train_step [--d-model 256] [--layers 6] [--vocab 8192] [--seq-len 256]
-                               [--batch-size 32] [--threads T] [--repeats N] [--json]
+                               [--batch-size 32] [--noise uniform|absorbing] [--threads T]
+                               [--repeats N] [--json]
 
 Both denoisers are built as bench.quality builds them (equal width and depth; the transformer's
 channel MLP widened to the SFDLM's parameter count) and timed ALTERNATELY, part after part and
@@ -10,14 +11,16 @@ over the rounds after one warm-up round are reported. Each part is forward plus 
 inputs of the training shape (B, L, D), with the gradient of the output's sum:
 
   step         the whole training step, the training loop's own (engine.train.optimizer_step):
-               uniform-noise loss with clean spans in half of the windows, backward, gradient
+               loss (uniform noise, or --noise absorbing) with clean spans in half of the
+               windows, backward, gradient
                clipping, AdamW update
   ssm, fourier the SFDLM's own sublayers (one block's BidirectionalSSM, ComplexFourierMLP)
   attention    the transformer's own sublayer (one block's SelfAttention, not causal)
   mlp          the channel MLP (one block's; each model's own: the transformer's is the wider
                one at run 2's size, mlp_mult 5 against 4, which is how its parameters match)
-  head + loss  the tied 8,192-way head and the uniform-noise integrand on (B, L, D) features,
-               fused as the loss runs them (UniformDiffusion.head_sum)
+  head + loss  the tied 8,192-way head and the noise's integrand on (B, L, D) features,
+               fused as the loss runs them (head_sum: under absorbing noise only the masked
+               positions' logits are formed)
   head + loss, unfused
                the same with the (B, L, V) logits formed whole and then the integrand (the path
                before the tenth session, kept for callables without a tied head); for comparison
@@ -47,6 +50,7 @@ from bench.quality import matched
 from engine.config import DiffusionConfig, ModelConfig, TrainConfig
 from engine.diffusion import make_diffusion
 from engine.model import build_model, count_parameters
+from engine.tokenizer import MASK
 from engine.train import optimizer_step
 
 FIRST_ID = 3  # windows draw ids from FIRST_ID..V-1, leaving the specials <pad>, <mask>, <bos> out
@@ -54,9 +58,11 @@ OWN = {"sfdlm": ("ssm", "fourier"), "transformer": ("attention",)}
 UNFUSED = "head + loss, unfused"  # timed for comparison only: not part of the step
 
 
-def uniform_diffusion(vocab_size: int):
-    """The uniform-noise diffusion both benchmarks train with (the specials below FIRST_ID forbidden)."""
-    return make_diffusion(DiffusionConfig(noise="uniform"), vocab_size, forbidden_ids=range(FIRST_ID))
+def training_diffusion(vocab_size: int, noise: str = "uniform"):
+    """The diffusion the benchmarks train with: uniform noise unless asked (the specials below
+    FIRST_ID forbidden; under absorbing noise the tokenizer's <mask> id is the mask)."""
+    return make_diffusion(DiffusionConfig(noise=noise), vocab_size, mask_id=MASK if noise == "absorbing" else None,
+                          forbidden_ids=range(FIRST_ID))
 
 
 def forward_backward(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Callable[[], None]:
@@ -113,9 +119,9 @@ def parts(arch: str, model: torch.nn.Module, diffusion, B: int, L: int, gen: tor
     return out
 
 
-def measure(base: ModelConfig, B: int, L: int, repeats: int) -> dict[str, dict]:
+def measure(base: ModelConfig, B: int, L: int, repeats: int, noise: str = "uniform") -> dict[str, dict]:
     """Per model: parameters, median ms of every part, per-step composition and tokens/s."""
-    diffusion = uniform_diffusion(base.vocab_size)
+    diffusion = training_diffusion(base.vocab_size, noise)
     runs = {}
     for arch in OWN:
         torch.manual_seed(0)
@@ -175,16 +181,19 @@ def table(res: dict[str, dict], B: int, L: int) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.train_step", description=__doc__.splitlines()[0])
     add_shape_arguments(p, repeats=5)
+    p.add_argument("--noise", choices=("uniform", "absorbing"), default="uniform",
+                   help="the noise the step trains with and the head + loss integrate (default uniform)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     base = ModelConfig(vocab_size=args.vocab, d_model=args.d_model, n_layers=args.layers)
-    res = measure(base, args.batch_size, args.seq_len, args.repeats)
+    res = measure(base, args.batch_size, args.seq_len, args.repeats, args.noise)
     if args.json:
-        print(json.dumps({"config": {**dataclasses.asdict(base), "seq_len": args.seq_len, "batch_size": args.batch_size,
+        print(json.dumps({"config": {**dataclasses.asdict(base), "seq_len": args.seq_len, "batch_size": args.batch_size, "noise": args.noise,
                                      "threads": torch.get_num_threads()}, "models": res, "summary": summary(res)}, indent=2))
     else:
-        print(f"# torch {torch.__version__}, {torch.get_num_threads()} thread(s), medians of {args.repeats} alternating rounds")
+        print(f"# torch {torch.__version__}, {torch.get_num_threads()} thread(s), {args.noise} noise, "
+              f"medians of {args.repeats} alternating rounds")
         print(table(res, args.batch_size, args.seq_len))
     return 0
 

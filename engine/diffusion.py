@@ -198,6 +198,10 @@ class _DiffusionBase:
         """log x̂0 (..., V): log-softmax of the logits with forbidden ids at probability 0."""
         return torch.log_softmax(self.masked_logits(logits), dim=-1)
 
+    def _forbidden_on(self, device: torch.device) -> Tensor | None:
+        """The (V,) bool mask of forbidden ids on `device`, or None when no id is forbidden."""
+        return self.forbidden.to(device) if self.forbidden.any() else None
+
     # ----- times ------------------------------------------------------------------------------
     def sample_times(self, batch: int, generator: torch.Generator, device: torch.device | str = "cpu") -> Tensor:
         """(B,) float32 low-discrepancy times in [t_min, 1]: t_b = t_min + (1 - t_min) ((u + b/B) mod 1),
@@ -254,7 +258,16 @@ class _DiffusionBase:
 
     def _diffusion_sum(self, model: Denoiser, x0: Tensor, x_t: Tensor, t: Tensor, clean: Tensor) -> tuple[Tensor, torch.dtype]:
         """(the integrand summed over the non-clean positions, weighted by 1 - t_min; the
-        loss's dtype) for one time per sequence."""
+        loss's dtype) for one time per sequence.
+
+        Fused with the head (`head_sum`) when the model has a tied head (`head_weight`, as every
+        denoiser of engine.model does): the (B, L, V) logits are formed a block of positions at
+        a time and never kept (docs/BENCHMARKS.md, tenth and twelfth sessions). Any other
+        callable gets the logits whole and `integrand`."""
+        W = tied_head_weight(model)
+        if W is not None:
+            h = model(x_t, t, clean, features_only=True)  # (B, L, D)
+            return self.head_sum(h, W, x0, x_t, t, clean), torch.promote_types(h.dtype, torch.float32)
         logits = model(x_t, t, clean)  # (B, L, V)
         f = self.integrand(x0, x_t, logits, t)  # (B, L) float64
         return (f * (1.0 - self.t_min)).masked_fill(clean, 0.0).sum(), torch.promote_types(logits.dtype, torch.float32)
@@ -290,6 +303,12 @@ class _DiffusionBase:
         raise NotImplementedError
 
     def integrand(self, x0: Tensor, x_t: Tensor, logits: Tensor, t: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def head_sum(self, h: Tensor, W: Tensor, x0: Tensor, x_t: Tensor, t: Tensor, clean: Tensor) -> Tensor:
+        """The loss's diffusion sum for features h (B, L, D) and tied head weights W (V, D): the
+        sum over the non-clean positions of (1 - t_min) f, f the integrand of the logits h W^T,
+        without the (B, L, V) logits in memory. Differentiable in h and W."""
         raise NotImplementedError
 
     def prior_kl(self) -> float:
@@ -389,24 +408,9 @@ class UniformDiffusion(_DiffusionBase):
         alpha = _times(self.schedule.alpha(tt), B, device)
         return alpha, -_times(self.schedule.dalpha(tt), B, device) / alpha
 
-    def _forbidden_on(self, device: torch.device) -> Tensor | None:
-        return self.forbidden.to(device) if self.forbidden.any() else None
-
-    def _diffusion_sum(self, model: Denoiser, x0: Tensor, x_t: Tensor, t: Tensor, clean: Tensor) -> tuple[Tensor, torch.dtype]:
-        """As the base class's, but fused with the head (head_integrand) when the model has a
-        tied head (`head_weight`, as every denoiser of engine.model does): the (B, L, V) logits
-        are formed a block at a time and never kept, 0.77x the time of the head and loss at
-        run 2's shape on one core (docs/BENCHMARKS.md, tenth session)."""
-        W = tied_head_weight(model)
-        if W is None:
-            return super()._diffusion_sum(model, x0, x_t, t, clean)
-        h = model(x_t, t, clean, features_only=True)  # (B, L, D)
-        return self.head_sum(h, W, x0, x_t, t, clean), torch.promote_types(h.dtype, torch.float32)
-
     def head_sum(self, h: Tensor, W: Tensor, x0: Tensor, x_t: Tensor, t: Tensor, clean: Tensor) -> Tensor:
-        """The loss's diffusion sum for features h (B, L, D) and tied head weights W (V, D):
-        sum over the non-clean positions of (1 - t_min) f, f the integrand of the logits h W^T,
-        fused (head_integrand). Differentiable in h and W."""
+        """See the base class: fused by head_integrand, 0.77x the time of the head and loss
+        unfused at run 2's shape on one core (docs/BENCHMARKS.md, tenth session)."""
         alpha, beta = self._rates(t, x0.shape[0], x0.device)
         scale = (~clean).to(torch.float64) * (1.0 - self.t_min)  # (B, L): 0 at clean positions
         return head_integrand(h, W, x0, x_t, alpha, beta, scale, self._forbidden_on(h.device))[0]
@@ -483,13 +487,26 @@ class AbsorbingDiffusion(_DiffusionBase):
         """(B, L) float64 f(t) = -alpha'_t / (1 - alpha_t) * (-log x̂0(x0)) at masked positions, 0
         elsewhere: lim KL / (t - s), since the KL at a mask is (alpha_s - alpha_t)/(1 - alpha_t)
         * (-log x̂0(x0)) and 0 at an unmasked token (MDLM, eq. for the continuous-time NELBO)."""
-        B = x0.shape[0]
         logp = self.x0_log_probs(logits)  # (B, L, V)
         nll = -logp.gather(-1, x0[..., None])[..., 0].to(torch.float64)  # (B, L)
-        tt = t.to(torch.float64)
-        alpha = _times(self.schedule.alpha(tt), B, x0.device)  # (B, 1)
-        w = -_times(self.schedule.dalpha(tt), B, x0.device) / (1.0 - alpha).clamp_min(1e-30)  # (B, 1)
+        w = self._mask_weight(t, x0.shape[0], x0.device)  # (B, 1)
         return torch.where(x_t == self.m, w * nll, torch.zeros_like(nll))
+
+    def _mask_weight(self, t: Tensor, B: int, device: torch.device) -> Tensor:
+        """-alpha'_t / (1 - alpha_t) as a float64 column (B, 1): the weight of -log x̂0(x0) at a mask."""
+        tt = t.to(torch.float64)
+        alpha = _times(self.schedule.alpha(tt), B, device)  # (B, 1)
+        return -_times(self.schedule.dalpha(tt), B, device) / (1.0 - alpha).clamp_min(1e-30)
+
+    def head_sum(self, h: Tensor, W: Tensor, x0: Tensor, x_t: Tensor, t: Tensor, clean: Tensor) -> Tensor:
+        """See the base class. Only the masked positions have a nonzero integrand, so only their
+        logits are formed (head_cross_entropy): a fraction of about t of the positions, half on
+        average over the training times, and never the (B, L, V) logits."""
+        B, L = x0.shape
+        rows = ((x_t == self.m) & ~clean).reshape(-1).nonzero()[:, 0]  # (N,) masked positions
+        w = self._mask_weight(t, B, x0.device).expand(B, L).reshape(-1)[rows] * (1.0 - self.t_min)  # (N,)
+        feats = h.reshape(B * L, h.shape[-1])[rows]  # (N, D)
+        return head_cross_entropy(feats, W, x0.reshape(-1)[rows], w, self._forbidden_on(h.device))[0]
 
     def prior_kl(self) -> float:
         """KL(alpha_1 δ_x0 + (1 - alpha_1) δ_m || alpha_1 U(allowed) + (1 - alpha_1) δ_m) = alpha_1 log n_allowed."""
@@ -720,18 +737,20 @@ def _head_rows(device: torch.device, vocab: int) -> int:
     return max(1, (1 << 21) // vocab) if device.type == "cpu" else 1 << 30
 
 
-def _head_blocks(h: Tensor, W: Tensor, x0: Tensor, z: Tensor, alpha: Tensor, beta: Tensor,
-                 cols: Tensor | None, scale: Tensor, grad_h: bool, grad_W: bool):
-    """The fused head and integrand a block of positions at a time: f (N,) float64 and, with
-    `scale` (N,) float64 the weights of the sum, d(sum scale f)/dh (N, D) and /dW (V, D) (None
-    where not asked for). h (N, D) features, W (V, D) the head weights (logits = h W^T)."""
+def _head_loop(h: Tensor, W: Tensor, cols: Tensor | None, grad_h: bool, grad_W: bool,
+               rows: Callable[[Tensor, slice, bool], Tensor]):
+    """The fused head's loop over blocks of positions: f (N,) float64 and d(sum)/dh (N, D),
+    d(sum)/dW (V, D) (None where not asked for), for h (N, D) features and W (V, D) head
+    weights (logits h W^T; the forbidden ids `cols` at FORBIDDEN_LOGIT). `rows(lg, r, want)`
+    returns f of positions r from their logits lg (n, V) and, with `want`, overwrites lg with
+    the gradient of the weighted sum with respect to them."""
     N, V = h.shape[0], W.shape[0]
     wd = _work_dtype(h)
     hd, Wd = h.detach().to(wd), W.detach().to(wd)
     want = grad_h or grad_W
     f = torch.empty(N, dtype=torch.float64, device=h.device)
-    gh = torch.empty_like(hd) if want and grad_h else None
-    gW = torch.zeros_like(Wd) if want and grad_W else None
+    gh = torch.empty_like(hd) if grad_h else None
+    gW = torch.zeros_like(Wd) if grad_W else None
     R = max(1, min(N, _head_rows(h.device, V)))
     buf = torch.empty(R, V, dtype=wd, device=h.device)  # one block of logits, reused
     for r0 in range(0, N, R):
@@ -739,12 +758,7 @@ def _head_blocks(h: Tensor, W: Tensor, x0: Tensor, z: Tensor, alpha: Tensor, bet
         lg = torch.mm(hd[r], Wd.t(), out=buf[: r.stop - r0])  # (n, V)
         if cols is not None:
             lg.index_fill_(-1, cols, FORBIDDEN_LOGIT)
-        for q in _row_blocks(lg):  # the integrand's own, cache-sized, sub-blocks
-            rr = slice(r0 + q.start, r0 + q.stop)
-            kept: list[Tensor] | None = [] if want else None
-            f[rr], c = _uniform_rows(lg[q], x0[rr], z[rr], alpha[rr], beta[rr], V, coefficients=want, keep=kept)
-            if kept is not None:  # the block's logits become its gradient in place
-                _logit_grad_kept(lg[q], *kept, c, scale[rr], z[rr], x0[rr], cols)
+        f[r] = rows(lg, r, want)
         if gh is not None:
             torch.mm(lg, Wd, out=gh[r])
         if gW is not None:
@@ -752,30 +766,58 @@ def _head_blocks(h: Tensor, W: Tensor, x0: Tensor, z: Tensor, alpha: Tensor, bet
     return f, gh, gW
 
 
-class _HeadIntegrand(torch.autograd.Function):
-    """sum_i scale_i f_i with the logits h W^T formed a block of positions at a time and never
-    kept: the forward works out the gradients too (the sum is linear in f with known weights, so
-    the upstream gradient is one scalar), and the backward only scales them. The (N, V) logits
-    and their gradient, 2 x 268 MB at run 2's shape, are never in memory. Outputs (sum, f); f is
-    not differentiable."""
+def _head_blocks(h: Tensor, W: Tensor, x0: Tensor, z: Tensor, alpha: Tensor, beta: Tensor,
+                 cols: Tensor | None, scale: Tensor, grad_h: bool, grad_W: bool):
+    """The fused head and uniform integrand (_head_loop): f (N,) float64 and, with `scale`
+    (N,) float64 the weights of the sum, d(sum scale f)/dh and /dW (None where not asked for)."""
+    V = W.shape[0]
+
+    def rows(lg: Tensor, r: slice, want: bool) -> Tensor:
+        f = torch.empty(lg.shape[0], dtype=torch.float64, device=lg.device)
+        for q in _row_blocks(lg):  # the integrand's own, cache-sized, sub-blocks
+            rr = slice(r.start + q.start, r.start + q.stop)
+            kept: list[Tensor] | None = [] if want else None
+            f[q], c = _uniform_rows(lg[q], x0[rr], z[rr], alpha[rr], beta[rr], V, coefficients=want, keep=kept)
+            if kept is not None:  # the block's logits become its gradient in place
+                _logit_grad_kept(lg[q], *kept, c, scale[rr], z[rr], x0[rr], cols)
+        return f
+
+    return _head_loop(h, W, cols, grad_h, grad_W, rows)
+
+
+class _FusedHeadSum(torch.autograd.Function):
+    """sum_i weight_i f_i with the logits h W^T formed a block of positions at a time and never
+    kept: `blocks` (_head_blocks or _ce_blocks) works out the gradients in the forward too (the
+    sum is linear in f with known weights, so the upstream gradient is one scalar), and the
+    backward only scales them. The (N, V) logits and their gradient, 2 x 268 MB at run 2's
+    shape, are never in memory. Inputs (blocks, h, W, *rest, weights): `rest` goes to `blocks`
+    unchanged, `weights` (N,) float64 last. Outputs (sum, f); f is not differentiable."""
 
     @staticmethod
-    def forward(ctx, h: Tensor, W: Tensor, x0: Tensor, z: Tensor, alpha: Tensor, beta: Tensor,
-                cols: Tensor | None, scale: Tensor):
-        f, gh, gW = _head_blocks(h, W, x0, z, alpha, beta, cols, scale,
-                                 ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+    def forward(ctx, blocks: Callable, h: Tensor, W: Tensor, *rest):
+        f, gh, gW = blocks(h, W, *rest, grad_h=ctx.needs_input_grad[1], grad_W=ctx.needs_input_grad[2])
         ctx.save_for_backward(*(g if g is not None else torch.empty(0) for g in (gh, gW)))
         ctx.dtypes = h.dtype, W.dtype
+        ctx.n_rest = len(rest)
         ctx.mark_non_differentiable(f)
-        return (scale * f).sum(), f
+        return (rest[-1] * f).sum(), f
 
     @staticmethod
     def backward(ctx, grad_sum: Tensor, grad_f: Tensor | None):
         gh, gW = ctx.saved_tensors
         outs = []
-        for need, g, dtype in zip(ctx.needs_input_grad[:2], (gh, gW), ctx.dtypes):
+        for need, g, dtype in zip(ctx.needs_input_grad[1:3], (gh, gW), ctx.dtypes):
             outs.append((g * grad_sum.to(g.dtype)).to(dtype) if need else None)
-        return (*outs, None, None, None, None, None, None)
+        return (None, *outs, *(None,) * ctx.n_rest)
+
+
+def _fused_head_sum(blocks: Callable, h: Tensor, W: Tensor, *rest) -> tuple[Tensor, Tensor]:
+    """(sum of weights * f, f) through _FusedHeadSum, or without autograd where no gradient is
+    wanted (no_grad, or h and W need none); `rest` ends with the weights (N,) float64."""
+    if torch.is_grad_enabled() and (h.requires_grad or W.requires_grad):
+        return _FusedHeadSum.apply(blocks, h, W, *rest)
+    f = blocks(h, W, *rest, grad_h=False, grad_W=False)[0]
+    return (rest[-1] * f).sum(), f
 
 
 def head_integrand(h: Tensor, W: Tensor, x0: Tensor, z: Tensor, alpha: Tensor, beta: Tensor,
@@ -788,12 +830,38 @@ def head_integrand(h: Tensor, W: Tensor, x0: Tensor, z: Tensor, alpha: Tensor, b
     per_row = lambda v: v.expand(B, L).reshape(-1, 1)  # (B, 1) -> (B*L, 1)
     args = (h.reshape(B * L, h.shape[-1]), W, x0.reshape(-1), z.reshape(-1), per_row(alpha), per_row(beta),
             _columns(forbidden), scale.reshape(-1).to(torch.float64))
-    if torch.is_grad_enabled() and (h.requires_grad or W.requires_grad):
-        total, f = _HeadIntegrand.apply(*args)
-    else:
-        f = _head_blocks(*args, grad_h=False, grad_W=False)[0]
-        total = (args[-1] * f).sum()
+    total, f = _fused_head_sum(_head_blocks, *args)
     return total, f.view(B, L)
+
+
+def _ce_blocks(h: Tensor, W: Tensor, target: Tensor, cols: Tensor | None, weight: Tensor,
+               grad_h: bool, grad_W: bool):
+    """The fused head and cross-entropy (_head_loop): -log x̂0(target) (N,) float64 and, with
+    `weight` (N,) float64 the weights of the sum, d(sum weight nll)/dh and /dW (None where not
+    asked for). A row's logits become weight (softmax - onehot(target)), and 0 at `cols`."""
+
+    def rows(lg: Tensor, r: slice, want: bool) -> Tensor:
+        lse = torch.logsumexp(lg, dim=-1, keepdim=True)  # (n, 1)
+        tg = target[r, None]  # (n, 1)
+        nll = (lse.to(torch.float64) - lg.gather(-1, tg).to(torch.float64))[:, 0]
+        if want:
+            g = lg.sub_(lse).exp_()  # softmax, in place of the logits
+            g.scatter_add_(-1, tg, torch.full_like(lse, -1.0))
+            g.mul_(weight[r, None].to(g.dtype))
+            if cols is not None:
+                g.index_fill_(-1, cols, 0.0)
+        return nll
+
+    return _head_loop(h, W, cols, grad_h, grad_W, rows)
+
+
+def head_cross_entropy(h: Tensor, W: Tensor, target: Tensor, weight: Tensor,
+                       forbidden: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(sum of weight * nll, nll (N,) float64) for nll = -log softmax(h W^T)[target] with the
+    `forbidden` (V,) bool ids at probability 0, fused as head_integrand is: the same values
+    and gradients as the cross-entropy of the logits h @ W.T formed whole, without them in
+    memory. h (N, D), W (V, D), target (N,) ids, weight (N,). Differentiable in h and W."""
+    return _fused_head_sum(_ce_blocks, h, W, target, _columns(forbidden), weight.to(torch.float64))
 
 
 def make_diffusion(cfg: DiffusionConfig, vocab_size: int, mask_id: int | None = None, forbidden_ids: Iterable[int] = ()) -> UniformDiffusion | AbsorbingDiffusion:

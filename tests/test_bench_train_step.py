@@ -13,19 +13,20 @@ import torch
 
 from bench import train_step
 from bench.quality import matched
-from engine.config import DiffusionConfig, ModelConfig
-from engine.diffusion import make_diffusion
+from engine.config import ModelConfig
 from engine.model import build_model
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ModelConfig(vocab_size=64, d_model=32, n_layers=2, d_state=8, fourier_blocks=4, time_dim=16)
 
 
+@pytest.mark.parametrize("noise", ["uniform", "absorbing"])
 @pytest.mark.parametrize("arch", ["sfdlm", "transformer"])
-def test_each_part_back_propagates_into_its_own_weights(arch: str) -> None:
+def test_each_part_back_propagates_into_its_own_weights(arch: str, noise: str) -> None:
     torch.manual_seed(0)
     model = build_model(matched(TINY, arch))
-    diffusion = make_diffusion(DiffusionConfig(noise="uniform"), TINY.vocab_size, forbidden_ids=range(3))
+    diffusion = train_step.training_diffusion(TINY.vocab_size, noise)
+    assert diffusion.name == noise and diffusion.forbidden[: train_step.FIRST_ID].all()
     ps = train_step.parts(arch, model, diffusion, 2, 16, torch.Generator().manual_seed(0))
     block = model.blocks[0]
     own = {"ssm": block.ssm.log_dt, "fourier": block.fourier.w1} if arch == "sfdlm" else {"attention": block.attn.qkv.weight}
@@ -59,10 +60,11 @@ def test_summary_is_amdahl_on_the_sfdlm_own_sublayers() -> None:
 
 def test_cli_json_composition_adds_up() -> None:
     out = subprocess.run([sys.executable, "-m", "bench.train_step", "--d-model", "32", "--layers", "2", "--vocab", "64",
-                          "--seq-len", "16", "--batch-size", "2", "--repeats", "1", "--threads", "1", "--json"],
+                          "--seq-len", "16", "--batch-size", "2", "--repeats", "1", "--threads", "1", "--json",
+                          "--noise", "absorbing"],
                          cwd=ROOT, capture_output=True, text=True, check=True, timeout=300)
     data = json.loads(out.stdout)
-    assert data["config"]["seq_len"] == 16 and data["config"]["threads"] == 1
+    assert data["config"]["seq_len"] == 16 and data["config"]["threads"] == 1 and data["config"]["noise"] == "absorbing"
     models = data["models"]
     assert set(models) == {"sfdlm", "transformer"}
     sf, tr = models["sfdlm"]["parameters"], models["transformer"]["parameters"]

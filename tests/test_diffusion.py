@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from engine.config import DiffusionConfig
 import engine.diffusion as diffusion_module
 from engine.diffusion import (FORBIDDEN_LOGIT, AbsorbingDiffusion, Diffusion, UniformDiffusion, _uniform_rows,
-                              head_integrand, make_diffusion, random_clean_mask, tied_head_weight,
+                              head_cross_entropy, head_integrand, make_diffusion, random_clean_mask, tied_head_weight,
                               uniform_integrand)
 
 V = 5
@@ -291,8 +291,9 @@ def test_head_integrand_float32_at_model_size() -> None:
         assert float((got.double() - want).norm() / want.norm()) < 1e-4
 
 
-def test_the_loss_fuses_the_head_of_a_tied_head_denoiser() -> None:
-    """UniformDiffusion.loss on an SFDLM and a transformer denoiser takes the fused path (the
+@pytest.mark.parametrize("noise", ["uniform", "absorbing"])
+def test_the_loss_fuses_the_head_of_a_tied_head_denoiser(noise: str) -> None:
+    """The loss of either noise on an SFDLM and a transformer denoiser takes the fused path (the
     full logits are never formed: head() is not called) and gives the loss and parameter
     gradients of the unfused path (the same model behind a plain callable) to float32
     rounding; a plain callable has no tied head and keeps the unfused path."""
@@ -300,7 +301,7 @@ def test_the_loss_fuses_the_head_of_a_tied_head_denoiser() -> None:
     from engine.model import build_model
 
     vocab, B, L = 97, 3, 20
-    d = make_diffusion(DiffusionConfig(noise="uniform", t_min=1e-3), vocab, forbidden_ids=range(3))
+    d = make_diffusion(DiffusionConfig(noise=noise, t_min=1e-3), vocab, mask_id=1, forbidden_ids=range(3))
     x0 = torch.randint(3, vocab, (B, L), generator=torch.Generator().manual_seed(0))
     clean = random_clean_mask(B, L, torch.Generator().manual_seed(1), p=1.0)
     assert clean.any() and not clean.all()
@@ -331,6 +332,84 @@ def test_the_loss_fuses_the_head_of_a_tied_head_denoiser() -> None:
         for name, g in want_grads.items():
             torch.testing.assert_close(grads[name], g, rtol=1e-4, atol=1e-5 * float(g.abs().max()) + 1e-12,
                                        msg=lambda m, name=name: f"{arch} {name}: {m}")
+
+
+@pytest.mark.parametrize("rows", [1, 4, 1 << 30])
+def test_head_cross_entropy_equals_the_cross_entropy_of_the_logits(rows: int, monkeypatch) -> None:
+    """The fused head + cross-entropy gives the weighted sum, the per-row -log x̂0(target) and
+    the gradients in h and W of the cross-entropy of h @ W.T formed whole (forbidden ids at
+    probability 0), in float64, for any block size; rows of weight 0 pass no gradient, the
+    forbidden rows of W get none; no_grad and leaves that need no gradient give the same
+    values; no rows at all give a zero sum."""
+    monkeypatch.setattr(diffusion_module, "_head_rows", lambda device, vocab: rows)
+    g = torch.Generator().manual_seed(7)
+    N, V, D = 13, 11, 5
+    h, W = torch.randn(N, D, generator=g, dtype=torch.float64), torch.randn(V, D, generator=g, dtype=torch.float64)
+    forbidden = torch.zeros(V, dtype=torch.bool)
+    forbidden[[0, 4]] = True
+    target = torch.randint(5, V, (N,), generator=g)
+    weight = torch.linspace(0.5, 3.0, N, dtype=torch.float64).masked_fill(torch.arange(N) % 4 == 1, 0.0)
+    hr, Wr = h.clone().requires_grad_(True), W.clone().requires_grad_(True)
+    logp = torch.log_softmax((hr @ Wr.T).masked_fill(forbidden, float("-inf")), dim=-1)
+    want_nll = -logp.gather(-1, target[:, None])[:, 0]
+    want_total = (weight * want_nll).sum()
+    want_total.backward()
+    hf, Wf = h.clone().requires_grad_(True), W.clone().requires_grad_(True)
+    total, nll = head_cross_entropy(hf, Wf, target, weight, forbidden)
+    torch.testing.assert_close(nll, want_nll.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(total, want_total.detach(), rtol=1e-12, atol=1e-12)
+    assert not nll.requires_grad and total.requires_grad
+    (2.0 * total).backward()
+    torch.testing.assert_close(hf.grad, 2.0 * hr.grad, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(Wf.grad, 2.0 * Wr.grad, rtol=1e-10, atol=1e-12)
+    assert not hf.grad[weight == 0].any() and hf.grad[weight > 0].abs().amax(-1).min() > 0
+    assert not Wf.grad[forbidden].any() and Wf.grad[~forbidden].abs().amax(-1).min() > 0
+    with torch.no_grad():
+        total_ng, nll_ng = head_cross_entropy(hf, Wf, target, weight, forbidden)
+    torch.testing.assert_close(nll_ng, nll)
+    torch.testing.assert_close(total_ng, total.detach())
+    total_leaf, _ = head_cross_entropy(h, W, target, weight, forbidden)
+    assert not total_leaf.requires_grad
+    torch.testing.assert_close(total_leaf, total.detach())
+    empty = torch.zeros(0, D, dtype=torch.float64, requires_grad=True)
+    total0, nll0 = head_cross_entropy(empty, Wf, target[:0], weight[:0], forbidden)
+    total0.backward()
+    assert float(total0.detach()) == 0.0 and nll0.shape == (0,)
+
+
+def test_absorbing_loss_forms_the_logits_of_the_masked_positions_only(monkeypatch) -> None:
+    """The absorbing loss of a tied-head denoiser hands the fused cross-entropy the features of
+    the masked, non-clean positions and no others (the rest have a zero integrand), with the
+    weight -alpha'/(1 - alpha) (1 - t_min) of their sequence's time."""
+    from engine.config import ModelConfig
+    from engine.model import build_model
+
+    vocab, B, L, m = 61, 4, 24, 1
+    d = make_diffusion(DiffusionConfig(noise="absorbing", t_min=1e-3), vocab, mask_id=m, forbidden_ids=range(3))
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(vocab_size=vocab, d_model=16, n_layers=2, d_state=4, fourier_blocks=4))
+    x0 = torch.randint(3, vocab, (B, L), generator=torch.Generator().manual_seed(0))
+    clean = random_clean_mask(B, L, torch.Generator().manual_seed(1), p=1.0)
+    seen = {}
+    real = diffusion_module.head_cross_entropy
+
+    def spy(h, W, target, weight, forbidden=None):
+        seen.update(rows=h.shape[0], target=target.clone(), weight=weight.clone())
+        return real(h, W, target, weight, forbidden)
+
+    monkeypatch.setattr(diffusion_module, "head_cross_entropy", spy)
+    gen = torch.Generator().manual_seed(2)
+    out = d.loss(model, x0, clean, gen)
+    gen = torch.Generator().manual_seed(2)  # the same draws again: the times and x_t of the loss
+    t = d.sample_times(B, gen)
+    x_t = d.corrupt(x0, t, gen, clean)
+    masked = (x_t == m) & ~clean
+    assert 0 < int(masked.sum()) < B * L and not (masked & clean).any()
+    assert seen["rows"] == int(masked.sum())
+    assert torch.equal(seen["target"], x0[masked])
+    w = -d.schedule.dalpha(t.double()) / (1 - d.schedule.alpha(t.double()))
+    torch.testing.assert_close(seen["weight"], (w[:, None].expand(B, L)[masked]) * (1 - 1e-3))
+    assert out.n_tokens == int((~clean).sum()) and torch.isfinite(out.loss)
 
 
 def test_uniform_integrand_float32_at_model_size() -> None:
