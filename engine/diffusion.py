@@ -37,6 +37,11 @@ Negative ELBO per token (nats), all terms included:
 The discrete-time NELBO with T steps on the grid t_i = i / T is
   sum_{i=1}^{T} E_q KL(q(x_{t_{i-1}} | x_{t_i}, x0) || p(x_{t_{i-1}} | x_{t_i})) + KL prior,
 whose i = 1 term is the reconstruction term (alpha_0 = 1 makes q(x_0 | x_t, x0) a point mass).
+
+For a denoiser with a tied head (engine.model) the loss never forms the (B, L, V) logits: each
+noise's `head_sum` forms them a block of positions at a time and works out the gradient in the
+forward (head_integrand for uniform noise, head_cross_entropy over the masked positions only for
+absorbing noise; docs/DIFFUSION.md).
 """
 
 from __future__ import annotations
