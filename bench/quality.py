@@ -233,18 +233,19 @@ def equal_wallclock(rows: list[dict[str, Any]], speed: dict[str, float] | None =
     for r in rows:
         # + 0.05 s: checkpoints written before the fifth session record train_seconds to 0.1 s
         # (now 1 ms), and the fastest model's own last validation (logged at 0.01 s) must count
-        cut = fastest[r["seed"]] + 0.05 + 1e-9
-        timed = [(clock(r, c), c["bits"]) for c in r["curve"] if clock(r, c) is not None]
+        limit = fastest[r["seed"]]
+        cut = limit + 0.05 + 1e-9
+        timed = [(t, c["bits"]) for c in r["curve"] if (t := clock(r, c)) is not None]
         early = [(t, b) for t, b in timed if t <= cut]
         late = [(t, b) for t, b in timed if t > cut]
         r["bits_at_equal_wallclock"] = early[-1][1] if early else None
         if early and late:
             (t0, b0), (t1, b1) = early[-1], late[0]
-            w = min(1.0, max(0.0, (fastest[r["seed"]] - t0) / (t1 - t0)))
+            w = min(1.0, max(0.0, (limit - t0) / (t1 - t0)))
             r["bits_at_equal_wallclock_interp"] = b0 + w * (b1 - b0)
         else:
             r["bits_at_equal_wallclock_interp"] = r["bits_at_equal_wallclock"]
-        r["equal_wallclock_s"] = round(fastest[r["seed"]], 1)
+        r["equal_wallclock_s"] = round(limit, 1)
         if speed is not None:
             r["cpu_tokens_per_s"] = speed[r["model"]]
             r["cpu_train_seconds"] = round(total[id(r)], 1)

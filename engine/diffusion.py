@@ -803,7 +803,6 @@ class _FusedHeadSum(torch.autograd.Function):
         f, gh, gW = blocks(h, W, *rest, grad_h=ctx.needs_input_grad[1], grad_W=ctx.needs_input_grad[2])
         ctx.save_for_backward(*(g if g is not None else torch.empty(0) for g in (gh, gW)))
         ctx.dtypes = h.dtype, W.dtype
-        ctx.n_rest = len(rest)
         ctx.mark_non_differentiable(f)
         return (rest[-1] * f).sum(), f
 
@@ -813,7 +812,7 @@ class _FusedHeadSum(torch.autograd.Function):
         outs = []
         for need, g, dtype in zip(ctx.needs_input_grad[1:3], (gh, gW), ctx.dtypes):
             outs.append((g * grad_sum.to(g.dtype)).to(dtype) if need else None)
-        return (None, *outs, *(None,) * ctx.n_rest)
+        return (None, *outs, *(None,) * (len(ctx.needs_input_grad) - 3))  # none for `rest`
 
 
 def _fused_head_sum(blocks: Callable, h: Tensor, W: Tensor, *rest) -> tuple[Tensor, Tensor]:
