@@ -345,17 +345,22 @@ def _iterator(svc: Any, ctrl: RunControl) -> Iterator[Any]:
 
 
 def _stream(svc: Any, actor: Actor, ctrl: RunControl, state: DraftState, first_note: str = "") -> Iterator[DraftUpdate]:
+    # never yield while holding ctrl.lock: Gradio may resume the generator on another worker
+    # thread (an RLock released there raises), and every pin / edit handler would wait meanwhile
     with ctrl.lock:
-        if ctrl.streaming:
-            yield _error("this draft is already being generated")
-            return
-        ctrl.streaming, ctrl.pause_requested, ctrl.done = True, False, False
+        busy = ctrl.streaming
+        if not busy:
+            ctrl.streaming, ctrl.pause_requested, ctrl.done = True, False, False
+    if busy:
+        yield _error("this draft is already being generated")
+        return
     runs = _runs_of(svc, ctrl.document_id, ctrl.run_id)
     note = first_note
     try:
         it: Iterator[Any] | None = None
         seen = -1
         while True:
+            paused: DraftUpdate | None = None
             with ctrl.lock:
                 if ctrl.pause_requested:
                     ctrl.pause_requested = False
@@ -363,13 +368,15 @@ def _stream(svc: Any, actor: Actor, ctrl: RunControl, state: DraftState, first_n
                         repo.set_run_status(s, ctrl.run_id, actor=actor.name, status="paused")
                     ctrl.streaming = False
                     up = _view(svc, ctrl, "paused")
-                    yield dataclasses.replace(up, message=f"Paused at step {up.step}. Click tokens to pin them, "
-                                              "edit a span or lock a term, then resume.", state=state,
-                                              runs=_runs_of(svc, ctrl.document_id, ctrl.run_id), streaming=False)
-                    return
-                if it is None or seen != ctrl.generation:
+                    paused = dataclasses.replace(up, message=f"Paused at step {up.step}. Click tokens to pin them, "
+                                                 "edit a span or lock a term, then resume.", state=state,
+                                                 runs=_runs_of(svc, ctrl.document_id, ctrl.run_id), streaming=False)
+                elif it is None or seen != ctrl.generation:
                     it = _iterator(svc, ctrl)
                     seen = ctrl.generation
+            if paused is not None:
+                yield paused
+                return
             t0 = time.perf_counter()
             step = next(it, None)
             if step is None:

@@ -171,6 +171,42 @@ def test_pause_resume_and_branch(app_services):
     assert len(r.runs) == 2
 
 
+def test_a_suspended_stream_holds_no_lock_and_may_resume_on_another_thread(app_services):
+    """Gradio iterates a handler's generator on worker threads, one next() at a time, not always
+    on the same thread: while the stream waits at a yield (a step, "Paused", "already being
+    generated") the run's lock is free for the pin / edit handlers, and another thread can carry
+    the generator on to its end without an error."""
+    import threading
+
+    svc = app_services
+    gen = start(svc, steps=8)
+    ups = [next(gen), next(gen)]
+    st = ups[-1].state
+    ctrl = svc.runs.get(st.run_id)
+
+    def lock_is_free() -> bool:
+        got = []
+        t = threading.Thread(target=lambda: got.append(ctrl.lock.acquire(timeout=2) and (ctrl.lock.release() or True)))
+        t.start()
+        t.join()
+        return got == [True]
+
+    assert lock_is_free()  # at a step
+    second = h.resume(svc, "alice", st)
+    busy = next(second)
+    assert busy.kind == "error" and "already being generated" in busy.message and lock_is_free()
+    assert list(second) == []
+    assert h.pause(svc, "alice", st).kind == "info"
+    paused = next(gen)
+    assert paused.message.startswith("Paused") and lock_is_free()
+    rest: list = []
+    t = threading.Thread(target=lambda: rest.extend(gen))
+    t.start()
+    t.join(timeout=30)
+    assert not t.is_alive() and rest == []  # the stream ends after "Paused", on this other thread
+    assert not ctrl.streaming and h.toggle_pin(svc, "alice", st, free_positions(ups[-1])[0]).kind == "ok"
+
+
 def test_reopen_from_the_database_after_restart(app_services):
     svc = app_services
     ups = run_to_end(start(svc, steps=4))
