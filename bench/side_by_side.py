@@ -13,10 +13,13 @@ measures the runs' clock without a two-hour run. Each round starts, for this che
 for the base (when given), two worker processes at the same moment, one per model, each built
 by its own checkout's engine (the worker runs with that checkout as its working directory and
 first entry of sys.path). A worker builds the model as bench.quality does (matched parameter
-counts), runs one untimed step, then training steps (engine.train.optimizer_step on random
-ids, uniform noise) until `--window` seconds have passed since the common start, and reports
-the duration of every step it began in the window. Both processes are busy for the whole
-window, so every timed step ran against the other model's.
+counts), runs one untimed step and says it is ready; once both are, the parent sets the common
+start a moment ahead and tells both (a barrier, so a worker slow to import or build on a loaded
+machine delays the start rather than missing the window). Each then runs training steps
+(engine.train.optimizer_step on random ids, uniform noise) until `--window` seconds have passed
+since the common start, and reports the duration of every step it began in the window. Both
+processes are busy for the whole window, so every timed step ran against the other model's; a
+worker that began no step inside the window is an error, not a timing.
 
 Reported per checkout: each model's median step (ms) over its steps, the rounds' medians, and
 the median over rounds of the per-round ratio transformer / SFDLM (the runs' speed ratio; above
@@ -29,9 +32,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,7 +49,8 @@ MODELS = ("sfdlm", "transformer")
 # Runs inside the checkout under test; uses only APIs every checkout since the eighth session's
 # base (9486a47, run 5's code) has, so that old code can be timed by the same worker (which is
 # why the uniform diffusion is built here, not by bench.train_step.uniform_diffusion, newer).
-# It reports each timed step's duration and when it began, in seconds after the common start.
+# It builds and warms up, prints "ready", reads the common start (time.time() seconds) from
+# stdin, and reports each timed step's duration and when it began, in seconds after that start.
 WORKER = r"""
 import json, sys, time
 spec = json.loads(sys.argv[1])
@@ -64,16 +70,18 @@ opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 gen = torch.Generator().manual_seed(0)
 x0 = torch.randint(FIRST_ID, V, (B, L), generator=gen)
 step = lambda: optimizer_step(model, spec["arch"], diffusion, opt, x0, gen, TrainConfig.clean_prob, TrainConfig.grad_clip)
-time.sleep(max(0.0, spec["start"] - time.time()))
 step()  # warm-up, untimed
-end, ms, began = spec["start"] + spec["window"], [], []
+print("ready", flush=True)
+start = float(sys.stdin.readline())
+time.sleep(max(0.0, start - time.time()))
+end, ms, began = start + spec["window"], [], []
 while True:
     t0 = time.time()
-    if t0 >= end and ms:
+    if t0 >= end:
         break
     step()
     ms.append((time.time() - t0) * 1e3)
-    began.append(t0 - spec["start"])
+    began.append(t0 - start)
 print(json.dumps({"arch": spec["arch"], "step_ms": ms, "began_s": began}))
 """
 
@@ -85,26 +93,76 @@ def check_checkout(path: Path) -> Path:
     return path
 
 
+def _wait_ready(procs: dict[str, subprocess.Popen], errs: dict, checkout: Path, timeout: float) -> None:
+    """Block until every worker has printed its ready line; a worker that exits, prints something
+    else or is not ready within `timeout` seconds fails the round (run_pair then stops them all)."""
+    deadline = time.monotonic() + timeout
+    waiting = dict(procs)
+    while waiting:
+        left = deadline - time.monotonic()
+        readable = select.select([p.stdout for p in waiting.values()], [], [], max(0.0, left))[0] if left > 0 else []
+        if not readable:
+            raise SystemExit(f"the {', '.join(waiting)} worker(s) in {checkout} were not ready within "
+                             f"{timeout:g} s (--startup); the machine may be too loaded for this shape")
+        for arch, p in list(waiting.items()):
+            if p.stdout in readable:
+                line = p.stdout.readline()
+                if line.strip() != "ready":
+                    raise SystemExit(f"the {arch} worker in {checkout} failed before its first step:\n"
+                                     f"{_tail(errs[arch]) or line.strip()}")
+                del waiting[arch]
+
+
+def _stop(procs: dict[str, subprocess.Popen]) -> None:
+    for p in procs.values():
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+
+
+def _tail(f) -> str:
+    f.seek(0)
+    return f.read().strip()[-2000:]
+
+
 def run_pair(checkout: Path, shape: dict, window: float, startup: float,
-             began: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
+             began: dict[str, list[float]] | None = None, margin: float = 0.5) -> dict[str, list[float]]:
     """Both models' step times (ms), their workers started together in `checkout`; `began`, if
-    given, receives each model's step start times (seconds after the common start)."""
-    start = time.time() + startup
+    given, receives each model's step start times (seconds after the common start).
+
+    The workers import, build and run an untimed step (for at most `startup` seconds), then wait
+    at a barrier: the common start is set `margin` seconds after the later of them is ready."""
     env = {**os.environ, "PYTHONPATH": str(checkout)}
-    procs = {arch: subprocess.Popen([sys.executable, "-c", WORKER,
-                                     json.dumps({**shape, "arch": arch, "start": start, "window": window})],
-                                    cwd=checkout, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for arch in MODELS}
-    out = {}
-    for arch, p in procs.items():
-        stdout, stderr = p.communicate()
-        if p.returncode != 0:
-            raise SystemExit(f"the {arch} worker in {checkout} failed:\n{stderr.strip()[-2000:]}")
-        rep = json.loads(stdout.strip().splitlines()[-1])
-        out[arch] = rep["step_ms"]
-        if began is not None:
-            began[arch] = rep["began_s"]
-    return out
+    errs = {arch: tempfile.TemporaryFile("w+") for arch in MODELS}
+    procs: dict[str, subprocess.Popen] = {}
+    try:
+        for arch in MODELS:
+            procs[arch] = subprocess.Popen([sys.executable, "-c", WORKER,
+                                            json.dumps({**shape, "arch": arch, "window": window})],
+                                           cwd=checkout, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                           stderr=errs[arch], text=True)
+        _wait_ready(procs, errs, checkout, startup)
+        start = time.time() + margin
+        for p in procs.values():
+            p.stdin.write(f"{start!r}\n")
+            p.stdin.flush()
+        stdout = {arch: p.communicate()[0] for arch, p in procs.items()}
+        out = {}
+        for arch, p in procs.items():
+            if p.returncode != 0:
+                raise SystemExit(f"the {arch} worker in {checkout} failed:\n{_tail(errs[arch])}")
+            rep = json.loads(stdout[arch].strip().splitlines()[-1])
+            if not rep["step_ms"]:
+                raise SystemExit(f"the {arch} worker in {checkout} began no step inside the {window:g} s window "
+                                 f"(it reached the common start after the window had closed); nothing was timed")
+            out[arch] = rep["step_ms"]
+            if began is not None:
+                began[arch] = rep["began_s"]
+        return out
+    finally:
+        _stop(procs)
+        for f in errs.values():
+            f.close()
 
 
 def summarise(rounds: list[dict[str, list[float]]]) -> dict:
@@ -155,11 +213,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_shape_arguments(p, repeats=3)
     p.add_argument("--base", type=Path, help="another checkout (e.g. a git worktree) to time the same way")
     p.add_argument("--window", type=float, default=60.0, help="seconds of timed steps per pair and round")
-    p.add_argument("--startup", type=float, default=20.0,
-                   help="seconds from launch to the common start (imports and model building happen before it)")
+    p.add_argument("--startup", type=float, default=600.0,
+                   help="seconds a worker may take to import, build and run its untimed step before the "
+                        "round fails (the common start is set once both are ready)")
     args = p.parse_args(argv)
-    if args.repeats < 1 or args.window <= 0:
-        p.error("--repeats must be at least 1 and --window positive")
+    if args.repeats < 1 or args.window <= 0 or args.startup <= 0:
+        p.error("--repeats must be at least 1, and --window and --startup positive")
     shape = {"vocab": args.vocab, "d_model": args.d_model, "layers": args.layers, "seq_len": args.seq_len,
              "batch_size": args.batch_size, "threads": args.threads or 1}
     checkouts = {"this": ROOT}
