@@ -54,6 +54,10 @@ class SamplerConfig:
     top_p: float = 1.0
     greedy_last: bool = True  # the final step writes argmax x̂_0 for every free position
     seed: int = 0
+    temperature_end: float | None = None  # anneal: temperature at the last step (linear from `temperature`)
+    commit: bool = False  # commit the most confident tokens first, a share k/S of them by step k
+    no_repeat: int = 0  # with commit: a committed word token differs from final ones this near (needs a word rule)
+    whole_words: bool = False  # tokens that become final are mended into words (engine.words)
 
 
 @dataclass(frozen=True)
@@ -87,3 +91,28 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
 def save_json(path: Path, **configs: Any) -> None:
     """Write several configs into one JSON object keyed by name (e.g. model=..., diffusion=...)."""
     path.write_text(json.dumps({k: to_dict(v) for k, v in configs.items()}, indent=2, sort_keys=True))
+
+
+def parse_sampler_spec(spec: str, base: SamplerConfig) -> SamplerConfig:
+    """'steps=64,commit=1,temperature_end=0.5' -> `base` with those fields replaced. Values are read
+    by each field's type (bools: 1/0/true/false; 'none' for an optional float); the seed is per
+    draft and cannot be set here. ValueError names a bad part."""
+    kinds = {f.name: str(f.type) for f in fields(SamplerConfig) if f.name != "seed"}
+    changes: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        key, sep, raw = (x.strip() for x in part.partition("="))
+        if not sep or key not in kinds:
+            raise ValueError(f"bad sampler setting {part!r}; fields: {', '.join(kinds)}")
+        kind, low = kinds[key], raw.lower()
+        try:
+            if kind == "bool":
+                if low not in ("1", "0", "true", "false"):
+                    raise ValueError(raw)
+                changes[key] = low in ("1", "true")
+            elif kind == "int":
+                changes[key] = int(raw)
+            else:
+                changes[key] = None if low == "none" and "None" in kind else float(raw)
+        except ValueError:
+            raise ValueError(f"bad sampler setting {part!r}: {raw!r} is not a {kind}") from None
+    return dataclasses.replace(base, **changes)

@@ -1,0 +1,89 @@
+"""bench.judge: a normalised Kneser-Ney trigram and the draft measures; bench.draft_quality's rows."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from bench import draft_quality
+from bench.judge import Judge, cut_like, words
+from engine.config import SamplerConfig, parse_sampler_spec
+
+DOCS = [
+    "found corrosion on the floor beam, replaced the beam per srm 53-10-01.",
+    "crew reported smoke in the aft galley; found a chafed wire and repaired it.",
+    "found the hydraulic pump leaking, replaced the pump and tested the system.",
+    "replaced the left main gear actuator per amm 32-31-00, leak check good.",
+]
+
+
+@pytest.fixture(scope="module")
+def judge() -> Judge:
+    return Judge(DOCS)
+
+
+def test_probabilities_sum_to_one_in_every_context(judge) -> None:
+    vocab = sorted(judge.vocab) + ["<unk>"]
+    for u, v in [("<s>", "<s>"), ("found", "the"), ("replaced", "the"), ("nowhere", "seen"), ("the", "zebra")]:
+        assert math.isclose(sum(judge.prob(u, v, w) for w in vocab), 1.0, rel_tol=1e-9), (u, v)
+
+
+def test_seen_text_scores_better_than_shuffled_and_oov_words(judge) -> None:
+    real = judge.score([["found the hydraulic pump leaking"]])
+    shuffled = judge.score([["leaking pump found hydraulic the"]])
+    unseen = judge.score([["qwzx vbnm plok trew"]])
+    assert real.ppl < shuffled.ppl < unseen.ppl
+    assert real.oov == 0.0 and unseen.oov == 1.0
+
+
+def test_measures_on_a_hand_made_draft(judge) -> None:
+    s = judge.score([["pump pump the pump", "found beam"]])
+    assert s.words == 6
+    # repeats: the second "pump" (1 before) and the last "pump" (3 before) -> 2 of 6
+    assert math.isclose(s.repeat, 2 / 6)
+    # bigrams within fills: (pump pump) (pump the) (the pump) (found beam): 4 distinct of 4
+    assert s.distinct2 == 1.0
+    counts = {"pump": 3, "the": 1, "found": 1, "beam": 1}
+    assert math.isclose(s.entropy, -sum(c / 6 * math.log2(c / 6) for c in counts.values()))
+
+
+def test_version_names_the_training_text() -> None:
+    assert Judge(DOCS).version == Judge(DOCS).version
+    assert Judge(DOCS).version != Judge(DOCS[:-1]).version
+
+
+def test_words_and_cut_like() -> None:
+    assert words("Replaced SRM 53-10-01, OK.") == ["replaced", "srm", "53", "10", "01", "ok"]
+    out = cut_like(DOCS, [3, 2], start=1)
+    assert out == ["crew reported smoke", "in the"]
+    assert len(cut_like(DOCS, [60], start=3)[0].split()) == 60, "runs over into the next documents"
+
+
+def test_sampler_spec_parsing() -> None:
+    cfg = parse_sampler_spec("steps=64, commit=1, temperature_end=0.5, whole_words=true", SamplerConfig())
+    assert (cfg.steps, cfg.commit, cfg.temperature_end, cfg.whole_words) == (64, True, 0.5, True)
+    assert parse_sampler_spec("temperature_end=none", cfg).temperature_end is None
+    for bad in ("seed=3", "colour=red", "steps", "commit=maybe", "steps=x"):
+        with pytest.raises(ValueError, match="bad sampler setting"):
+            parse_sampler_spec(bad, SamplerConfig())
+
+
+@pytest.mark.slow
+def test_bench_runs_main_and_sweep_rows_on_the_tiny_model(tmp_path, capsys) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for split in ("train", "test"):
+        (corpus / f"{split}.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in DOCS))
+    out = tmp_path / "q.json"
+    rc = draft_quality.main(["--model", "assets/tiny", "--data", str(corpus), "--templates", "assets/templates/shift_handover.txt",
+                             "--free", "24", "--drafts", "2", "--threads", "1", "--sweep", "steps=2", "steps=2,commit=1",
+                             "--sweep-rows", "shift_handover", "--sweep-drafts", "2", "--json", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "| shift_handover |" in text and "| free-24 |" in text and "| steps=2,commit=1 |" in text
+    data = json.loads(out.read_text())
+    assert [r["row"] for r in data["main"]] == ["shift_handover", "free-24"]
+    assert all(r["model"]["drafts"] == 2 and r["real"]["words"] == r["model"]["words"] for r in data["main"])
+    assert len(data["sweep"]) == 2
