@@ -5,6 +5,8 @@ A model folder holds
   config.json    {"format": 1, "name", "model": ModelConfig, "diffusion": DiffusionConfig,
                   "sampler": SamplerConfig, "meta": {...}}
   tokenizer.json the byte-level BPE (engine.tokenizer)
+  lexicon.txt    optional: the training split's words, one a line, for the sampler's word rule
+                 (engine.words); when present it is listed in the manifest like the others
   manifest.json  {"files": {name: sha256}}; every file is checked on load
 
 `model_id` is "<name>@<first 12 hex of the manifest's own SHA-256>": it names this exact set
@@ -25,9 +27,11 @@ from torch import nn
 from engine.config import DiffusionConfig, ModelConfig, SamplerConfig, from_dict, to_dict
 from engine.diffusion import make_diffusion
 from engine.tokenizer import EOS, Tokenizer, TokenizerError
+from engine.words import LEXICON_FILE, WordRule, load_lexicon, save_lexicon
 
 FORMAT = 1
 FILES = ("weights.pt", "config.json", "tokenizer.json")
+OPTIONAL_FILES = (LEXICON_FILE,)
 
 
 class CheckpointError(RuntimeError):
@@ -44,6 +48,7 @@ class Checkpoint:
     name: str
     checksum: str  # SHA-256 of manifest.json
     meta: dict[str, Any] = field(default_factory=dict)
+    words: WordRule | None = None  # the sampler's word rule, when the folder has a lexicon
 
     @property
     def model_id(self) -> str:
@@ -78,8 +83,10 @@ def save(
     sampler_cfg: SamplerConfig | None = None,
     name: str = "sfdlm",
     meta: dict[str, Any] | None = None,
+    lexicon: list[str] | None = None,
 ) -> str:
-    """Write a model folder; returns the checksum (SHA-256 of the manifest)."""
+    """Write a model folder; returns the checksum (SHA-256 of the manifest). `lexicon` (the
+    training words) enables the sampler's word rule for this model."""
     if model_cfg.vocab_size != tokenizer.vocab_size:
         raise CheckpointError(
             f"model vocab_size {model_cfg.vocab_size} != tokenizer vocab_size {tokenizer.vocab_size}"
@@ -98,8 +105,33 @@ def save(
     }
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     tokenizer.save(folder / "tokenizer.json")
-    manifest = {"files": {f: _sha256(folder / f) for f in FILES}}
+    names = list(FILES)
+    if lexicon is not None:
+        save_lexicon(lexicon, folder / LEXICON_FILE)
+        names.append(LEXICON_FILE)
+    elif (folder / LEXICON_FILE).exists():
+        (folder / LEXICON_FILE).unlink()  # a stale lexicon must not sit unlisted beside new weights
+    manifest = {"files": {f: _sha256(folder / f) for f in names}}
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return _sha256(folder / "manifest.json")
+
+
+def amend(folder: str | Path, *, sampler_cfg: SamplerConfig | None = None, lexicon: list[str] | None = None) -> str:
+    """Change an existing, verified model folder's sampler defaults and / or give it a lexicon,
+    and list them in its manifest; returns the new checksum (a new model_id: drafts made with
+    other defaults are another model's). The weights and the tokenizer are untouched."""
+    folder = Path(folder)
+    verify(folder)
+    files = json.loads((folder / "manifest.json").read_text())["files"]
+    if sampler_cfg is not None:
+        config = json.loads((folder / "config.json").read_text())
+        config["sampler"] = to_dict(sampler_cfg)
+        (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        files["config.json"] = _sha256(folder / "config.json")
+    if lexicon is not None:
+        save_lexicon(lexicon, folder / LEXICON_FILE)
+        files[LEXICON_FILE] = _sha256(folder / LEXICON_FILE)
+    (folder / "manifest.json").write_text(json.dumps({"files": files}, indent=2, sort_keys=True) + "\n")
     return _sha256(folder / "manifest.json")
 
 
@@ -115,7 +147,12 @@ def verify(folder: str | Path) -> str:
         files = json.loads(mpath.read_text())["files"]
     except (ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{mpath} is corrupt: {exc}") from exc
-    for name in FILES:
+    if not isinstance(files, dict):
+        raise CheckpointError(f"{mpath} is corrupt: 'files' is not an object")
+    unknown = sorted(set(files) - set(FILES) - set(OPTIONAL_FILES))
+    if unknown:
+        raise CheckpointError(f"{mpath} lists unknown file(s) {', '.join(unknown)}")
+    for name in FILES + tuple(n for n in OPTIONAL_FILES if n in files):
         path = folder / name
         if not path.is_file():
             raise CheckpointError(f"model file missing: {path}")
@@ -146,6 +183,12 @@ def load(folder: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
         raise CheckpointError(str(exc)) from exc
     if tokenizer.vocab_size != model_cfg.vocab_size:
         raise CheckpointError(f"{folder}: tokenizer vocab {tokenizer.vocab_size} != model vocab {model_cfg.vocab_size}")
+    words = None
+    if LEXICON_FILE in json.loads((folder / "manifest.json").read_text())["files"]:  # verified above
+        try:
+            words = WordRule(tokenizer, load_lexicon(folder / LEXICON_FILE))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"{folder / LEXICON_FILE} is invalid: {exc}") from exc
     wpath = folder / "weights.pt"
     try:
         state = torch.load(wpath, map_location=device, weights_only=True)
@@ -163,4 +206,35 @@ def load(folder: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
         name=str(config.get("name", "model")),
         checksum=checksum,
         meta=dict(config.get("meta", {})),
+        words=words,
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m engine.checkpoint amend --model DIR [--sampler SPEC] [--lexicon-from CORPUS]`."""
+    import argparse
+
+    from engine.config import parse_sampler_spec
+    from engine.words import build_lexicon
+
+    p = argparse.ArgumentParser(prog="python -m engine.checkpoint", description="Amend a model folder's sampler defaults or lexicon.")
+    p.add_argument("action", choices=["amend"], help="amend: rewrite the chosen parts and the manifest")
+    p.add_argument("--model", type=Path, required=True, help="model folder")
+    p.add_argument("--sampler", default=None, help="sampler fields to change, e.g. 'steps=64,commit=1' (engine.config.parse_sampler_spec)")
+    p.add_argument("--lexicon-from", type=Path, default=None, help="prepared corpus folder whose train.jsonl gives the lexicon")
+    args = p.parse_args(argv)
+    try:
+        ck_cfg = load(args.model).sampler_cfg
+        sampler_cfg = parse_sampler_spec(args.sampler, ck_cfg) if args.sampler else None
+        lexicon = None
+        if args.lexicon_from is not None:
+            with (args.lexicon_from / "train.jsonl").open(encoding="utf-8") as f:
+                lexicon = build_lexicon(json.loads(line)["text"] for line in f if line.strip())
+    except (CheckpointError, ValueError, OSError, KeyError) as exc:
+        p.exit(2, f"{p.prog}: error: {exc}\n")
+    print(amend(args.model, sampler_cfg=sampler_cfg, lexicon=lexicon))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -140,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         validate_pins(pins, length)
         last = None
-        for step in sample(ckpt.model, diffusion, cfg, length=length, pins=pins):
+        for step in sample(ckpt.model, diffusion, cfg, length=length, pins=pins, words=ckpt.words):
             last = step
             if args.jsonl:
                 ids = step.tokens.tolist()

@@ -5,8 +5,9 @@ Glossary
   slot    a run of N free positions the sampler writes; `{{slot:N}}`, 1 <= N <= MAX_SLOT
   pins    {position: token id} for every fixed token
 
-Example: "FINDING: {{slot:40}}\nACTION: {{slot:30}}" expands to the tokens of "FINDING: ",
-40 free positions, the tokens of "\nACTION: ", 30 free positions.
+Example: "FINDING: {{slot:40}}\nACTION: {{slot:30}}" expands to the tokens of "FINDING:",
+40 free positions, the tokens of "\nACTION:", 30 free positions: spaces and tabs right before a
+slot are left for the slot to write (its first token then starts with a space, as words do).
 """
 
 from __future__ import annotations
@@ -59,7 +60,10 @@ def expand(text: str, tokenizer: Tokenizer) -> Layout:
             pos += 1
 
     for m in _SLOT.finditer(text):
-        fixed(text[last : m.start()], last)
+        # "Label: {{slot}}": the space goes to the slot. Byte-level BPE joins a space to the
+        # word after it, so the model writes " word" there as in its training text; a pinned
+        # lone space token is never seen in training and made slots start with word pieces.
+        fixed(text[last : m.start()].rstrip(" \t"), last)
         raw = m.group(1)
         line = text.count("\n", 0, m.start()) + 1
         if not raw.isdigit():

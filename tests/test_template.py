@@ -19,7 +19,7 @@ def tok():
 
 def test_layout_pins_fixed_text_and_leaves_slots_free(tok) -> None:
     lay = expand("FINDING: {{slot:5}}\nACTION: {{ slot : 3 }}", tok)
-    head, mid = tok.encode("FINDING: "), tok.encode("\nACTION: ")
+    head, mid = tok.encode("FINDING:"), tok.encode("\nACTION:")  # the space before a slot is the slot's
     assert lay.length == len(head) + 5 + len(mid) + 3
     assert [lay.pins[i] for i in range(len(head))] == head
     s0, s1 = lay.slots

@@ -1,0 +1,146 @@
+"""Words that stay words: a decoding rule that never lets sampled sub-word pieces form a non-word.
+
+Glossary
+  word        a maximal run of letters and digits in the decoded text, lower-cased; it may span
+              several tokens ("corro" + "sion")
+  lexicon     the words of the training split; a model folder carries it as `lexicon.txt`
+  glue        token j's text starts with a letter or digit and token j-1's ends with one: their
+              characters join into one word
+  opener      a token whose text does not start with a letter or digit (" cabin", ",", " 51")
+              and whose own words are all in the lexicon: it starts a word of its own
+  broken word a word that is not in the lexicon; the tokens that make it up are its span
+
+Uniform-noise diffusion samples every position from its own x̂0, so two neighbours can each be
+plausible and still join into a word nobody writes ("CABIN" + "B"). `WordRule.repair` runs after
+each reverse step: for every broken word that has free (not held) tokens, each of those tokens is
+replaced by the opener with the largest x̂0 weight at its position. An opener cannot glue to the
+token before it, and after repair no free token of that span glues to the next, so the span
+becomes a run of lexicon words. A broken word made only of held tokens (a pin, an edit, the
+template) is left as the person wrote it. The rule is a pure function of the tokens and x̂0, so
+steps stay reproducible from their seed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from engine.tokenizer import Tokenizer
+
+_WORD = re.compile(r"[^\W_]+")
+LEXICON_FILE = "lexicon.txt"
+_PASSES = 4
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased runs of letters and digits (the same rule as `bench.judge.words`)."""
+    return _WORD.findall(text.lower())
+
+
+def build_lexicon(texts: Iterable[str]) -> list[str]:
+    """Sorted distinct words of `texts`."""
+    out: set[str] = set()
+    for t in texts:
+        out.update(words(t))
+    return sorted(out)
+
+
+def save_lexicon(words_: Iterable[str], path: str | Path) -> None:
+    Path(path).write_text("\n".join(words_) + "\n", encoding="utf-8")
+
+
+def load_lexicon(path: str | Path) -> frozenset[str]:
+    return frozenset(w for w in Path(path).read_text(encoding="utf-8").split("\n") if w)
+
+
+def _alnum(ch: str) -> bool:
+    return ch.isalnum()
+
+
+class WordRule:
+    """The lexicon and, per token id, its text and whether it glues / can open a word."""
+
+    def __init__(self, tokenizer: Tokenizer, lexicon: Iterable[str]) -> None:
+        self.lexicon = frozenset(lexicon)
+        if not self.lexicon:
+            raise ValueError("the word rule needs a non-empty lexicon")
+        V = tokenizer.vocab_size
+        self.text: list[str] = []
+        opener = torch.zeros(V, dtype=torch.bool)  # (V,)
+        for i in range(V):
+            piece = "" if i in tokenizer.special_ids else tokenizer.decode([i])
+            if "\ufffd" in piece:  # part of a multi-byte character: never an opener
+                piece = ""
+            self.text.append(piece)
+            if piece and not _alnum(piece[0]) and all(w in self.lexicon for w in words(piece)):
+                opener[i] = True
+        self.opener = opener
+        self.wordy = torch.tensor([any(_alnum(c) for c in piece) for piece in self.text], dtype=torch.bool)  # (V,)
+
+    def broken_spans(self, ids: list[int]) -> list[list[int]]:
+        """Token positions of each word of `ids` that is not in the lexicon (an id < 0 is a
+        boundary that no word crosses)."""
+        spans: list[list[int]] = []
+        word, span = "", []  # the word being read and the positions it touches
+
+        def close() -> None:
+            if word and word.lower() not in self.lexicon:
+                spans.append(list(span))
+
+        for pos, tid in enumerate(ids):
+            if tid < 0:  # a boundary: a position that is still noise
+                close()
+                word, span = "", []
+                continue
+            piece = self.text[tid] if tid < len(self.text) else ""
+            for ch in piece:
+                if _alnum(ch):
+                    word += ch
+                    if not span or span[-1] != pos:
+                        span.append(pos)
+                else:
+                    close()
+                    word, span = "", []
+        close()
+        return spans
+
+    def repair(self, tokens: Tensor, held: Tensor, weights: Tensor, free_idx: Tensor, fixable: Tensor | None = None) -> Tensor:
+        """tokens (L,) with every fixable token of a broken word replaced by its best opener.
+
+        weights (n, V) are x̂0 up to a factor per row, for the positions free_idx (n,).
+        fixable (n,) bool picks the rows whose tokens are final now (default: all); the other
+        free positions are still noise, so they end a word rather than belong to one."""
+        if fixable is None:
+            fixable = torch.ones(free_idx.numel(), dtype=torch.bool)
+        row_of = torch.full((tokens.shape[0],), -1, dtype=torch.long)  # (L,)
+        row_of[free_idx] = torch.arange(free_idx.numel())
+        can_fix = torch.zeros(tokens.shape[0], dtype=torch.bool)  # (L,)
+        can_fix[free_idx[fixable]] = True
+        noise = torch.zeros(tokens.shape[0], dtype=torch.bool)  # (L,)
+        noise[free_idx[~fixable]] = True
+        out = tokens
+        # An opener may end in a letter and so glue to the token after it: a second pass mends
+        # that word too. Openers never glue to the left, so the passes settle quickly.
+        for _ in range(_PASSES):
+            ids = torch.where(noise, torch.full_like(out, -1), out).tolist()
+            spans = self.broken_spans(ids)
+            fix = sorted({p for span in spans for p in span if bool(can_fix[p]) and not bool(held[p])})
+            pos = torch.tensor(fix, dtype=torch.long)  # (m,)
+            if fix:
+                w = weights[row_of[pos]]  # (m, V)
+                best = torch.where(self.opener, w, torch.full_like(w, -1.0)).argmax(-1)  # (m,)
+            if not fix or torch.equal(out[pos], best):
+                break
+            out = out.clone()
+            out[pos] = best
+        return out
+
+
+def load_rule(folder: str | Path, tokenizer: Tokenizer) -> WordRule | None:
+    """The word rule of a model folder, or None when it has no lexicon."""
+    path = Path(folder) / LEXICON_FILE
+    return WordRule(tokenizer, load_lexicon(path)) if path.is_file() else None

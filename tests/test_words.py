@@ -1,0 +1,116 @@
+"""engine.words: broken words are found and mended from x̂0; held tokens and good words are kept."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from engine import checkpoint
+from engine.config import DiffusionConfig, SamplerConfig
+from engine.diffusion import make_diffusion
+from engine.model import build_model
+from engine.sampler import sample
+from engine.tiny import build_tiny_tokenizer, corpus, tiny_config
+from engine.words import WordRule, build_lexicon, words
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def rule(tok):
+    return WordRule(tok, build_lexicon(corpus()))
+
+
+def ids_of(tok, pieces: list[str]) -> list[int]:
+    out = []
+    for p in pieces:
+        ids = tok.encode(p)
+        assert len(ids) == 1, f"{p!r} is not one token of the tiny tokenizer: {ids}"
+        out.extend(ids)
+    return out
+
+
+def test_words_are_lower_cased_letter_and_digit_runs() -> None:
+    assert words("Found SRM 51-72-11, crack_x") == ["found", "srm", "51", "72", "11", "crack", "x"]
+
+
+def test_broken_spans_find_glued_pieces_that_are_not_words(tok, rule) -> None:
+    ids = tok.encode(" the pump pressure")
+    assert rule.broken_spans(ids) == []
+    # " pump" followed by a piece that glues onto it: "pumpe..." is no word of the lexicon
+    glue = next(i for i in range(4, tok.vocab_size) if rule.text[i][:1].isalpha() and not rule.opener[i]
+                and "pump" + words(rule.text[i])[0] not in rule.lexicon)
+    spans = rule.broken_spans([*tok.encode(" the pump"), glue])
+    assert spans and spans[0][-1] == len(tok.encode(" the pump"))
+
+
+def test_repair_replaces_free_tokens_of_broken_words_with_the_best_opener(tok, rule) -> None:
+    good = tok.encode(" the")
+    glue = next(i for i in range(4, tok.vocab_size) if rule.text[i][:1].isalpha() and not rule.opener[i]
+                and "the" + words(rule.text[i])[0] not in rule.lexicon)
+    tokens = torch.tensor([*good, glue, *good])  # " the" + glue + " the"
+    L, V = tokens.numel(), tok.vocab_size
+    held = torch.zeros(L, dtype=torch.bool)
+    free_idx = torch.arange(L)
+    weights = torch.rand(L, V, generator=torch.Generator().manual_seed(0))
+    out = rule.repair(tokens, held, weights, free_idx)
+    assert rule.broken_spans(out.tolist()) == []
+    assert out[-1] == tokens[-1], "a token outside every broken word is not touched"
+    for p in range(len(good) + 1):
+        if out[p] != tokens[p]:
+            best = torch.where(rule.opener, weights[p], torch.full((V,), -1.0)).argmax()
+            assert out[p] == best
+
+
+def test_repair_never_changes_held_tokens(tok, rule) -> None:
+    glue = next(i for i in range(4, tok.vocab_size) if rule.text[i][:1].isalpha() and not rule.opener[i])
+    tokens = torch.tensor([glue, glue, glue])
+    held = torch.tensor([True, False, True])
+    free_idx = torch.tensor([1])
+    weights = torch.rand(1, tok.vocab_size, generator=torch.Generator().manual_seed(1))
+    out = rule.repair(tokens, held, weights, free_idx)
+    assert out[0] == glue and out[2] == glue
+    assert bool(rule.opener[out[1]])
+
+
+def test_whole_words_sampling_leaves_no_broken_word_and_keeps_pins(tok, rule, tmp_path) -> None:
+    torch.manual_seed(0)
+    cfg = tiny_config(tok.vocab_size)
+    model = build_model(cfg).eval()
+    diffusion = make_diffusion(DiffusionConfig(), tok.vocab_size, tok.mask_id, forbidden_ids=tok.special_ids)
+    pins = {3: ids_of(tok, [" the"])[0]}
+    for commit in (False, True):
+        cfg = SamplerConfig(steps=6, seed=3, whole_words=True, commit=commit)
+        steps = list(sample(model, diffusion, cfg, length=24, pins=pins, words=rule))
+        assert rule.broken_spans(steps[-1].tokens.tolist()) == []
+        assert all(int(s.tokens[3]) == pins[3] for s in steps)
+        again = list(sample(model, diffusion, cfg, length=24, pins=pins, words=rule))
+        assert all(a.same_as(b) for a, b in zip(steps, again)), "the rule keeps steps reproducible"
+    plain = list(sample(model, diffusion, SamplerConfig(steps=6, seed=3), length=24, pins=pins))
+    assert rule.broken_spans(plain[-1].tokens.tolist()), "an untrained model does break words without the rule"
+
+
+def test_whole_words_without_a_rule_is_refused(tok) -> None:
+    model = nn.Linear(1, 1)
+    diffusion = make_diffusion(DiffusionConfig(), tok.vocab_size, tok.mask_id)
+    with pytest.raises(ValueError, match="word rule"):
+        sample(model, diffusion, SamplerConfig(whole_words=True), length=4)
+
+
+def test_checkpoint_carries_the_lexicon_and_its_rule(tok, tmp_path) -> None:
+    cfg = tiny_config(tok.vocab_size)
+    model = build_model(cfg)
+    checkpoint.save(tmp_path / "m", model, cfg, tok)
+    assert checkpoint.load(tmp_path / "m").words is None
+    before = checkpoint.verify(tmp_path / "m")
+    after = checkpoint.amend(tmp_path / "m", lexicon=build_lexicon(corpus()))
+    assert after != before, "the lexicon is part of the model's identity"
+    ck = checkpoint.load(tmp_path / "m")
+    assert ck.words is not None and "pump" in ck.words.lexicon
+    (tmp_path / "m" / "lexicon.txt").write_text("tampered\n")
+    with pytest.raises(checkpoint.CheckpointError, match="lexicon.txt"):
+        checkpoint.load(tmp_path / "m")
