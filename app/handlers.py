@@ -182,9 +182,11 @@ def _control(svc: Any, state: DraftState | None) -> RunControl:
 
 
 def _sampler_cfg(svc: Any, settings: dict[str, Any]) -> Any:
-    return dataclasses.replace(svc.ckpt.sampler_cfg, steps=int(settings["steps"]), seed=int(settings["seed"]),
-                               temperature=float(settings["temperature"]), top_p=float(settings["top_p"]),
-                               greedy_last=bool(settings["greedy_last"]))
+    # a run keeps the settings it was started with; fields it did not record are the model's
+    recorded = {f.name: settings[f.name] for f in dataclasses.fields(svc.ckpt.sampler_cfg) if f.name in settings}
+    recorded.update(steps=int(settings["steps"]), seed=int(settings["seed"]), temperature=float(settings["temperature"]),
+                    top_p=float(settings["top_p"]), greedy_last=bool(settings["greedy_last"]))
+    return dataclasses.replace(svc.ckpt.sampler_cfg, **recorded)
 
 
 def _template_layout(svc: Any, session: Any, template_id: int | None) -> Any:
@@ -258,8 +260,8 @@ def generate(svc: Any, username: str | None, state: DraftState | None, *, templa
             kinds = {p: "template" for p in held}
         else:
             n_tokens = _int(length, "length", 1, lim.max_length)
-        settings = {"steps": n_steps, "seed": seed_v, "temperature": temp_v, "top_p": svc.ckpt.sampler_cfg.top_p,
-                    "greedy_last": svc.ckpt.sampler_cfg.greedy_last, "length": n_tokens, "template": template}
+        settings = {**dataclasses.asdict(svc.ckpt.sampler_cfg), "steps": n_steps, "seed": seed_v, "temperature": temp_v,
+                    "length": n_tokens, "template": template}
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         title = title or f"{template or 'Free draft'} · {stamp}"
         with transaction(svc.factory) as s:
@@ -339,9 +341,9 @@ def _iterator(svc: Any, ctrl: RunControl) -> Iterator[Any]:
     cfg = _sampler_cfg(svc, ctrl.settings)
     if ctrl.base is None:
         return sampler.sample(svc.ckpt.model, svc.diffusion, cfg, length=int(ctrl.settings["length"]),
-                              pins=dict(ctrl.held))
+                              pins=dict(ctrl.held), words=svc.ckpt.words)
     start = sampler.resume_from(ctrl.base, ctrl.base.tokens, ctrl.held)
-    return sampler.sample(svc.ckpt.model, svc.diffusion, cfg, start=start, pins=dict(ctrl.held))
+    return sampler.sample(svc.ckpt.model, svc.diffusion, cfg, start=start, pins=dict(ctrl.held), words=svc.ckpt.words)
 
 
 def _stream(svc: Any, actor: Actor, ctrl: RunControl, state: DraftState, first_note: str = "") -> Iterator[DraftUpdate]:

@@ -38,6 +38,8 @@ from torch import Tensor
 
 from engine.config import SamplerConfig
 from engine.diffusion import FORBIDDEN_LOGIT, Denoiser, Diffusion
+from engine.words import WordRule
+
 
 
 class ConstraintError(ValueError):
@@ -54,6 +56,8 @@ class Step:
     confidence   (L,) float32: x̂0 probability of the token shown (1.0 held, 0.0 free at step 0)
     changed      (L,) bool: tokens that differ from the previous step (all False at step 0)
     pinned       (L,) bool: held positions (pins and clean_extra)
+    committed    (L,) bool or None: free positions whose token is final (cfg.commit); None when
+                 not known (a step rebuilt from its tokens), then derived from confidence
     """
 
     index: int
@@ -63,6 +67,7 @@ class Step:
     changed: Tensor
     pinned: Tensor
     total_steps: int
+    committed: Tensor | None = None
 
     @property
     def length(self) -> int:
@@ -79,7 +84,12 @@ class Step:
             and self.t == other.t
             and self.total_steps == other.total_steps
             and all(torch.equal(getattr(self, f), getattr(other, f)) for f in ("tokens", "confidence", "changed", "pinned"))
+            and _same_mask(self.committed, other.committed)
         )
+
+
+def _same_mask(a: Tensor | None, b: Tensor | None) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and torch.equal(a, b))
 
 
 # ----- time grid and seeds ---------------------------------------------------------------------
@@ -160,7 +170,8 @@ def lock_term(tokens: Tensor, pins: Mapping[int, int], term_ids: Sequence[int]) 
     return dict(sorted(out.items()))
 
 
-def _held_step(step: Step, tokens: Tensor, pins: Mapping[int, int], confidence: Tensor, changed: Tensor) -> Step:
+def _held_step(step: Step, tokens: Tensor, pins: Mapping[int, int], confidence: Tensor, changed: Tensor,
+               committed: Tensor | None = None) -> Step:
     L = int(tokens.numel())
     validate_pins(pins, L)
     tokens = tokens.detach().to("cpu", torch.long).clone()  # (L,)
@@ -169,18 +180,22 @@ def _held_step(step: Step, tokens: Tensor, pins: Mapping[int, int], confidence: 
         tokens[p] = int(v)
         pinned[p] = True
     confidence = torch.where(pinned, torch.ones(L), confidence.to(torch.float32))
-    return Step(step.index, step.t, tokens, confidence, changed, pinned, step.total_steps)
+    if committed is not None:
+        committed = committed & ~pinned
+    return Step(step.index, step.t, tokens, confidence, changed, pinned, step.total_steps, committed)
 
 
 def resume_from(step: Step, tokens: Tensor, pins: Mapping[int, int]) -> Step:
     """The state to resume from after replacing step.tokens by `tokens` (any length) under `pins`:
     same index and t, pins written in. Pass it as `start=` to `sample` with the same pins.
     Confidence is kept where the length is unchanged (zero otherwise), 1.0 at pins; `changed`
-    marks tokens that differ from step.tokens (all, if the length changed)."""
+    marks tokens that differ from step.tokens (all, if the length changed). Committed positions
+    stay committed where the length and their token are unchanged."""
     L = int(tokens.numel())
     same = L == step.length
     conf = step.confidence if same else torch.zeros(L)
-    out = _held_step(step, tokens, pins, conf, torch.ones(L, dtype=torch.bool))
+    committed = step.committed & (tokens.to(step.tokens.device) == step.tokens) if same and step.committed is not None else None
+    out = _held_step(step, tokens, pins, conf, torch.ones(L, dtype=torch.bool), committed)
     return dataclasses.replace(out, changed=out.tokens != step.tokens) if same else out
 
 
@@ -191,7 +206,10 @@ def edit_step(step: Step, pins: Mapping[int, int], start: int, end: int, new_ids
     n = len(new_ids)
     conf = torch.cat([step.confidence[:start], torch.ones(n), step.confidence[end:]])  # (L',)
     changed = torch.cat([torch.zeros(start, dtype=torch.bool), torch.ones(n, dtype=torch.bool), torch.zeros(step.length - end, dtype=torch.bool)])
-    return _held_step(step, tokens, new_pins, conf, changed), new_pins
+    committed = None
+    if step.committed is not None:
+        committed = torch.cat([step.committed[:start], torch.zeros(n, dtype=torch.bool), step.committed[end:]])  # (L',)
+    return _held_step(step, tokens, new_pins, conf, changed, committed), new_pins
 
 
 # ----- x̂0 shaping ------------------------------------------------------------------------------
@@ -221,6 +239,20 @@ def _check_config(cfg: SamplerConfig) -> None:
         raise ValueError(f"sampler temperature must be >= 0 (0 = argmax), got {cfg.temperature}")
     if not 0.0 < cfg.top_p <= 1.0:
         raise ValueError(f"sampler top_p must be in (0, 1], got {cfg.top_p}")
+    if isinstance(cfg.no_repeat, bool) or not isinstance(cfg.no_repeat, int) or not 0 <= cfg.no_repeat <= 64:
+        raise ValueError(f"sampler no_repeat must be an integer in 0..64, got {cfg.no_repeat!r}")
+    end = cfg.temperature_end
+    if end is not None and not (math.isfinite(end) and end >= 0.0):
+        raise ValueError(f"sampler temperature_end must be >= 0 (0 = argmax), got {end}")
+
+
+def step_temperature(cfg: SamplerConfig, k: int) -> float:
+    """Temperature of step k (1..S): `temperature`, or linear from it at step 1 to
+    `temperature_end` at step S."""
+    if cfg.temperature_end is None or cfg.steps == 1:
+        return cfg.temperature
+    frac = (k - 1) / (cfg.steps - 1)
+    return cfg.temperature + (cfg.temperature_end - cfg.temperature) * frac
 
 
 def _device(model: object) -> torch.device:
@@ -251,16 +283,22 @@ def sample(
     pins: Mapping[int, int] | None = None,
     start: Step | None = None,
     clean_extra: Tensor | None = None,
+    words: WordRule | None = None,
 ) -> Iterator[Step]:
     """Yield the steps of one reverse run: steps 0..S for a fresh run of `length` tokens, or
     steps k+1..S when resuming from `start` (a recorded Step of index k, possibly with tokens
     replaced by `resume_from` / `edit_step`; its length is used and `length` must match or be None).
 
     `pins` (position -> id) are hard at every step. `clean_extra` (L,) bool marks more positions
-    held at their current tokens of `start` and passed as clean (requires `start`).
+    held at their current tokens of `start` and passed as clean (requires `start`). `words` is the
+    model's word rule (`engine.words`), needed when cfg.whole_words is not "off".
     Arguments are checked before the first step: ValueError for a bad config / length / start,
     ConstraintError for bad pins."""
     _check_config(cfg)
+    if cfg.whole_words and words is None:
+        raise ValueError("whole_words needs the model's word rule (a lexicon.txt in its folder)")
+    if cfg.no_repeat and (words is None or not cfg.commit):
+        raise ValueError("no_repeat needs commit=True and the model's word rule (a lexicon.txt in its folder)")
     S = cfg.steps
     pins = {int(p): int(v) for p, v in (pins or {}).items()}
     if start is None:
@@ -296,19 +334,89 @@ def sample(
         if extra.shape != (length,):
             raise ValueError(f"clean_extra must have shape ({length},), got {tuple(extra.shape)}")
         held |= extra
-    return _run(model, diffusion, cfg, tokens, held, k0, fresh=start is None)
+    committed = None
+    if cfg.commit and start is not None:
+        committed = start.committed if start.committed is not None and start.committed.shape == (length,) else derive_committed(start, held)
+        committed = committed.to("cpu", torch.bool) & ~held
+    conf = start.confidence.to("cpu", torch.float32) if start is not None else torch.zeros(length)
+    return _run(model, diffusion, cfg, tokens, held, k0, fresh=start is None, words=words, committed=committed, conf=conf)
+
+
+def commit_target(writable: int, k: int, steps: int) -> int:
+    """How many of the `writable` (not held) positions are committed once step k is done:
+    ceil(writable * k / steps), so that every one is final after the last step."""
+    return -(-writable * k // steps)
+
+
+def derive_committed(step: Step, held: Tensor) -> Tensor:
+    """Committed positions of a step that does not record them: the commit_target(k) free
+    positions of highest confidence (ties: the earlier position)."""
+    L = step.length
+    free = (~held).nonzero().flatten()  # (n,)
+    m = commit_target(int(free.numel()), step.index, step.total_steps)
+    out = torch.zeros(L, dtype=torch.bool)  # (L,)
+    if m:
+        order = sorted(free.tolist(), key=lambda p: (-float(step.confidence[p]), p))
+        out[torch.tensor(order[:m])] = True
+    return out
+
+
+def _ban_nearby_words(dist: Tensor, tokens: Tensor, fixed: Tensor, free_idx: Tensor, window: int, wordy: Tensor) -> Tensor:
+    """dist (n, V) with zero mass on every word token that is final (fixed) within `window`
+    positions of the row's position; a row left with no mass keeps its original distribution."""
+    L = tokens.shape[0]
+    offsets = torch.cat([torch.arange(-window, 0), torch.arange(1, window + 1)])  # (2w,)
+    near = free_idx[:, None] + offsets[None]  # (n, 2w)
+    inside = (near >= 0) & (near < L)
+    near = near.clamp(0, L - 1)
+    ids = tokens[near]  # (n, 2w)
+    ban = inside & fixed[near] & wordy[ids]  # (n, 2w)
+    rows, cols = ban.nonzero(as_tuple=True)
+    if rows.numel() == 0:
+        return dist
+    out = dist.clone()
+    out[rows, ids[rows, cols]] = 0.0
+    empty = out.sum(-1) <= 0  # (n,)
+    return torch.where(empty[:, None], dist, out)
+
+
+def _spread_same_step(draw: Tensor, dist: Tensor, order: list[int], tokens: Tensor, fixed: Tensor, free_idx: Tensor,
+                      window: int, wordy: Tensor, greedy: bool, gen: torch.Generator) -> Tensor:
+    """Draws of the rows committed together in one step (`order`, most confident first), each
+    drawn again without the word tokens that are final within `window` positions of it,
+    counting those committed before it in this step; a row left with no mass keeps its draw."""
+    cur = tokens.clone()  # (L,) with this step's accepted draws written in
+    final = fixed.clone()  # (L,)
+    draw = draw.clone()
+    L = tokens.shape[0]
+    for r in order:
+        p = int(free_idx[r])
+        lo, hi = max(0, p - window), min(L, p + window + 1)
+        near = [int(cur[q]) for q in range(lo, hi) if q != p and bool(final[q]) and bool(wordy[cur[q]])]
+        if int(draw[r]) in near:
+            d = dist[r].clone()  # (V,)
+            d[near] = 0.0
+            if float(d.sum()) > 0:
+                draw[r] = d.argmax() if greedy else torch.multinomial(d, 1, generator=gen)[0]
+        cur[p] = draw[r]
+        final[p] = True
+    return draw
 
 
 @torch.inference_mode()
 def _reverse_step(model: Denoiser, diffusion: Diffusion, cfg: SamplerConfig, tokens: Tensor, held: Tensor, free_idx: Tensor,
-                  forbidden_idx: Tensor, k: int, t_prev: float, t_now: float, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Step k: tokens at t_prev -> (tokens at t_now, confidence), both (L,), held positions kept.
+                  forbidden_idx: Tensor, k: int, t_prev: float, t_now: float, device: torch.device,
+                  words: WordRule | None, n_commit: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Step k: tokens at t_prev -> (tokens at t_now, confidence, newly committed), all (L,), held
+    positions kept. With cfg.commit, the n_commit free positions whose x̂0 draw is most
+    confident take that draw and become final; the others take the posterior draw.
     Runs under inference mode; the mode ends before the generator yields to its caller."""
     S = cfg.steps
     new = tokens.clone()  # (L,)
     conf = torch.ones(tokens.shape[0])  # (L,)
+    commit = torch.zeros(tokens.shape[0], dtype=torch.bool)  # (L,)
     if free_idx.numel() == 0:
-        return new, conf
+        return new, conf, commit
     x = tokens[None].to(device)  # (1, L)
     t_in = torch.full((1,), t_prev, dtype=torch.float32, device=device)  # (1,)
     logits = _free_logits(model, x, t_in, held[None].to(device), free_idx).to("cpu", torch.float32)  # (n, V)
@@ -318,33 +426,69 @@ def _reverse_step(model: Denoiser, diffusion: Diffusion, cfg: SamplerConfig, tok
     weights = logits.sub_(top).exp_()  # (n, V) x̂0 up to a factor per row; logits is consumed
     total = weights.sum(-1)  # (n,)
     z = tokens[free_idx]  # (n,)
-    if k == S and cfg.greedy_last:
+    temperature = step_temperature(cfg, k)
+    greedy = k == S and cfg.greedy_last
+    gen = _generator(cfg.seed, k)
+    shaped = None if greedy or (temperature == 1.0 and cfg.top_p == 1.0) else shape_x0(weights / total[:, None], temperature, cfg.top_p)
+    if greedy:
         chosen = torch.where(diffusion.is_decided(z), z, weights.argmax(-1))  # (n,)
-    elif cfg.temperature == 1.0 and cfg.top_p == 1.0:
-        chosen = diffusion.sample_posterior(z, weights, t_prev, t_now, _generator(cfg.seed, k))  # (n,)
     else:
-        shaped = shape_x0(weights / total[:, None], cfg.temperature, cfg.top_p)  # (n, V)
-        chosen = diffusion.sample_posterior(z, shaped, t_prev, t_now, _generator(cfg.seed, k))  # (n,)
+        chosen = diffusion.sample_posterior(z, weights if shaped is None else shaped, t_prev, t_now, gen)  # (n,)
+    final = torch.zeros(free_idx.numel(), dtype=torch.bool)  # (n,) rows whose token is final now
+    if cfg.commit and n_commit > 0:
+        dist = weights if shaped is None else shaped  # (n, V)
+        if cfg.no_repeat and words is not None:
+            dist = _ban_nearby_words(dist, tokens, held, free_idx, cfg.no_repeat, words.wordy)
+        if greedy:
+            draw = dist.argmax(-1)  # (n,)
+        else:
+            draw = torch.multinomial(dist, 1, generator=gen)[:, 0]  # (n,)
+        p_draw = weights.gather(-1, draw[:, None])[:, 0] / total  # (n,)
+        order = sorted(range(free_idx.numel()), key=lambda r: (-float(p_draw[r]), r))[:n_commit]
+        if cfg.no_repeat and words is not None:
+            draw = _spread_same_step(draw, dist, order, tokens, held, free_idx, cfg.no_repeat, words.wordy, greedy, gen)
+        final[torch.tensor(order)] = True
+        chosen = torch.where(final, draw, chosen)
+    elif k == S:
+        final[:] = True
     new[free_idx] = chosen
+    if words is not None and cfg.whole_words and bool(final.any()):
+        new = words.repair(new, held, weights, free_idx, fixable=final)
+        chosen = new[free_idx]
     conf[free_idx] = weights.gather(-1, chosen[:, None])[:, 0] / total
-    return new, conf
+    if cfg.commit:
+        commit[free_idx[final]] = True
+    return new, conf, commit
 
 
-def _run(model: Denoiser, diffusion: Diffusion, cfg: SamplerConfig, tokens: Tensor, held: Tensor, k0: int, *, fresh: bool) -> Iterator[Step]:
+def _run(model: Denoiser, diffusion: Diffusion, cfg: SamplerConfig, tokens: Tensor, held: Tensor, k0: int, *, fresh: bool,
+         words: WordRule | None, committed: Tensor | None, conf: Tensor) -> Iterator[Step]:
     S = cfg.steps
     grid = time_grid(S)
     L = int(tokens.numel())
     device = _device(model)
-    free_idx = (~held).nonzero().flatten()  # (n,)
+    writable = int((~held).sum())
     forbidden_idx = diffusion.forbidden.nonzero().flatten()  # ids x̂0 never puts mass on
     ones = torch.ones(L)
+    if committed is None:
+        committed = torch.zeros(L, dtype=torch.bool)  # (L,)
+    keep = committed.clone() if cfg.commit else None
+    last_conf = conf
     if fresh:
         conf0 = torch.where(held, ones, torch.zeros(L))  # (L,)
-        yield Step(0, grid[0], tokens.clone(), conf0, torch.zeros(L, dtype=torch.bool), held.clone(), S)
+        yield Step(0, grid[0], tokens.clone(), conf0, torch.zeros(L, dtype=torch.bool), held.clone(), S, keep)
     for k in range(k0 + 1, S + 1):
         t_prev, t_now = grid[k - 1], grid[k]
-        new, conf = _reverse_step(model, diffusion, cfg, tokens, held, free_idx, forbidden_idx, k, t_prev, t_now, device)
+        fixed = held | committed  # (L,) clean for the model, never resampled
+        free_idx = (~fixed).nonzero().flatten()  # (n,)
+        n_commit = max(0, commit_target(writable, k, S) - int(committed.sum())) if cfg.commit else 0
+        new, conf, now = _reverse_step(model, diffusion, cfg, tokens, fixed, free_idx, forbidden_idx, k, t_prev, t_now,
+                                       device, words, n_commit)
         new, conf = new.clone(), conf.clone()  # ordinary tensors for the caller, not inference tensors
+        if cfg.commit:
+            conf = torch.where(committed, last_conf, conf)  # a committed token keeps its confidence
+            committed = committed | now.clone()
+        last_conf = conf
         changed = new != tokens
         tokens = new
-        yield Step(k, t_now, tokens.clone(), conf, changed, held.clone(), S)
+        yield Step(k, t_now, tokens.clone(), conf, changed, held.clone(), S, committed.clone() if cfg.commit else None)
