@@ -17,6 +17,9 @@ Rows
            "steps=64,temperature=0.7,temperature_end=0.3,whole_words=1"
 
 Seconds per draft are wall-clock per draft with --threads torch threads (model load excluded).
+"changed / step" is the share of free positions whose token changed, per step, averaged over the
+last quarter of the steps, and at the last step: how far the draft a reviewer watches still
+moves before it is done.
 """
 
 from __future__ import annotations
@@ -56,8 +59,9 @@ def _prefix_ids(ck: checkpoint.Checkpoint, test: Sequence[str], seed: int, n_wor
 
 
 def sfdlm_draft(ck: checkpoint.Checkpoint, cfg: SamplerConfig, job: Job, seed: int, test: Sequence[str],
-                prefix_words: int) -> tuple[list[str], float]:
-    """(fill texts, seconds) of one SFDLM draft."""
+                prefix_words: int) -> tuple[list[str], float, tuple[float, float]]:
+    """(fill texts, seconds, churn) of one SFDLM draft; churn is the share of free positions that
+    changed per step over the last quarter of steps, and at the last step."""
     cfg = dataclasses.replace(cfg, seed=seed)
     tok = ck.tokenizer
     if job.layout is not None:
@@ -69,15 +73,18 @@ def sfdlm_draft(ck: checkpoint.Checkpoint, cfg: SamplerConfig, job: Job, seed: i
         spans = [(len(prefix), job.length)]
     t0 = time.perf_counter()
     last = None
+    changed: list[float] = []
+    free = max(1, length - len(pins))
     for last in sample(ck.model, ck.diffusion(), cfg, length=length, pins=pins, words=ck.words):
-        pass
+        changed.append(int(last.changed.sum()) / free)
     seconds = time.perf_counter() - t0
     ids = last.tokens.tolist()
-    return [tok.decode(ids[a:b]) for a, b in spans], seconds
+    late = changed[1:][-max(1, cfg.steps // 4):]
+    return [tok.decode(ids[a:b]) for a, b in spans], seconds, (statistics.mean(late), changed[-1])
 
 
 def ar_draft(ar: checkpoint.Checkpoint, cfg: SamplerConfig, job: Job, seed: int, test: Sequence[str],
-             prefix_words: int) -> tuple[list[str], float]:
+             prefix_words: int) -> tuple[list[str], float, None]:
     """(fill texts, seconds) of the causal transformer writing the same places left to right."""
     tok = ar.tokenizer
     gen = torch.Generator().manual_seed(seed)
@@ -97,7 +104,7 @@ def ar_draft(ar: checkpoint.Checkpoint, cfg: SamplerConfig, job: Job, seed: int,
         prefix = [tok.bos_id, *_prefix_ids(ar, test, seed, prefix_words)]
         out = ar.model.generate(torch.tensor([prefix]), job.length - len(prefix) + 1, cfg.temperature, cfg.top_p, gen)
         texts = [tok.decode(out[0, len(prefix):].tolist())]
-    return texts, time.perf_counter() - t0
+    return texts, time.perf_counter() - t0, None
 
 
 def jobs_for(ck: checkpoint.Checkpoint, templates: Sequence[Path], free: Sequence[int]) -> list[Job]:
@@ -107,15 +114,18 @@ def jobs_for(ck: checkpoint.Checkpoint, templates: Sequence[Path], free: Sequenc
 
 def measure(judge: Judge, draw, job: Job, seeds: Sequence[int], test: Sequence[str]) -> dict:
     """Score one row: drafts from draw(job, seed), their real-text twins, seconds per draft."""
-    drafts, secs = [], []
+    drafts, secs, churn = [], [], []
     for s in seeds:
-        fills, sec = draw(job, s)
+        fills, sec, ch = draw(job, s)
         drafts.append(fills)
         secs.append(sec)
+        if ch is not None:
+            churn.append(ch)
     rng = random.Random(12345)
     real = [cut_like(test, [len(words(f)) for f in d], start=rng.randrange(len(test))) for d in drafts]
+    late = (statistics.mean(c[0] for c in churn), statistics.mean(c[1] for c in churn)) if churn else None
     return {"row": job.name, "model": judge.score(drafts), "real": judge.score(real),
-            "s_per_draft": statistics.median(secs), "example": drafts[0]}
+            "s_per_draft": statistics.median(secs), "churn": late, "example": drafts[0]}
 
 
 def ratios(model: Scores, real: Scores) -> dict[str, float]:
@@ -126,11 +136,15 @@ def _fmt_row(label: str, r: dict) -> str:
     m, q = r["model"], ratios(r["model"], r["real"])
     return (f"| {label} | {m.ppl:.1f} | {q['ppl']:.2f}x | {100 * m.oov:.1f} % | {q['oov']:.2f}x | {m.distinct2:.3f} | "
             f"{q['distinct2']:.2f}x | {100 * m.repeat:.1f} % | {q['repeat']:.2f}x | {m.entropy:.2f} | {q['entropy']:.2f}x | "
-            f"{r['s_per_draft']:.2f} |")
+            f"{r['s_per_draft']:.2f} | {_churn(r.get('churn'))} |")
 
 
-HEADER = ("| {} | judge ppl | vs real | OOV | vs real | distinct-2 | vs real | repeat | vs real | entropy | vs real | s/draft |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|---|")
+def _churn(c: tuple[float, float] | None) -> str:
+    return "-" if c is None else f"{100 * c[0]:.1f} % / {100 * c[1]:.1f} %"
+
+
+HEADER = ("| {} | judge ppl | vs real | OOV | vs real | distinct-2 | vs real | repeat | vs real | entropy | vs real | s/draft "
+          "| changed / step, last ¼ / last |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -214,7 +228,8 @@ def _merge(judge: Judge, parts: Sequence[dict]) -> dict:
         return Scores(sum(s.drafts for s in ss), n, math.exp(lp), **avg)
 
     return {"row": "+".join(p["row"] for p in parts), "model": pool("model"), "real": pool("real"),
-            "s_per_draft": statistics.median(p["s_per_draft"] for p in parts), "example": parts[0]["example"]}
+            "s_per_draft": statistics.median(p["s_per_draft"] for p in parts), "example": parts[0]["example"],
+            "churn": parts[0]["churn"] and tuple(statistics.mean(p["churn"][i] for p in parts) for i in (0, 1))}
 
 
 def _jsonable(obj: object) -> object:

@@ -60,6 +60,11 @@ class SamplerConfig:
     whole_words: bool = False  # tokens that become final are mended into words (engine.words)
 
 
+# What engine.train writes into a new model folder (which always has a lexicon): the setting
+# chosen from bench.draft_quality's quality / latency table (docs/RESULTS.md, "Draft quality").
+RECOMMENDED_SAMPLER = SamplerConfig(steps=64, temperature=1.0, temperature_end=0.5, commit=True, no_repeat=3, whole_words=True)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     seq_len: int = 256

@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed and pins give the same draft")
     p.add_argument("--temperature", type=float, default=None, help="sampling temperature > 0 (default: the model's)")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1] (default: the model's)")
+    p.add_argument("--sampler", default="", metavar="SPEC",
+                   help="other sampler fields to change from the model's defaults, comma-separated, e.g. "
+                   "'commit=0,whole_words=0' or 'temperature_end=0.3,no_repeat=2' (fields of engine.config.SamplerConfig)")
     p.add_argument(
         "--pin",
         action="append",
@@ -84,7 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     from engine import checkpoint, template
-    from engine.sampler import ConstraintError, sample, validate_pins
+    from engine.config import parse_sampler_spec
+    from engine.sampler import sample, validate_pins
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -126,7 +130,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             pins[pos + i] = tid
             owner[pos + i] = f"--pin {pos}={text!r}"
 
-    cfg = ckpt.sampler_cfg
+    try:
+        cfg = parse_sampler_spec(args.sampler, ckpt.sampler_cfg)
+    except ValueError as exc:
+        _fail(f"--sampler: {exc}")
     changes = {"seed": args.seed}
     if args.steps is not None:
         changes["steps"] = args.steps
@@ -139,6 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     diffusion = ckpt.diffusion()
     try:
         validate_pins(pins, length)
+        if (cfg.whole_words or cfg.no_repeat) and ckpt.words is None:
+            _fail(f"whole_words and no_repeat need a lexicon.txt in {args.model}; pass --sampler 'whole_words=0,no_repeat=0'")
         last = None
         for step in sample(ckpt.model, diffusion, cfg, length=length, pins=pins, words=ckpt.words):
             last = step
@@ -156,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     ),
                     flush=True,
                 )
-    except ConstraintError as exc:
+    except ValueError as exc:  # a ConstraintError, or sampler settings that do not fit together
         _fail(str(exc))
     if not args.jsonl and last is not None:
         print(tok.decode(last.tokens.tolist()))

@@ -34,11 +34,12 @@ from torch import Tensor, nn
 
 from engine import checkpoint
 from engine.checkpoint import diffusion_for
-from engine.config import DiffusionConfig, ModelConfig, SamplerConfig, TrainConfig, from_dict, to_dict
+from engine.config import RECOMMENDED_SAMPLER, DiffusionConfig, ModelConfig, TrainConfig, from_dict, to_dict
 from engine.corpus import CorpusError, Document, load_documents, read_split, split_random
 from engine.diffusion import random_clean_mask
 from engine.model import build_model, count_parameters
 from engine.tokenizer import EOS, Tokenizer
+from engine.words import build_lexicon
 
 STATE = "train_state.pt"
 
@@ -204,6 +205,7 @@ def train(setup: Setup, train_texts: Sequence[str], val_texts: Sequence[str], ou
         torch.backends.cudnn.allow_tf32 = True
     tok = setup.tokenizer
     stream = token_stream(train_texts, tok)
+    lexicon = build_lexicon(train_texts)  # the sampler's word rule (engine.words)
     val = eval_windows(token_stream(val_texts, tok), cfg.seq_len, 64) if val_texts else None
 
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
@@ -253,8 +255,8 @@ def train(setup: Setup, train_texts: Sequence[str], val_texts: Sequence[str], ou
                 "world_size": world, "device": device, "validation": history[-1] if history else None}
 
     def save_model(folder: Path) -> None:
-        checkpoint.save(folder, model, mcfg, tok, diffusion_cfg=setup.diffusion_cfg, sampler_cfg=SamplerConfig(),
-                        name=name, meta=model_meta())
+        checkpoint.save(folder, model, mcfg, tok, diffusion_cfg=setup.diffusion_cfg, sampler_cfg=RECOMMENDED_SAMPLER,
+                        name=name, meta=model_meta(), lexicon=lexicon)
 
     def save() -> None:
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": _rng_state(gens),

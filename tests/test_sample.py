@@ -111,3 +111,19 @@ def test_unknown_model_folder_exits_2_in_a_real_process(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"python -m engine.sample: error: model folder not found: {tmp_path / 'nope'}"]
+
+
+def test_sampler_spec_changes_the_models_defaults_and_bad_ones_exit_2(model_dir: Path, capsys) -> None:
+    base = ("--model", str(model_dir), "--length", "16", "--steps", "4", "--jsonl")
+    rc, out, _ = _run(capsys, *base, "--sampler", "commit=1")
+    assert rc == 0
+    steps = [json.loads(line) for line in out.splitlines()]
+    plain_rc, plain, _ = _run(capsys, *base)
+    assert plain_rc == 0 and plain != out, "commitment changes the run"
+    # committed tokens are final: a token that survives to the end never changes after commit;
+    # with 16 free positions and 4 steps, at least 4 are final after step 1
+    final = steps[-1]["tokens"]
+    assert sum(a == b for a, b in zip(steps[1]["tokens"], final)) >= 4
+    for spec, message in [("bogus=1", "bad sampler setting"), ("no_repeat=2", "lexicon"), ("temperature_end=-1", "temperature_end must be")]:
+        rc, _, err = _run(capsys, *base, "--sampler", spec)
+        assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, (spec, err)
