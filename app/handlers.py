@@ -339,11 +339,13 @@ def _restore_live(ctrl: RunControl) -> None:
 
 def _iterator(svc: Any, ctrl: RunControl) -> Iterator[Any]:
     cfg = _sampler_cfg(svc, ctrl.settings)
+    labels = [tid for p, tid in sorted(ctrl.held.items()) if ctrl.kinds.get(p) == "template"]
     if ctrl.base is None:
         return sampler.sample(svc.ckpt.model, svc.diffusion, cfg, length=int(ctrl.settings["length"]),
-                              pins=dict(ctrl.held), words=svc.ckpt.words)
+                              pins=dict(ctrl.held), words=svc.ckpt.words, labels=labels)
     start = sampler.resume_from(ctrl.base, ctrl.base.tokens, ctrl.held)
-    return sampler.sample(svc.ckpt.model, svc.diffusion, cfg, start=start, pins=dict(ctrl.held), words=svc.ckpt.words)
+    return sampler.sample(svc.ckpt.model, svc.diffusion, cfg, start=start, pins=dict(ctrl.held), words=svc.ckpt.words,
+                          labels=labels)
 
 
 def _stream(svc: Any, actor: Actor, ctrl: RunControl, state: DraftState, first_note: str = "") -> Iterator[DraftUpdate]:

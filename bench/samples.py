@@ -22,7 +22,8 @@ from engine.sampler import sample
 def draft(ck: checkpoint.Checkpoint, layout: template.Layout, seed: int) -> str:
     cfg = dataclasses.replace(ck.sampler_cfg, seed=seed)
     last = None
-    for last in sample(ck.model, ck.diffusion(), cfg, length=layout.length, pins=layout.pins, words=ck.words):
+    for last in sample(ck.model, ck.diffusion(), cfg, length=layout.length, pins=layout.pins, words=ck.words,
+                       labels=list(layout.pins.values())):
         pass
     return ck.tokenizer.decode(last.tokens.tolist())
 

@@ -58,11 +58,13 @@ class SamplerConfig:
     commit: bool = False  # commit the most confident tokens first, a share k/S of them by step k
     no_repeat: int = 0  # with commit: a committed word token differs from final ones this near (needs a word rule)
     whole_words: bool = False  # tokens that become final are mended into words (engine.words)
+    avoid_labels: bool = False  # free positions never draw the capitalised words of the template's text
 
 
 # What engine.train writes into a new model folder (which always has a lexicon): the setting
 # chosen from bench.draft_quality's quality / latency table (docs/RESULTS.md, "Draft quality").
-RECOMMENDED_SAMPLER = SamplerConfig(steps=64, temperature=1.0, temperature_end=0.5, commit=True, no_repeat=3, whole_words=True)
+RECOMMENDED_SAMPLER = SamplerConfig(steps=64, temperature=1.0, temperature_end=0.5, commit=True, no_repeat=3, whole_words=True,
+                                    avoid_labels=True)
 
 
 @dataclass(frozen=True)

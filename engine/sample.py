@@ -99,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tok = ckpt.tokenizer
 
     pins: dict[int, int] = {}
+    labels: list[int] = []  # the template's fixed text, for the sampler's avoid_labels
     owner: dict[int, str] = {}
     if args.template is not None:
         try:
@@ -111,6 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _fail(f"template {args.template}: {exc}")
         length = layout.length
         pins.update(layout.pins)
+        labels = list(layout.pins.values())
         owner.update({p: "the template's fixed text" for p in layout.pins})
     else:
         prefix_ids = tok.encode(args.prefix) if args.prefix else []
@@ -146,10 +148,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     diffusion = ckpt.diffusion()
     try:
         validate_pins(pins, length)
-        if (cfg.whole_words or cfg.no_repeat) and ckpt.words is None:
-            _fail(f"whole_words and no_repeat need a lexicon.txt in {args.model}; pass --sampler 'whole_words=0,no_repeat=0'")
+        if (cfg.whole_words or cfg.no_repeat or cfg.avoid_labels) and ckpt.words is None:
+            _fail(f"whole_words, no_repeat and avoid_labels need a lexicon.txt in {args.model}; "
+                  "pass --sampler 'whole_words=0,no_repeat=0,avoid_labels=0'")
         last = None
-        for step in sample(ckpt.model, diffusion, cfg, length=length, pins=pins, words=ckpt.words):
+        for step in sample(ckpt.model, diffusion, cfg, length=length, pins=pins, words=ckpt.words, labels=labels):
             last = step
             if args.jsonl:
                 ids = step.tokens.tolist()

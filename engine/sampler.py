@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -284,6 +284,7 @@ def sample(
     start: Step | None = None,
     clean_extra: Tensor | None = None,
     words: WordRule | None = None,
+    labels: Collection[int] | None = None,
 ) -> Iterator[Step]:
     """Yield the steps of one reverse run: steps 0..S for a fresh run of `length` tokens, or
     steps k+1..S when resuming from `start` (a recorded Step of index k, possibly with tokens
@@ -291,12 +292,14 @@ def sample(
 
     `pins` (position -> id) are hard at every step. `clean_extra` (L,) bool marks more positions
     held at their current tokens of `start` and passed as clean (requires `start`). `words` is the
-    model's word rule (`engine.words`), needed when cfg.whole_words is not "off".
+    model's word rule (`engine.words`), needed by cfg.whole_words, no_repeat and avoid_labels.
+    `labels` are the token ids of a template's fixed text: with cfg.avoid_labels, free positions
+    never draw those that hold a capitalised word (`WordRule.label_ids`).
     Arguments are checked before the first step: ValueError for a bad config / length / start,
     ConstraintError for bad pins."""
     _check_config(cfg)
-    if cfg.whole_words and words is None:
-        raise ValueError("whole_words needs the model's word rule (a lexicon.txt in its folder)")
+    if (cfg.whole_words or cfg.avoid_labels) and words is None:
+        raise ValueError("whole_words and avoid_labels need the model's word rule (a lexicon.txt in its folder)")
     if cfg.no_repeat and (words is None or not cfg.commit):
         raise ValueError("no_repeat needs commit=True and the model's word rule (a lexicon.txt in its folder)")
     S = cfg.steps
@@ -339,7 +342,9 @@ def sample(
         committed = start.committed if start.committed is not None and start.committed.shape == (length,) else derive_committed(start, held)
         committed = committed.to("cpu", torch.bool) & ~held
     conf = start.confidence.to("cpu", torch.float32) if start is not None else torch.zeros(length)
-    return _run(model, diffusion, cfg, tokens, held, k0, fresh=start is None, words=words, committed=committed, conf=conf)
+    avoid = torch.tensor(words.label_ids(labels) if cfg.avoid_labels and words is not None and labels else [], dtype=torch.long)
+    return _run(model, diffusion, cfg, tokens, held, k0, fresh=start is None, words=words, committed=committed, conf=conf,
+                avoid=avoid)
 
 
 def commit_target(writable: int, k: int, steps: int) -> int:
@@ -406,7 +411,7 @@ def _spread_same_step(draw: Tensor, dist: Tensor, order: list[int], tokens: Tens
 @torch.inference_mode()
 def _reverse_step(model: Denoiser, diffusion: Diffusion, cfg: SamplerConfig, tokens: Tensor, held: Tensor, free_idx: Tensor,
                   forbidden_idx: Tensor, k: int, t_prev: float, t_now: float, device: torch.device,
-                  words: WordRule | None, n_commit: int) -> tuple[Tensor, Tensor, Tensor]:
+                  words: WordRule | None, n_commit: int, avoid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Step k: tokens at t_prev -> (tokens at t_now, confidence, newly committed), all (L,), held
     positions kept. With cfg.commit, the n_commit free positions whose x̂0 draw is most
     confident take that draw and become final; the others take the posterior draw.
@@ -424,6 +429,11 @@ def _reverse_step(model: Denoiser, diffusion: Diffusion, cfg: SamplerConfig, tok
         logits.index_fill_(-1, forbidden_idx, FORBIDDEN_LOGIT)  # ours to change: fresh from the head
     top = logits.amax(-1, keepdim=True)  # (n, 1)
     weights = logits.sub_(top).exp_()  # (n, V) x̂0 up to a factor per row; logits is consumed
+    if words is not None and cfg.whole_words:
+        words.space_after_held_clause(weights, tokens, held, free_idx)
+    if avoid.numel():
+        cut = weights.index_fill(-1, avoid, 0.0)  # (n, V)
+        weights = torch.where(cut.sum(-1, keepdim=True) > 0, cut, weights)  # a row left empty keeps x̂0
     total = weights.sum(-1)  # (n,)
     z = tokens[free_idx]  # (n,)
     temperature = step_temperature(cfg, k)
@@ -462,7 +472,7 @@ def _reverse_step(model: Denoiser, diffusion: Diffusion, cfg: SamplerConfig, tok
 
 
 def _run(model: Denoiser, diffusion: Diffusion, cfg: SamplerConfig, tokens: Tensor, held: Tensor, k0: int, *, fresh: bool,
-         words: WordRule | None, committed: Tensor | None, conf: Tensor) -> Iterator[Step]:
+         words: WordRule | None, committed: Tensor | None, conf: Tensor, avoid: Tensor) -> Iterator[Step]:
     S = cfg.steps
     grid = time_grid(S)
     L = int(tokens.numel())
@@ -483,7 +493,7 @@ def _run(model: Denoiser, diffusion: Diffusion, cfg: SamplerConfig, tokens: Tens
         free_idx = (~fixed).nonzero().flatten()  # (n,)
         n_commit = max(0, commit_target(writable, k, S) - int(committed.sum())) if cfg.commit else 0
         new, conf, now = _reverse_step(model, diffusion, cfg, tokens, fixed, free_idx, forbidden_idx, k, t_prev, t_now,
-                                       device, words, n_commit)
+                                       device, words, n_commit, avoid)
         new, conf = new.clone(), conf.clone()  # ordinary tensors for the caller, not inference tensors
         if cfg.commit:
             conf = torch.where(committed, last_conf, conf)  # a committed token keeps its confidence

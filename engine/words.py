@@ -18,6 +18,9 @@ token before it, and after repair no free token of that span glues to the next, 
 becomes a run of lexicon words. A broken word made only of held tokens (a pin, an edit, the
 template) is left as the person wrote it. The rule is a pure function of the tokens and x̂0, so
 steps stay reproducible from their seed.
+
+One more rule keeps a reviewer's or a template's text readable: a free position right after held
+text that ends a clause or a label (": , ; . ! ?") draws only tokens that start with a space.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from engine.tokenizer import Tokenizer
 
 _WORD = re.compile(r"[^\W_]+")
 LEXICON_FILE = "lexicon.txt"
+CLAUSE_ENDS = tuple(":;,.!?")
 _PASSES = 4
 
 
@@ -80,31 +84,66 @@ class WordRule:
                 opener[i] = True
         self.opener = opener
         self.wordy = torch.tensor([any(_alnum(c) for c in piece) for piece in self.text], dtype=torch.bool)  # (V,)
+        self.spaced = torch.tensor([piece[:1] == " " for piece in self.text], dtype=torch.bool)  # (V,)
+        self.clause_end = torch.tensor([piece[-1:] in CLAUSE_ENDS for piece in self.text], dtype=torch.bool)  # (V,)
+
+    def label_ids(self, ids: Iterable[int]) -> list[int]:
+        """Tokens that would echo a template's labels: every token (of the whole vocabulary) whose
+        one word is a word of the fixed text `ids` (token ids in text order; their joined text is
+        read, since a label may be split into pieces) and that is written with a capital letter
+        (" Part", "PART", " Name" for "Part name:"). Lower-case forms stay allowed: "part" is
+        also a word a report uses."""
+        label_words = set(words("".join(self.text[int(i)] for i in ids if 0 <= int(i) < len(self.text))))
+        out = []
+        for i, piece in enumerate(self.text):
+            ws = words(piece)
+            if len(ws) == 1 and ws[0] in label_words and any(c.isupper() for c in piece):
+                out.append(i)
+        return out
+
+    def space_after_held_clause(self, weights: Tensor, tokens: Tensor, held: Tensor, free_idx: Tensor) -> None:
+        """In place: rows of weights (n, V) for free positions right after a held token that ends a
+        clause or a label (": , ; . ! ?") keep only tokens that start with a space, so that
+        "Part name:" is followed by " word", never by a glued piece ("Part name:ed")."""
+        left = free_idx - 1  # (n,)
+        ok = left >= 0
+        left = left.clamp(min=0)
+        rows = (ok & held[left] & self.clause_end[tokens[left]]).nonzero().flatten()
+        if rows.numel():
+            masked = weights[rows] * self.spaced  # (r, V)
+            keep = masked.sum(-1) > 0  # a row with no spaced token left keeps its x̂0
+            weights[rows[keep]] = masked[keep]
 
     def broken_spans(self, ids: list[int]) -> list[list[int]]:
-        """Token positions of each word of `ids` that is not in the lexicon (an id < 0 is a
-        boundary that no word crosses)."""
+        """Token positions of each word of `ids` that is not in the lexicon. An id < 0 is a
+        position that is still noise: no word crosses it, and a word that starts right after
+        it with a glued piece ("ing" after noise) is broken too, since whatever comes to stand
+        before it will join it."""
         spans: list[list[int]] = []
-        word, span = "", []  # the word being read and the positions it touches
+        word, span, blind = "", [], False  # the word being read, its positions, starts after noise
 
         def close() -> None:
-            if word and word.lower() not in self.lexicon:
+            if word and (blind or word.lower() not in self.lexicon):
                 spans.append(list(span))
 
+        prev_noise = False
         for pos, tid in enumerate(ids):
-            if tid < 0:  # a boundary: a position that is still noise
+            if tid < 0:
                 close()
-                word, span = "", []
+                word, span, blind, prev_noise = "", [], False, True
                 continue
             piece = self.text[tid] if tid < len(self.text) else ""
-            for ch in piece:
+            for i, ch in enumerate(piece):
                 if _alnum(ch):
+                    if not word:
+                        blind = prev_noise and i == 0
                     word += ch
                     if not span or span[-1] != pos:
                         span.append(pos)
                 else:
                     close()
-                    word, span = "", []
+                    word, span, blind = "", [], False
+            prev_noise = False
         close()
         return spans
 

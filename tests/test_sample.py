@@ -124,6 +124,6 @@ def test_sampler_spec_changes_the_models_defaults_and_bad_ones_exit_2(model_dir:
     # with 16 free positions and 4 steps, at least 4 are final after step 1
     final = steps[-1]["tokens"]
     assert sum(a == b for a, b in zip(steps[1]["tokens"], final)) >= 4
-    for spec, message in [("bogus=1", "bad sampler setting"), ("no_repeat=2", "lexicon"), ("temperature_end=-1", "temperature_end must be")]:
+    for spec, message in [("bogus=1", "bad sampler setting"), ("no_repeat=2", "lexicon"), ("avoid_labels=1", "lexicon"), ("temperature_end=-1", "temperature_end must be")]:
         rc, _, err = _run(capsys, *base, "--sampler", spec)
         assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, (spec, err)

@@ -114,3 +114,46 @@ def test_checkpoint_carries_the_lexicon_and_its_rule(tok, tmp_path) -> None:
     (tmp_path / "m" / "lexicon.txt").write_text("tampered\n")
     with pytest.raises(checkpoint.CheckpointError, match="lexicon.txt"):
         checkpoint.load(tmp_path / "m")
+
+
+def test_after_held_clause_ends_only_spaced_tokens_are_drawn(tok, rule) -> None:
+    colon = tok.encode(":")
+    assert len(colon) == 1
+    tokens = torch.tensor([colon[0], 5, 6, colon[0], 7])
+    held = torch.tensor([True, False, False, False, False])
+    free_idx = torch.tensor([1, 2, 3, 4])
+    weights = torch.ones(4, tok.vocab_size)
+    rule.space_after_held_clause(weights, tokens, held, free_idx)
+    assert torch.equal(weights[0] > 0, rule.spaced), "right after the held ':' only spaced tokens remain"
+    assert bool((weights[1:] == 1).all()), "after free tokens (even a free ':') nothing changes"
+
+
+def test_a_glued_piece_right_after_noise_is_broken(tok, rule) -> None:
+    the = tok.encode(" the")
+    glue = next(i for i in range(4, tok.vocab_size) if rule.text[i][:1].isalpha() and words(rule.text[i])[0] in rule.lexicon)
+    assert rule.broken_spans([-1, glue]) == [[1]], "it would join whatever the noise becomes"
+    assert rule.broken_spans([-1, *the]) == [], "a token that opens its word may follow noise"
+
+
+def test_avoid_labels_keeps_the_templates_capitalised_words_out_of_free_positions(tok, rule) -> None:
+    from engine.template import expand
+
+    layout = expand("Part name: {{slot:6}}\nPart condition: {{slot:6}}", tok)
+    labels = list(layout.pins.values())
+    avoid = rule.label_ids(labels)
+    assert avoid and all(any(c.isupper() for c in rule.text[i]) for i in avoid)
+
+    class LabelLover(nn.Module):  # x̂0 puts most mass on the label tokens
+        def forward(self, x_t, t, clean):
+            logits = torch.zeros(x_t.shape + (tok.vocab_size,))
+            logits[..., avoid] = 6.0
+            return logits
+
+    diffusion = make_diffusion(DiffusionConfig(), tok.vocab_size, tok.mask_id, forbidden_ids=tok.special_ids)
+    cfg = SamplerConfig(steps=4, seed=0, commit=True, avoid_labels=True)
+    last = list(sample(LabelLover(), diffusion, cfg, length=layout.length, pins=layout.pins, words=rule, labels=labels))[-1]
+    free = [p for p in range(layout.length) if p not in layout.pins]
+    assert not set(last.tokens[free].tolist()) & set(avoid)
+    off = list(sample(LabelLover(), diffusion, SamplerConfig(steps=4, seed=0, commit=True), length=layout.length,
+                      pins=layout.pins, words=rule, labels=labels))[-1]
+    assert set(off.tokens[free].tolist()) & set(avoid), "without the option the labels are echoed"
