@@ -19,7 +19,9 @@ Rows
 Seconds per draft are wall-clock per draft with --threads torch threads (model load excluded).
 "changed / step" is the share of free positions whose token changed, per step, averaged over the
 last quarter of the steps, and at the last step: how far the draft a reviewer watches still
-moves before it is done.
+moves before it is done. "label echo" is the share of a template's fills that contain one of its
+own labels of two words or more ("part name", "nature of condition"), beside the same share in
+the real text cut to the same shape (SDR reports often carry such fields).
 """
 
 from __future__ import annotations
@@ -46,11 +48,37 @@ MEASURES = ("ppl", "oov", "distinct2", "repeat", "entropy")
 
 @dataclasses.dataclass(frozen=True)
 class Job:
-    """One kind of draft: a template layout, or a free draft of `length` tokens after a prefix."""
+    """One kind of draft: a template layout, or a free draft of `length` tokens after a prefix.
+    `labels` are the template's labels of two words or more, as word tuples."""
 
     name: str
     layout: template.Layout | None = None
     length: int = 0
+    labels: tuple[tuple[str, ...], ...] = ()
+
+
+def template_labels(text: str) -> tuple[tuple[str, ...], ...]:
+    """The words before each slot on its line ("Part name: {{slot:6}}" -> ("part", "name")),
+    for labels of two words or more (one-word labels such as "Aircraft" are ordinary words)."""
+    out = []
+    for line in text.splitlines():
+        if "{{" in line:
+            ws = tuple(words(line.split("{{", 1)[0]))
+            if len(ws) >= 2:
+                out.append(ws)
+    return tuple(out)
+
+
+def echo_rate(drafts: Sequence[Sequence[str]], labels: Sequence[tuple[str, ...]]) -> float:
+    """Share of fills that contain one of `labels` as consecutive words."""
+    fills = [words(f) for d in drafts for f in d]
+    if not fills or not labels:
+        return float("nan")
+
+    def has(ws: list[str]) -> bool:
+        return any(tuple(ws[i : i + len(lab)]) == lab for lab in labels for i in range(len(ws) - len(lab) + 1))
+
+    return sum(has(ws) for ws in fills) / len(fills)
 
 
 def _prefix_ids(ck: checkpoint.Checkpoint, test: Sequence[str], seed: int, n_words: int) -> list[int]:
@@ -66,16 +94,18 @@ def sfdlm_draft(ck: checkpoint.Checkpoint, cfg: SamplerConfig, job: Job, seed: i
     tok = ck.tokenizer
     if job.layout is not None:
         pins, length = dict(job.layout.pins), job.layout.length
+        labels = list(job.layout.pins.values())
         spans = [(s.start, s.start + s.length) for s in job.layout.slots]
     else:
         prefix = _prefix_ids(ck, test, seed, prefix_words)
         pins, length = dict(enumerate(prefix)), job.length
+        labels = []
         spans = [(len(prefix), job.length)]
     t0 = time.perf_counter()
     last = None
     changed: list[float] = []
     free = max(1, length - len(pins))
-    for last in sample(ck.model, ck.diffusion(), cfg, length=length, pins=pins, words=ck.words):
+    for last in sample(ck.model, ck.diffusion(), cfg, length=length, pins=pins, words=ck.words, labels=labels):
         changed.append(int(last.changed.sum()) / free)
     seconds = time.perf_counter() - t0
     ids = last.tokens.tolist()
@@ -108,7 +138,10 @@ def ar_draft(ar: checkpoint.Checkpoint, cfg: SamplerConfig, job: Job, seed: int,
 
 
 def jobs_for(ck: checkpoint.Checkpoint, templates: Sequence[Path], free: Sequence[int]) -> list[Job]:
-    out = [Job(p.stem, layout=template.expand(p.read_text(encoding="utf-8"), ck.tokenizer)) for p in templates]
+    out = []
+    for p in templates:
+        text = p.read_text(encoding="utf-8")
+        out.append(Job(p.stem, layout=template.expand(text, ck.tokenizer), labels=template_labels(text)))
     return out + [Job(f"free-{n}", length=n) for n in free]
 
 
@@ -125,7 +158,8 @@ def measure(judge: Judge, draw, job: Job, seeds: Sequence[int], test: Sequence[s
     real = [cut_like(test, [len(words(f)) for f in d], start=rng.randrange(len(test))) for d in drafts]
     late = (statistics.mean(c[0] for c in churn), statistics.mean(c[1] for c in churn)) if churn else None
     return {"row": job.name, "model": judge.score(drafts), "real": judge.score(real),
-            "s_per_draft": statistics.median(secs), "churn": late, "example": drafts[0]}
+            "s_per_draft": statistics.median(secs), "churn": late, "example": drafts[0],
+            "echo": (echo_rate(drafts, job.labels), echo_rate(real, job.labels))}
 
 
 def ratios(model: Scores, real: Scores) -> dict[str, float]:
@@ -136,7 +170,11 @@ def _fmt_row(label: str, r: dict) -> str:
     m, q = r["model"], ratios(r["model"], r["real"])
     return (f"| {label} | {m.ppl:.1f} | {q['ppl']:.2f}x | {100 * m.oov:.1f} % | {q['oov']:.2f}x | {m.distinct2:.3f} | "
             f"{q['distinct2']:.2f}x | {100 * m.repeat:.1f} % | {q['repeat']:.2f}x | {m.entropy:.2f} | {q['entropy']:.2f}x | "
-            f"{r['s_per_draft']:.2f} | {_churn(r.get('churn'))} |")
+            f"{r['s_per_draft']:.2f} | {_churn(r.get('churn'))} | {_echo(r.get('echo'))} |")
+
+
+def _echo(e: tuple[float, float] | None) -> str:
+    return "-" if e is None or e[0] != e[0] else f"{100 * e[0]:.0f} % ({100 * e[1]:.0f} %)"
 
 
 def _churn(c: tuple[float, float] | None) -> str:
@@ -144,7 +182,7 @@ def _churn(c: tuple[float, float] | None) -> str:
 
 
 HEADER = ("| {} | judge ppl | vs real | OOV | vs real | distinct-2 | vs real | repeat | vs real | entropy | vs real | s/draft "
-          "| changed / step, last ¼ / last |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| changed / step, last ¼ / last | label echo (real) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -229,7 +267,8 @@ def _merge(judge: Judge, parts: Sequence[dict]) -> dict:
 
     return {"row": "+".join(p["row"] for p in parts), "model": pool("model"), "real": pool("real"),
             "s_per_draft": statistics.median(p["s_per_draft"] for p in parts), "example": parts[0]["example"],
-            "churn": parts[0]["churn"] and tuple(statistics.mean(p["churn"][i] for p in parts) for i in (0, 1))}
+            "churn": parts[0]["churn"] and tuple(statistics.mean(p["churn"][i] for p in parts) for i in (0, 1)),
+            "echo": parts[0]["echo"]}
 
 
 def _jsonable(obj: object) -> object:

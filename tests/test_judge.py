@@ -87,3 +87,10 @@ def test_bench_runs_main_and_sweep_rows_on_the_tiny_model(tmp_path, capsys) -> N
     assert [r["row"] for r in data["main"]] == ["shift_handover", "free-24"]
     assert all(r["model"]["drafts"] == 2 and r["real"]["words"] == r["model"]["words"] for r in data["main"])
     assert len(data["sweep"]) == 2
+
+
+def test_template_labels_and_echo_rate() -> None:
+    labels = draft_quality.template_labels("REPORT\nAircraft: {{slot:4}}\nPart name: {{slot:3}}\nNature of condition: {{slot:5}}")
+    assert labels == (("part", "name"), ("nature", "of", "condition"))
+    drafts = [["the part name : valve", "found corrosion"], ["nature of condition other", "part was named"]]
+    assert draft_quality.echo_rate(drafts, labels) == 0.5
