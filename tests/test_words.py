@@ -138,10 +138,11 @@ def test_a_glued_piece_right_after_noise_is_broken(tok, rule) -> None:
 def test_avoid_labels_keeps_the_templates_capitalised_words_out_of_free_positions(tok, rule) -> None:
     from engine.template import expand
 
-    layout = expand("Part name: {{slot:6}}\nPart condition: {{slot:6}}", tok)
+    layout = expand("Equipment: {{slot:6}}\nAction taken: {{slot:6}}", tok)
     labels = list(layout.pins.values())
     avoid = rule.label_ids(labels)
-    assert avoid and all(any(c.isupper() for c in rule.text[i]) for i in avoid)
+    assert {"Equipment", "Action"} <= {rule.text[i].strip() for i in avoid}
+    assert all(any(c.isupper() for c in rule.text[i]) for i in avoid)
 
     class LabelLover(nn.Module):  # x̂0 puts most mass on the label tokens
         def forward(self, x_t, t, clean):
