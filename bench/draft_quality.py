@@ -5,7 +5,8 @@ with a short prefix, a sampler setting) and only what the model wrote is scored:
 of a template, the text after the prefix of a free draft. `bench.judge` fits the judge on the
 corpus's training split and scores judge perplexity, OOV rate, distinct-2, repeat rate and
 unigram entropy (see its docstring). Every row is paired with real test-split text cut to the
-same words per fill (`cut_like`), scored by the same judge, and reported as a ratio to it.
+same words per fill (`cut_like`), twenty twins per draft from random test reports, scored by the
+same judge, and reported as a ratio to it.
 
 Rows
   main     the model's stored sampler settings: every template in --templates, free drafts of
@@ -44,6 +45,7 @@ from engine.config import SamplerConfig, parse_sampler_spec
 from engine.sampler import sample
 
 MEASURES = ("ppl", "oov", "distinct2", "repeat", "entropy")
+REAL_PER_DRAFT = 20  # real-text twins per draft: the reference is cheap, and one twin each was noisy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,7 +157,7 @@ def measure(judge: Judge, draw, job: Job, seeds: Sequence[int], test: Sequence[s
         if ch is not None:
             churn.append(ch)
     rng = random.Random(12345)
-    real = [cut_like(test, [len(words(f)) for f in d], start=rng.randrange(len(test))) for d in drafts]
+    real = [cut_like(test, [len(words(f)) for f in d], start=rng.randrange(len(test))) for d in drafts for _ in range(REAL_PER_DRAFT)]
     late = (statistics.mean(c[0] for c in churn), statistics.mean(c[1] for c in churn)) if churn else None
     return {"row": job.name, "model": judge.score(drafts), "real": judge.score(real),
             "s_per_draft": statistics.median(secs), "churn": late, "example": drafts[0],

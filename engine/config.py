@@ -56,6 +56,7 @@ class SamplerConfig:
     seed: int = 0
     temperature_end: float | None = None  # anneal: temperature at the last step (linear from `temperature`)
     commit: bool = False  # commit the most confident tokens first, a share k/S of them by step k
+    commit_order: str = "confidence"  # "confidence", or "frontier": positions right after final text first
     no_repeat: int = 0  # with commit: a committed word token differs from final ones this near (needs a word rule)
     whole_words: bool = False  # tokens that become final are mended into words (engine.words)
     avoid_labels: bool = False  # free positions never draw the capitalised words of the template's text
@@ -118,6 +119,8 @@ def parse_sampler_spec(spec: str, base: SamplerConfig) -> SamplerConfig:
                 changes[key] = low in ("1", "true")
             elif kind == "int":
                 changes[key] = int(raw)
+            elif kind == "str":
+                changes[key] = raw
             else:
                 changes[key] = None if low == "none" and "None" in kind else float(raw)
         except ValueError:

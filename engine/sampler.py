@@ -239,6 +239,8 @@ def _check_config(cfg: SamplerConfig) -> None:
         raise ValueError(f"sampler temperature must be >= 0 (0 = argmax), got {cfg.temperature}")
     if not 0.0 < cfg.top_p <= 1.0:
         raise ValueError(f"sampler top_p must be in (0, 1], got {cfg.top_p}")
+    if cfg.commit_order not in ("confidence", "frontier"):
+        raise ValueError(f"sampler commit_order must be 'confidence' or 'frontier', got {cfg.commit_order!r}")
     if isinstance(cfg.no_repeat, bool) or not isinstance(cfg.no_repeat, int) or not 0 <= cfg.no_repeat <= 64:
         raise ValueError(f"sampler no_repeat must be an integer in 0..64, got {cfg.no_repeat!r}")
     end = cfg.temperature_end
@@ -366,30 +368,34 @@ def derive_committed(step: Step, held: Tensor) -> Tensor:
     return out
 
 
-def _ban_nearby_words(dist: Tensor, tokens: Tensor, fixed: Tensor, free_idx: Tensor, window: int, wordy: Tensor) -> Tensor:
-    """dist (n, V) with zero mass on every word token that is final (fixed) within `window`
-    positions of the row's position; a row left with no mass keeps its original distribution."""
+def _ban_nearby_words(dist: Tensor, tokens: Tensor, fixed: Tensor, free_idx: Tensor, window: int, word_of: Tensor) -> Tensor:
+    """dist (n, V) with zero mass on every token that spells the same word as a token that is
+    final (fixed) within `window` positions of the row's position (" slide", "slide", " Slide"
+    alike); a row left with no mass keeps its original distribution."""
     L = tokens.shape[0]
     offsets = torch.cat([torch.arange(-window, 0), torch.arange(1, window + 1)])  # (2w,)
     near = free_idx[:, None] + offsets[None]  # (n, 2w)
     inside = (near >= 0) & (near < L)
     near = near.clamp(0, L - 1)
-    ids = tokens[near]  # (n, 2w)
-    ban = inside & fixed[near] & wordy[ids]  # (n, 2w)
-    rows, cols = ban.nonzero(as_tuple=True)
-    if rows.numel() == 0:
+    near_word = word_of[tokens[near]]  # (n, 2w)
+    ban = inside & fixed[near] & (near_word >= 0)  # (n, 2w)
+    if not bool(ban.any()):
         return dist
-    out = dist.clone()
-    out[rows, ids[rows, cols]] = 0.0
+    n_words = int(word_of.max()) + 1
+    banned = torch.zeros(free_idx.numel(), n_words, dtype=torch.bool)  # (n, W)
+    rows, cols = ban.nonzero(as_tuple=True)
+    banned[rows, near_word[rows, cols]] = True
+    hit = banned[:, word_of.clamp(min=0)] & (word_of >= 0)  # (n, V)
+    out = dist.masked_fill(hit, 0.0)
     empty = out.sum(-1) <= 0  # (n,)
     return torch.where(empty[:, None], dist, out)
 
 
 def _spread_same_step(draw: Tensor, dist: Tensor, order: list[int], tokens: Tensor, fixed: Tensor, free_idx: Tensor,
-                      window: int, wordy: Tensor, greedy: bool, gen: torch.Generator) -> Tensor:
+                      window: int, word_of: Tensor, greedy: bool, gen: torch.Generator) -> Tensor:
     """Draws of the rows committed together in one step (`order`, most confident first), each
-    drawn again without the word tokens that are final within `window` positions of it,
-    counting those committed before it in this step; a row left with no mass keeps its draw."""
+    drawn again without the words that are final within `window` positions of it, counting
+    those committed before it in this step; a row left with no mass keeps its draw."""
     cur = tokens.clone()  # (L,) with this step's accepted draws written in
     final = fixed.clone()  # (L,)
     draw = draw.clone()
@@ -397,10 +403,9 @@ def _spread_same_step(draw: Tensor, dist: Tensor, order: list[int], tokens: Tens
     for r in order:
         p = int(free_idx[r])
         lo, hi = max(0, p - window), min(L, p + window + 1)
-        near = [int(cur[q]) for q in range(lo, hi) if q != p and bool(final[q]) and bool(wordy[cur[q]])]
-        if int(draw[r]) in near:
-            d = dist[r].clone()  # (V,)
-            d[near] = 0.0
+        near = {int(word_of[cur[q]]) for q in range(lo, hi) if q != p and bool(final[q])} - {-1}
+        if int(word_of[draw[r]]) in near:
+            d = dist[r].masked_fill(torch.isin(word_of, torch.tensor(sorted(near))), 0.0)  # (V,)
             if float(d.sum()) > 0:
                 draw[r] = d.argmax() if greedy else torch.multinomial(d, 1, generator=gen)[0]
         cur[p] = draw[r]
@@ -448,15 +453,20 @@ def _reverse_step(model: Denoiser, diffusion: Diffusion, cfg: SamplerConfig, tok
     if cfg.commit and n_commit > 0:
         dist = weights if shaped is None else shaped  # (n, V)
         if cfg.no_repeat and words is not None:
-            dist = _ban_nearby_words(dist, tokens, held, free_idx, cfg.no_repeat, words.wordy)
+            dist = _ban_nearby_words(dist, tokens, held, free_idx, cfg.no_repeat, words.word_of)
         if greedy:
             draw = dist.argmax(-1)  # (n,)
         else:
             draw = torch.multinomial(dist, 1, generator=gen)[:, 0]  # (n,)
         p_draw = weights.gather(-1, draw[:, None])[:, 0] / total  # (n,)
-        order = sorted(range(free_idx.numel()), key=lambda r: (-float(p_draw[r]), r))[:n_commit]
+        if cfg.commit_order == "frontier":  # grow the text from what is final: its right edges first
+            left = (free_idx - 1).clamp(min=0)
+            edge = ((free_idx > 0) & held[left]).tolist()
+            order = sorted(range(free_idx.numel()), key=lambda r: (not edge[r], -float(p_draw[r]), r))[:n_commit]
+        else:
+            order = sorted(range(free_idx.numel()), key=lambda r: (-float(p_draw[r]), r))[:n_commit]
         if cfg.no_repeat and words is not None:
-            draw = _spread_same_step(draw, dist, order, tokens, held, free_idx, cfg.no_repeat, words.wordy, greedy, gen)
+            draw = _spread_same_step(draw, dist, order, tokens, held, free_idx, cfg.no_repeat, words.word_of, greedy, gen)
         final[torch.tensor(order)] = True
         chosen = torch.where(final, draw, chosen)
     elif k == S:

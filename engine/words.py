@@ -83,7 +83,10 @@ class WordRule:
             if piece and not _alnum(piece[0]) and all(w in self.lexicon for w in words(piece)):
                 opener[i] = True
         self.opener = opener
-        self.wordy = torch.tensor([any(_alnum(c) for c in piece) for piece in self.text], dtype=torch.bool)  # (V,)
+        # the one word a token spells, as an index into a table of words (-1: none, or several)
+        index: dict[str, int] = {}
+        self.word_of = torch.tensor([index.setdefault(ws[0], len(index)) if len(ws := words(piece)) == 1 else -1
+                                     for piece in self.text], dtype=torch.long)  # (V,)
         self.spaced = torch.tensor([piece[:1] == " " for piece in self.text], dtype=torch.bool)  # (V,)
         self.clause_end = torch.tensor([piece[-1:] in CLAUSE_ENDS for piece in self.text], dtype=torch.bool)  # (V,)
 

@@ -85,7 +85,8 @@ def test_bench_runs_main_and_sweep_rows_on_the_tiny_model(tmp_path, capsys) -> N
     assert "| shift_handover |" in text and "| free-24 |" in text and "| steps=2,commit=1 |" in text
     data = json.loads(out.read_text())
     assert [r["row"] for r in data["main"]] == ["shift_handover", "free-24"]
-    assert all(r["model"]["drafts"] == 2 and r["real"]["words"] == r["model"]["words"] for r in data["main"])
+    twins = draft_quality.REAL_PER_DRAFT
+    assert all(r["model"]["drafts"] == 2 and r["real"]["words"] == twins * r["model"]["words"] for r in data["main"])
     assert len(data["sweep"]) == 2
 
 

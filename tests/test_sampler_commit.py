@@ -133,10 +133,13 @@ def test_no_repeat_keeps_a_committed_word_away_from_the_same_final_word() -> Non
     the = tok.encode(" the")[0]
     V = tok.vocab_size
 
-    class Repeater(torch.nn.Module):  # x̂0 prefers " the" everywhere, then a spread of others
+    the_too = [i for i in range(V) if i != the and int(rule.word_of[i]) == int(rule.word_of[the])]  # "the", " The"...
+
+    class Repeater(torch.nn.Module):  # x̂0 prefers " the" (and its other spellings) everywhere
         def forward(self, x_t, t, clean):
             logits = torch.zeros(x_t.shape + (V,))
             logits[..., the] = 8.0
+            logits[..., the_too] = 7.0
             return logits
 
     diffusion = make("uniform", vocab=V)
@@ -146,8 +149,23 @@ def test_no_repeat_keeps_a_committed_word_away_from_the_same_final_word() -> Non
     last = run(Repeater(), diffusion, cfg, length=12, words=rule)[-1]
     ids = last.tokens.tolist()
     for p, tid in enumerate(ids):
-        if bool(rule.wordy[tid]):
-            near = ids[max(0, p - 2) : p] + ids[p + 1 : p + 3]
-            assert tid not in near, f"{tok.decode([tid])!r} at {p} repeats within 2 positions: {tok.decode(ids)!r}"
+        w = int(rule.word_of[tid])
+        if w >= 0:
+            near = [int(rule.word_of[i]) for i in ids[max(0, p - 2) : p] + ids[p + 1 : p + 3]]
+            assert w not in near, f"{tok.decode([tid])!r} at {p} repeats within 2 positions: {tok.decode(ids)!r}"
     plain = run(Repeater(), diffusion, dataclasses.replace(cfg, no_repeat=0), length=12, words=rule)[-1]
     assert plain.tokens.tolist().count(the) > ids.count(the)
+
+
+def test_frontier_order_grows_the_text_from_what_is_final(model) -> None:
+    cfg = SamplerConfig(steps=10, seed=2, commit=True, commit_order="frontier")
+    pins = {0: 3, 10: 5}
+    steps = run(model, make("uniform"), cfg, length=L, pins=pins)
+    first = steps[1].committed.nonzero().flatten().tolist()
+    assert first == [1, 11], "the positions right after the two pins go first"
+    for st in steps[1:]:
+        final = st.committed | st.pinned
+        # every committed position has a final left neighbour: the text grows rightwards
+        assert all(bool(final[p - 1]) for p in st.committed.nonzero().flatten().tolist())
+    with pytest.raises(ValueError, match="commit_order"):
+        sample(model, make("uniform"), dataclasses.replace(cfg, commit_order="random"), length=4)
