@@ -200,6 +200,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--sweep-rows", default="service_difficulty_report,free-128", help="rows the sweep drafts (comma-separated)")
     p.add_argument("--sweep-drafts", type=int, default=25, help="drafts per sweep row (default 25)")
     p.add_argument("--no-main", action="store_true", help="only the sweep")
+    p.add_argument("--ar-only", action="store_true", help="with --ar-model: only the causal transformer's main rows")
+    p.add_argument("--ar-temperature", type=float, default=1.0, help="the causal transformer's temperature (default 1.0)")
+    p.add_argument("--ar-top-p", type=float, default=1.0, help="the causal transformer's top-p (default 1.0)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     p.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")
     args = p.parse_args(argv)
@@ -223,19 +226,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = ck.sampler_cfg
         print(f"\nmain rows: the model's sampler settings {dataclasses.asdict(cfg)}, {args.drafts} drafts a row\n")
         print(HEADER.format("row"))
-        for job in jobs:
+        for job in [] if args.ar_only else jobs:
             r = measure(judge, sfdlm(cfg), job, range(args.drafts), test)
             out["main"].append(r)
             print(_fmt_row(job.name, r), flush=True)
         if args.ar_model is not None:
             ar = checkpoint.load(args.ar_model)
             for job in jobs_for(ar, templates, free):
-                r = measure(judge, lambda j, s: ar_draft(ar, cfg, j, s, test, args.prefix_words), job, range(args.drafts), test)
+                ar_cfg = SamplerConfig(temperature=args.ar_temperature, top_p=args.ar_top_p)
+                r = measure(judge, lambda j, s: ar_draft(ar, ar_cfg, j, s, test, args.prefix_words), job, range(args.drafts), test)
                 out["ar"].append(r)
                 print(_fmt_row(f"{job.name} (causal)", r), flush=True)
-        pooled = [(r["model"].ppl, r["real"].ppl) for r in out["main"]]
+        rows = out["main"] or out["ar"]
+        pooled = [(r["model"].ppl, r["real"].ppl) for r in rows]
         print("\nreal text per row: " + ", ".join(f"{r['row']} ppl {r['real'].ppl:.1f} OOV {100 * r['real'].oov:.1f} %"
-                                                 for r in out["main"]))
+                                                 for r in rows))
         if pooled:
             print(f"median ppl ratio over rows: {statistics.median(a / b for a, b in pooled):.2f}x")
 
