@@ -64,7 +64,7 @@ class SamplerConfig:
 
 # What engine.train writes into a new model folder (which always has a lexicon): the setting
 # chosen from bench.draft_quality's quality / latency table (docs/RESULTS.md, "Draft quality").
-RECOMMENDED_SAMPLER = SamplerConfig(steps=64, temperature=1.0, temperature_end=0.5, commit=True, no_repeat=3, whole_words=True,
+RECOMMENDED_SAMPLER = SamplerConfig(steps=64, temperature=0.9, temperature_end=0.4, commit=True, no_repeat=5, whole_words=True,
                                     avoid_labels=True)
 
 
