@@ -158,3 +158,21 @@ def test_avoid_labels_keeps_the_templates_capitalised_words_out_of_free_position
     off = list(sample(LabelLover(), diffusion, SamplerConfig(steps=4, seed=0, commit=True), length=layout.length,
                       pins=layout.pins, words=rule, labels=labels))[-1]
     assert set(off.tokens[free].tolist()) & set(avoid), "without the option the labels are echoed"
+
+
+def test_the_shipped_model_drafts_whole_words_at_its_own_settings() -> None:
+    import dataclasses
+    from pathlib import Path
+
+    from engine.template import expand
+
+    ck = checkpoint.load(Path(__file__).resolve().parent.parent / "assets" / "model")
+    assert ck.words is not None and ck.sampler_cfg.whole_words and ck.sampler_cfg.commit
+    text = (Path(__file__).resolve().parent.parent / "assets" / "templates" / "shift_handover.txt").read_text()
+    layout = expand(text, ck.tokenizer)
+    cfg = dataclasses.replace(ck.sampler_cfg, steps=8, seed=1)
+    last = list(sample(ck.model, ck.diffusion(), cfg, length=layout.length, pins=layout.pins, words=ck.words,
+                       labels=list(layout.pins.values())))[-1]
+    assert all(int(last.tokens[p]) == v for p, v in layout.pins.items())
+    free_broken = [s for s in ck.words.broken_spans(last.tokens.tolist()) if any(p not in layout.pins for p in s)]
+    assert free_broken == [], [ck.tokenizer.decode([int(last.tokens[p]) for p in s]) for s in free_broken]
