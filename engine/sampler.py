@@ -18,6 +18,10 @@ Glossary
              positions of step 0 (no prediction has been made yet)
   edit       replace tokens[start:end] by new ids (any length): later positions and pins shift
              by the length difference and the new span is pinned (`apply_edit`, `edit_step`)
+  committed  with cfg.commit, free positions whose token is final (`engine.commit`); held and
+             passed as clean like pins, recorded in Step.committed
+  word rule  with a model's lexicon (`engine.words`): whole words, spaced openings after held
+             clause ends, no near repeats, no label echo (cfg.whole_words, no_repeat, avoid_labels)
 
 Determinism: step k draws its randomness from a generator seeded by step_seed(cfg.seed, k) (the
 initial noise uses k = 0). Sampling happens on the CPU in float64, so a run is a function of
@@ -38,6 +42,7 @@ from torch import Tensor
 
 from engine.config import SamplerConfig
 from engine.diffusion import FORBIDDEN_LOGIT, Denoiser, Diffusion
+from engine.commit import ban_nearby_words, commit_target, derive_committed, spread_same_step
 from engine.words import WordRule
 
 
@@ -341,76 +346,12 @@ def sample(
         held |= extra
     committed = None
     if cfg.commit and start is not None:
-        committed = start.committed if start.committed is not None and start.committed.shape == (length,) else derive_committed(start, held)
+        committed = start.committed if start.committed is not None and start.committed.shape == (length,) else derive_committed(start.confidence, held, start.index, start.total_steps)
         committed = committed.to("cpu", torch.bool) & ~held
     conf = start.confidence.to("cpu", torch.float32) if start is not None else torch.zeros(length)
     avoid = torch.tensor(words.label_ids(labels) if cfg.avoid_labels and words is not None and labels else [], dtype=torch.long)
     return _run(model, diffusion, cfg, tokens, held, k0, fresh=start is None, words=words, committed=committed, conf=conf,
                 avoid=avoid)
-
-
-def commit_target(writable: int, k: int, steps: int) -> int:
-    """How many of the `writable` (not held) positions are committed once step k is done:
-    ceil(writable * k / steps), so that every one is final after the last step."""
-    return -(-writable * k // steps)
-
-
-def derive_committed(step: Step, held: Tensor) -> Tensor:
-    """Committed positions of a step that does not record them: the commit_target(k) free
-    positions of highest confidence (ties: the earlier position)."""
-    L = step.length
-    free = (~held).nonzero().flatten()  # (n,)
-    m = commit_target(int(free.numel()), step.index, step.total_steps)
-    out = torch.zeros(L, dtype=torch.bool)  # (L,)
-    if m:
-        order = sorted(free.tolist(), key=lambda p: (-float(step.confidence[p]), p))
-        out[torch.tensor(order[:m])] = True
-    return out
-
-
-def _ban_nearby_words(dist: Tensor, tokens: Tensor, fixed: Tensor, free_idx: Tensor, window: int, word_of: Tensor) -> Tensor:
-    """dist (n, V) with zero mass on every token that spells the same word as a token that is
-    final (fixed) within `window` positions of the row's position (" slide", "slide", " Slide"
-    alike); a row left with no mass keeps its original distribution."""
-    L = tokens.shape[0]
-    offsets = torch.cat([torch.arange(-window, 0), torch.arange(1, window + 1)])  # (2w,)
-    near = free_idx[:, None] + offsets[None]  # (n, 2w)
-    inside = (near >= 0) & (near < L)
-    near = near.clamp(0, L - 1)
-    near_word = word_of[tokens[near]]  # (n, 2w)
-    ban = inside & fixed[near] & (near_word >= 0)  # (n, 2w)
-    if not bool(ban.any()):
-        return dist
-    n_words = int(word_of.max()) + 1
-    banned = torch.zeros(free_idx.numel(), n_words, dtype=torch.bool)  # (n, W)
-    rows, cols = ban.nonzero(as_tuple=True)
-    banned[rows, near_word[rows, cols]] = True
-    hit = banned[:, word_of.clamp(min=0)] & (word_of >= 0)  # (n, V)
-    out = dist.masked_fill(hit, 0.0)
-    empty = out.sum(-1) <= 0  # (n,)
-    return torch.where(empty[:, None], dist, out)
-
-
-def _spread_same_step(draw: Tensor, dist: Tensor, order: list[int], tokens: Tensor, fixed: Tensor, free_idx: Tensor,
-                      window: int, word_of: Tensor, greedy: bool, gen: torch.Generator) -> Tensor:
-    """Draws of the rows committed together in one step (`order`, most confident first), each
-    drawn again without the words that are final within `window` positions of it, counting
-    those committed before it in this step; a row left with no mass keeps its draw."""
-    cur = tokens.clone()  # (L,) with this step's accepted draws written in
-    final = fixed.clone()  # (L,)
-    draw = draw.clone()
-    L = tokens.shape[0]
-    for r in order:
-        p = int(free_idx[r])
-        lo, hi = max(0, p - window), min(L, p + window + 1)
-        near = {int(word_of[cur[q]]) for q in range(lo, hi) if q != p and bool(final[q])} - {-1}
-        if int(word_of[draw[r]]) in near:
-            d = dist[r].masked_fill(torch.isin(word_of, torch.tensor(sorted(near))), 0.0)  # (V,)
-            if float(d.sum()) > 0:
-                draw[r] = d.argmax() if greedy else torch.multinomial(d, 1, generator=gen)[0]
-        cur[p] = draw[r]
-        final[p] = True
-    return draw
 
 
 @torch.inference_mode()
@@ -453,7 +394,7 @@ def _reverse_step(model: Denoiser, diffusion: Diffusion, cfg: SamplerConfig, tok
     if cfg.commit and n_commit > 0:
         dist = weights if shaped is None else shaped  # (n, V)
         if cfg.no_repeat and words is not None:
-            dist = _ban_nearby_words(dist, tokens, held, free_idx, cfg.no_repeat, words.word_of)
+            dist = ban_nearby_words(dist, tokens, held, free_idx, cfg.no_repeat, words.word_of)
         if greedy:
             draw = dist.argmax(-1)  # (n,)
         else:
@@ -466,7 +407,7 @@ def _reverse_step(model: Denoiser, diffusion: Diffusion, cfg: SamplerConfig, tok
         else:
             order = sorted(range(free_idx.numel()), key=lambda r: (-float(p_draw[r]), r))[:n_commit]
         if cfg.no_repeat and words is not None:
-            draw = _spread_same_step(draw, dist, order, tokens, held, free_idx, cfg.no_repeat, words.word_of, greedy, gen)
+            draw = spread_same_step(draw, dist, order, tokens, held, free_idx, cfg.no_repeat, words.word_of, greedy, gen)
         final[torch.tensor(order)] = True
         chosen = torch.where(final, draw, chosen)
     elif k == S:

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from engine.config import SamplerConfig
-from engine.sampler import commit_target, derive_committed, edit_step, resume_from, sample, step_temperature
+from engine.commit import commit_target, derive_committed
+from engine.sampler import edit_step, resume_from, sample, step_temperature
 from test_sampler import FakeDenoiser, make, run, same_runs
 
 L = 20
@@ -79,7 +80,7 @@ def test_a_step_without_its_committed_mask_resumes_from_derived_commitment(model
     diffusion = make("uniform")
     full = run(model, diffusion, cfg, length=L, pins=PINS)
     bare = dataclasses.replace(full[3], committed=None)
-    derived = derive_committed(bare, bare.pinned)
+    derived = derive_committed(bare.confidence, bare.pinned, bare.index, bare.total_steps)
     assert int(derived.sum()) == commit_target(L - len(PINS), 3, 6)
     rest = run(model, diffusion, cfg, start=bare, pins=PINS)
     assert bool((rest[-1].committed | rest[-1].pinned).all())

@@ -1,0 +1,83 @@
+"""Commitment: which free tokens of a reverse step become final, and in what order.
+
+Glossary
+  writable   positions not held by a pin (or clean_extra): the ones the sampler writes
+  committed  writable positions whose token is final; held and passed as clean from then on
+  target     commit_target(F, k, S) = ceil(F k / S) committed after step k, all of them at k = S
+  near       within `window` positions of a row's position, on either side
+
+`engine.sampler` draws a candidate from x̂0 at every free position, ranks the candidates by the
+model's own probability, and commits the best until the target is reached. With no_repeat, a
+candidate that spells the same word as a final token nearby is drawn again without it
+(`ban_nearby_words` for tokens final before the step, `spread_same_step` for those committed
+earlier in the same step).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def commit_target(writable: int, k: int, steps: int) -> int:
+    """How many of the `writable` (not held) positions are committed once step k is done:
+    ceil(writable * k / steps), so that every one is final after the last step."""
+    return -(-writable * k // steps)
+
+
+def derive_committed(confidence: Tensor, held: Tensor, index: int, total_steps: int) -> Tensor:
+    """Committed positions of a step that does not record them (step `index` of `total_steps`,
+    its confidence (L,) and held (L,) positions): the commit_target free positions of highest
+    confidence (ties: the earlier position)."""
+    free = (~held).nonzero().flatten()  # (n,)
+    m = commit_target(int(free.numel()), index, total_steps)
+    out = torch.zeros(held.shape[0], dtype=torch.bool)  # (L,)
+    if m:
+        order = sorted(free.tolist(), key=lambda p: (-float(confidence[p]), p))
+        out[torch.tensor(order[:m])] = True
+    return out
+
+
+def ban_nearby_words(dist: Tensor, tokens: Tensor, fixed: Tensor, free_idx: Tensor, window: int, word_of: Tensor) -> Tensor:
+    """dist (n, V) with zero mass on every token that spells the same word as a token that is
+    final (fixed) within `window` positions of the row's position (" slide", "slide", " Slide"
+    alike); a row left with no mass keeps its original distribution."""
+    L = tokens.shape[0]
+    offsets = torch.cat([torch.arange(-window, 0), torch.arange(1, window + 1)])  # (2w,)
+    near = free_idx[:, None] + offsets[None]  # (n, 2w)
+    inside = (near >= 0) & (near < L)
+    near = near.clamp(0, L - 1)
+    near_word = word_of[tokens[near]]  # (n, 2w)
+    ban = inside & fixed[near] & (near_word >= 0)  # (n, 2w)
+    if not bool(ban.any()):
+        return dist
+    n_words = int(word_of.max()) + 1
+    banned = torch.zeros(free_idx.numel(), n_words, dtype=torch.bool)  # (n, W)
+    rows, cols = ban.nonzero(as_tuple=True)
+    banned[rows, near_word[rows, cols]] = True
+    hit = banned[:, word_of.clamp(min=0)] & (word_of >= 0)  # (n, V)
+    out = dist.masked_fill(hit, 0.0)
+    empty = out.sum(-1) <= 0  # (n,)
+    return torch.where(empty[:, None], dist, out)
+
+
+def spread_same_step(draw: Tensor, dist: Tensor, order: list[int], tokens: Tensor, fixed: Tensor, free_idx: Tensor,
+                      window: int, word_of: Tensor, greedy: bool, gen: torch.Generator) -> Tensor:
+    """Draws of the rows committed together in one step (`order`, most confident first), each
+    drawn again without the words that are final within `window` positions of it, counting
+    those committed before it in this step; a row left with no mass keeps its draw."""
+    cur = tokens.clone()  # (L,) with this step's accepted draws written in
+    final = fixed.clone()  # (L,)
+    draw = draw.clone()
+    L = tokens.shape[0]
+    for r in order:
+        p = int(free_idx[r])
+        lo, hi = max(0, p - window), min(L, p + window + 1)
+        near = {int(word_of[cur[q]]) for q in range(lo, hi) if q != p and bool(final[q])} - {-1}
+        if int(word_of[draw[r]]) in near:
+            d = dist[r].masked_fill(torch.isin(word_of, torch.tensor(sorted(near))), 0.0)  # (V,)
+            if float(d.sum()) > 0:
+                draw[r] = d.argmax() if greedy else torch.multinomial(d, 1, generator=gen)[0]
+        cur[p] = draw[r]
+        final[p] = True
+    return draw
