@@ -183,10 +183,8 @@ def _control(svc: Any, state: DraftState | None) -> RunControl:
 
 def _sampler_cfg(svc: Any, settings: dict[str, Any]) -> Any:
     # a run keeps the settings it was started with; fields it did not record are the model's
-    recorded = {f.name: settings[f.name] for f in dataclasses.fields(svc.ckpt.sampler_cfg) if f.name in settings}
-    recorded.update(steps=int(settings["steps"]), seed=int(settings["seed"]), temperature=float(settings["temperature"]),
-                    top_p=float(settings["top_p"]), greedy_last=bool(settings["greedy_last"]))
-    return dataclasses.replace(svc.ckpt.sampler_cfg, **recorded)
+    return dataclasses.replace(svc.ckpt.sampler_cfg, **{f.name: settings[f.name] for f in dataclasses.fields(svc.ckpt.sampler_cfg)
+                                                         if f.name in settings})
 
 
 def _template_layout(svc: Any, session: Any, template_id: int | None) -> Any:
@@ -338,14 +336,13 @@ def _restore_live(ctrl: RunControl) -> None:
 
 
 def _iterator(svc: Any, ctrl: RunControl) -> Iterator[Any]:
-    cfg = _sampler_cfg(svc, ctrl.settings)
-    labels = [tid for p, tid in sorted(ctrl.held.items()) if ctrl.kinds.get(p) == "template"]
+    run = dict(pins=dict(ctrl.held), words=svc.ckpt.words,
+               labels=[tid for p, tid in sorted(ctrl.held.items()) if ctrl.kinds.get(p) == "template"])
     if ctrl.base is None:
-        return sampler.sample(svc.ckpt.model, svc.diffusion, cfg, length=int(ctrl.settings["length"]),
-                              pins=dict(ctrl.held), words=svc.ckpt.words, labels=labels)
-    start = sampler.resume_from(ctrl.base, ctrl.base.tokens, ctrl.held)
-    return sampler.sample(svc.ckpt.model, svc.diffusion, cfg, start=start, pins=dict(ctrl.held), words=svc.ckpt.words,
-                          labels=labels)
+        run["length"] = int(ctrl.settings["length"])
+    else:
+        run["start"] = sampler.resume_from(ctrl.base, ctrl.base.tokens, ctrl.held)
+    return sampler.sample(svc.ckpt.model, svc.diffusion, _sampler_cfg(svc, ctrl.settings), **run)
 
 
 def _stream(svc: Any, actor: Actor, ctrl: RunControl, state: DraftState, first_note: str = "") -> Iterator[DraftUpdate]:

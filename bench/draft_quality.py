@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import platform
 import random
 import statistics
@@ -263,8 +264,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _merge(judge: Judge, parts: Sequence[dict]) -> dict:
     """Pool several rows' scores, weighting each measure by words (ppl in log space)."""
-    import math
-
     def pool(key: str) -> Scores:
         ss = [p[key] for p in parts]
         n = sum(s.words for s in ss)

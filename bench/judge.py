@@ -26,23 +26,16 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.words import words  # the judge's words are the word rule's: lower-cased letter and digit runs
+
 ALGORITHM = "kn3-d0.75-v1"
 DISCOUNT = 0.75
 BOS, UNK = "<s>", "<unk>"
-_WORD = re.compile(r"[^\W_]+")
-
-
-def words(text: str) -> list[str]:
-    """The judge's words of `text`: lower-cased runs of letters and digits."""
-    return _WORD.findall(text.lower())
-
-
 @dataclass(frozen=True)
 class Scores:
     drafts: int

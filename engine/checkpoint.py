@@ -111,8 +111,12 @@ def save(
         names.append(LEXICON_FILE)
     elif (folder / LEXICON_FILE).exists():
         (folder / LEXICON_FILE).unlink()  # a stale lexicon must not sit unlisted beside new weights
-    manifest = {"files": {f: _sha256(folder / f) for f in names}}
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return _write_manifest(folder, {f: _sha256(folder / f) for f in names})
+
+
+def _write_manifest(folder: Path, files: dict[str, str]) -> str:
+    """Write manifest.json listing `files` (name -> SHA-256); returns the manifest's own SHA-256."""
+    (folder / "manifest.json").write_text(json.dumps({"files": files}, indent=2, sort_keys=True) + "\n")
     return _sha256(folder / "manifest.json")
 
 
@@ -121,8 +125,7 @@ def amend(folder: str | Path, *, sampler_cfg: SamplerConfig | None = None, lexic
     and list them in its manifest; returns the new checksum (a new model_id: drafts made with
     other defaults are another model's). The weights and the tokenizer are untouched."""
     folder = Path(folder)
-    verify(folder)
-    files = json.loads((folder / "manifest.json").read_text())["files"]
+    _, files = _verify(folder)
     if sampler_cfg is not None:
         config = json.loads((folder / "config.json").read_text())
         config["sampler"] = to_dict(sampler_cfg)
@@ -131,13 +134,16 @@ def amend(folder: str | Path, *, sampler_cfg: SamplerConfig | None = None, lexic
     if lexicon is not None:
         save_lexicon(lexicon, folder / LEXICON_FILE)
         files[LEXICON_FILE] = _sha256(folder / LEXICON_FILE)
-    (folder / "manifest.json").write_text(json.dumps({"files": files}, indent=2, sort_keys=True) + "\n")
-    return _sha256(folder / "manifest.json")
+    return _write_manifest(folder, files)
 
 
 def verify(folder: str | Path) -> str:
     """Check that every file is present and matches the manifest; return the checksum."""
-    folder = Path(folder)
+    return _verify(Path(folder))[0]
+
+
+def _verify(folder: Path) -> tuple[str, dict[str, str]]:
+    """verify(), also returning the files the manifest lists (name -> SHA-256)."""
     if not folder.is_dir():
         raise CheckpointError(f"model folder not found: {folder}")
     mpath = folder / "manifest.json"
@@ -158,7 +164,7 @@ def verify(folder: str | Path) -> str:
             raise CheckpointError(f"model file missing: {path}")
         if files.get(name) != _sha256(path):
             raise CheckpointError(f"model file corrupt (SHA-256 differs from manifest): {path}")
-    return _sha256(mpath)
+    return _sha256(mpath), files
 
 
 def load(folder: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
@@ -166,7 +172,7 @@ def load(folder: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
     from engine.model import build_model  # the network is only needed once a folder is read
 
     folder = Path(folder)
-    checksum = verify(folder)
+    checksum, files = _verify(folder)
     cpath = folder / "config.json"
     try:
         config = json.loads(cpath.read_text())
@@ -184,7 +190,7 @@ def load(folder: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
     if tokenizer.vocab_size != model_cfg.vocab_size:
         raise CheckpointError(f"{folder}: tokenizer vocab {tokenizer.vocab_size} != model vocab {model_cfg.vocab_size}")
     words = None
-    if LEXICON_FILE in json.loads((folder / "manifest.json").read_text())["files"]:  # verified above
+    if LEXICON_FILE in files:
         try:
             words = WordRule(tokenizer, load_lexicon(folder / LEXICON_FILE))
         except (ValueError, UnicodeDecodeError) as exc:

@@ -148,9 +148,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     diffusion = ckpt.diffusion()
     try:
         validate_pins(pins, length)
-        if (cfg.whole_words or cfg.no_repeat or cfg.avoid_labels) and ckpt.words is None:
-            _fail(f"whole_words, no_repeat and avoid_labels need a lexicon.txt in {args.model}; "
-                  "pass --sampler 'whole_words=0,no_repeat=0,avoid_labels=0'")
         last = None
         for step in sample(ckpt.model, diffusion, cfg, length=length, pins=pins, words=ckpt.words, labels=labels):
             last = step

@@ -41,7 +41,7 @@ _PASSES = 4
 
 
 def words(text: str) -> list[str]:
-    """Lower-cased runs of letters and digits (the same rule as `bench.judge.words`)."""
+    """Lower-cased runs of letters and digits (also the words `bench.judge` scores)."""
     return _WORD.findall(text.lower())
 
 
@@ -181,8 +181,3 @@ class WordRule:
             out[pos] = best
         return out
 
-
-def load_rule(folder: str | Path, tokenizer: Tokenizer) -> WordRule | None:
-    """The word rule of a model folder, or None when it has no lexicon."""
-    path = Path(folder) / LEXICON_FILE
-    return WordRule(tokenizer, load_lexicon(path)) if path.is_file() else None

@@ -95,3 +95,14 @@ def test_template_labels_and_echo_rate() -> None:
     assert labels == (("part", "name"), ("nature", "of", "condition"))
     drafts = [["the part name : valve", "found corrosion"], ["nature of condition other", "part was named"]]
     assert draft_quality.echo_rate(drafts, labels) == 0.5
+
+
+def test_samples_writes_every_template_and_seed(tmp_path) -> None:
+    from bench import samples
+
+    out = tmp_path / "samples.md"
+    assert samples.main(["--model", "assets/tiny", "--seeds", "2", "--out", str(out), "--threads", "1"]) == 0
+    text = out.read_text()
+    for name in ("corrective_action", "shift_handover"):
+        assert f"## {name}" in text
+    assert text.count("**Seed 0**") == text.count("**Seed 1**") == 5 and "**Seed 2**" not in text

@@ -176,3 +176,21 @@ def test_the_shipped_model_drafts_whole_words_at_its_own_settings() -> None:
     assert all(int(last.tokens[p]) == v for p, v in layout.pins.items())
     free_broken = [s for s in ck.words.broken_spans(last.tokens.tolist()) if any(p not in layout.pins for p in s)]
     assert free_broken == [], [ck.tokenizer.decode([int(last.tokens[p]) for p in s]) for s in free_broken]
+
+
+def test_amend_cli_sets_sampler_defaults_and_lexicon_and_refuses_bad_specs(tok, tmp_path, capsys) -> None:
+    import json
+
+    cfg = tiny_config(tok.vocab_size)
+    checkpoint.save(tmp_path / "m", build_model(cfg), cfg, tok)
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "train.jsonl").write_text(json.dumps({"text": "Found the pump leaking."}) + "\n")
+    with pytest.raises(SystemExit) as exc:
+        checkpoint.main(["amend", "--model", str(tmp_path / "m"), "--sampler", "colour=red"])
+    assert exc.value.code == 2 and "bad sampler setting" in capsys.readouterr().err
+    assert checkpoint.main(["amend", "--model", str(tmp_path / "m"), "--sampler", "steps=7,commit=1",
+                            "--lexicon-from", str(tmp_path / "corpus")]) == 0
+    ck = checkpoint.load(tmp_path / "m")
+    assert (ck.sampler_cfg.steps, ck.sampler_cfg.commit) == (7, True)
+    assert ck.words is not None and ck.words.lexicon == {"found", "the", "pump", "leaking"}
+    assert capsys.readouterr().out.strip() == ck.checksum
