@@ -32,7 +32,7 @@ GOLDEN = Path(__file__).parent / "golden" / "session_replay.json"
 VOLATILE = "<volatile>"
 # columns whose values change on every run
 VOLATILE_NAME = re.compile(r"(^|_)(ts|at|hash|salt|when|time|path|elapsed_ms|token)$|_at$|^password|hash|sha256")
-STAMP = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d+)?([+-]\d{2}:?\d{2}|Z)?|\d{8}T\d{6}Z")
+STAMP = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([+-]\d{2}:?\d{2}|Z)?|\d{8}T\d{6}Z")
 
 
 def _handlers() -> dict[str, Any]:
