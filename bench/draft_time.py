@@ -24,9 +24,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from engine.build import build_model
 from engine.config import DiffusionConfig, ModelConfig, SamplerConfig
 from engine.diffusion import make_diffusion
-from engine.model import build_model
 from engine.sampler import sample
 from engine.tokenizer import BOS, MASK
 

@@ -41,7 +41,7 @@ DEFAULT_PID=
 [ "$DEFAULT_MIN" != 0 ] && DEFAULT_PID=$!
 RUNS=(--tokens "$QTOKENS" --seeds "${SEEDS:-0,1,2}" --models "${MODELS:-sfdlm-uniform,sfdlm-absorbing,transformer-uniform,causal}")
 # training only, side by side on the GPU; then the scoring (CPU work) with the machine's cores
-# to itself: in the first session twelve scorings at once beside twelve GPU feeders ran out of time
+# to itself: twelve scorings at once beside twelve GPU feeders did not finish within the time limit
 timeout "$QTIMEOUT" "$PY" -m bench.quality "${Q[@]}" "${RUNS[@]}" --jobs "${JOBS:-12}" --eval-every 100 --no-score
 echo "comparison training exit $?"
 date -u

@@ -4,10 +4,11 @@
     python -m bench.layers_ab --base /tmp/base [--d-model 256] [--layers 6] [--vocab 8192]
                               [--seq-len 256] [--batch-size 32] [--threads T] [--repeats N] [--json]
 
-Changes to engine/layers.py are small against the noise of a shared machine when the two versions
-are timed by separate runs minutes apart (run to run, a training step here moves by 5-10 %). This
-benchmark loads the other checkout's engine/layers.py as a module of its own and times, in one
-process and ALTERNATELY (base, then this checkout, every round):
+Changes to the SFDLM's own layers (engine/ssm.py, engine/fourier_mlp.py and the FFT machinery of
+engine/fft.py; engine/layers.py in older checkouts) are small against the noise of a shared machine
+when the two versions are timed by separate runs minutes apart (run to run, a training step here
+moves by 5-10 %). This benchmark loads the other checkout's layers as modules of their own and
+times, in one process and ALTERNATELY (base, then this checkout, every round):
 
   ssm, fourier  one BidirectionalSSM / ComplexFourierMLP, forward plus backward of the output's
                 sum on a (B, L, D) input; both versions built from the same seed
@@ -35,23 +36,57 @@ from types import ModuleType
 
 import torch
 
-import engine.layers as here
 from bench.train_step import FIRST_ID, add_shape_arguments, forward_backward, training_diffusion
+from engine.build import build_model
 from engine.config import ModelConfig, TrainConfig
-from engine.model import build_model
+from engine.fourier_mlp import ComplexFourierMLP
+from engine.ssm import BidirectionalSSM
 from engine.train import optimizer_step
 
+LAYER_MODULES = ("fft", "ssm", "fourier_mlp")  # in import order: the latter two import engine.fft
 
-def load_layers(checkout: Path) -> ModuleType:
-    """The checkout's engine/layers.py as a module named bench_base_layers."""
-    path = Path(checkout) / "engine" / "layers.py"
+# this checkout's layers, in the shape load_layers gives a base checkout's
+here = ModuleType("bench_this_layers")
+here.BidirectionalSSM, here.ComplexFourierMLP = BidirectionalSSM, ComplexFourierMLP
+
+
+def _load(path: Path, name: str) -> ModuleType:
+    """The Python file `path` as a module named `name`."""
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: --base must be a checkout of this repository")
-    spec = importlib.util.spec_from_file_location("bench_base_layers", path)
+    spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod  # dataclasses and pickling look modules up by name
     spec.loader.exec_module(mod)
     return mod
+
+
+def load_layers(checkout: Path) -> ModuleType:
+    """The checkout's BidirectionalSSM and ComplexFourierMLP in a module named bench_base_layers.
+
+    A checkout with engine/ssm.py has them in engine/ssm.py and engine/fourier_mlp.py over
+    engine/fft.py: each file is loaded as a module of its own (bench_base_fft, ...), with
+    `engine.fft`, ... standing for the checkout's versions while they load, so that their
+    imports bind to one another and not to this checkout's. An older checkout has them all in
+    engine/layers.py, loaded as bench_base_layers itself."""
+    folder = Path(checkout) / "engine"
+    if not (folder / "ssm.py").is_file():
+        return _load(folder / "layers.py", "bench_base_layers")
+    saved = {name: sys.modules.get(f"engine.{name}") for name in LAYER_MODULES}
+    try:
+        for name in LAYER_MODULES:
+            sys.modules[f"engine.{name}"] = _load(folder / f"{name}.py", f"bench_base_{name}")
+    finally:
+        for name, mod in saved.items():
+            if mod is None:
+                sys.modules.pop(f"engine.{name}", None)
+            else:
+                sys.modules[f"engine.{name}"] = mod
+    out = ModuleType("bench_base_layers")
+    out.BidirectionalSSM = sys.modules["bench_base_ssm"].BidirectionalSSM
+    out.ComplexFourierMLP = sys.modules["bench_base_fourier_mlp"].ComplexFourierMLP
+    sys.modules[out.__name__] = out
+    return out
 
 
 def own_layers(mod: ModuleType, cfg: ModelConfig) -> tuple[torch.nn.Module, torch.nn.Module]:

@@ -39,9 +39,9 @@ from typing import Any
 import torch
 
 from engine import checkpoint
+from engine.build import build_model, count_parameters
 from engine.config import DiffusionConfig, ModelConfig, TrainConfig, to_dict
 from engine.evaluate import evaluate
-from engine.model import build_model, count_parameters
 from engine.tokenizer import Tokenizer
 from engine.train import STATE, Setup, TrainError, load_texts, resumed_sections, train
 
@@ -231,8 +231,8 @@ def equal_wallclock(rows: list[dict[str, Any]], speed: dict[str, float] | None =
         have_pair = {r["model"] for r in race} >= set(PAIR)
         fastest[seed] = min(total[id(r)] for r in race if r["model"] in PAIR or not have_pair)
     for r in rows:
-        # + 0.05 s: checkpoints written before the fifth session record train_seconds to 0.1 s
-        # (now 1 ms), and the fastest model's own last validation (logged at 0.01 s) must count
+        # + 0.05 s: checkpoints of older code record train_seconds to 0.1 s (current ones to
+        # 1 ms), and the fastest model's own last validation (logged at 0.01 s) must count
         limit = fastest[r["seed"]]
         cut = limit + 0.05 + 1e-9
         timed = [(t, c["bits"]) for c in r["curve"] if (t := clock(r, c)) is not None]

@@ -85,7 +85,7 @@ def build(arch: str, args: argparse.Namespace):
     import torch
 
     from engine.config import ModelConfig
-    from engine.model import build_model
+    from engine.build import build_model
 
     torch.manual_seed(args.seed)
     extra = {} if args.kernel_cache_mb is None else {"kernel_cache_mb": args.kernel_cache_mb}

@@ -46,9 +46,10 @@ from bench.train_step import add_shape_arguments
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ("sfdlm", "transformer")
 
-# Runs inside the checkout under test; uses only APIs every checkout since the eighth session's
-# base (9486a47, run 5's code) has, so that old code can be timed by the same worker (which is
-# why the uniform diffusion is built here, not by bench.train_step.uniform_diffusion, newer).
+# Runs inside the checkout under test; uses only APIs that every checkout since 9486a47 (run 5's
+# code) has, so that old code can be timed by the same worker (which is why the uniform
+# diffusion is built here, not by bench.train_step.uniform_diffusion, newer, and why
+# build_model is looked for in engine.model, where checkouts before engine.build kept it).
 # It builds and warms up, prints "ready", reads the common start (time.time() seconds) from
 # stdin, and reports each timed step's duration and when it began, in seconds after that start.
 WORKER = r"""
@@ -60,7 +61,10 @@ from bench.quality import matched
 from bench.train_step import FIRST_ID
 from engine.config import DiffusionConfig, ModelConfig, TrainConfig
 from engine.diffusion import make_diffusion
-from engine.model import build_model
+try:
+    from engine.build import build_model
+except ModuleNotFoundError:
+    from engine.model import build_model
 from engine.train import optimizer_step
 V, B, L = spec["vocab"], spec["batch_size"], spec["seq_len"]
 torch.manual_seed(0)

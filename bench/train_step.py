@@ -23,8 +23,8 @@ inputs of the training shape (B, L, D), with the gradient of the output's sum:
                positions' logits are formed)
   head + loss, unfused
                the same with the (B, L, V) logits formed whole and then the integrand (the path
-               before the tenth session, kept for callables without a tied head); for comparison
-               only, not part of the step
+               the loss keeps for callables without a tied head); for comparison only, not part
+               of the step
   rest         step - layers x (own sublayers + mlp) - head + loss: embeddings, time MLP,
                adaLN, norms, residuals, long skips, clipping and the optimizer update
 
@@ -47,9 +47,9 @@ from collections.abc import Callable, Sequence
 import torch
 
 from bench.quality import matched
+from engine.build import build_model, count_parameters
 from engine.config import DiffusionConfig, ModelConfig, TrainConfig
 from engine.diffusion import make_diffusion
-from engine.model import build_model, count_parameters
 from engine.tokenizer import MASK
 from engine.train import optimizer_step
 

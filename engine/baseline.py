@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from engine.config import ModelConfig
 from engine.layers import AdaLN, ChannelMLP, modulated_norm
-from engine.model import DenoiserBase
+from engine.denoiser import DenoiserBase
 
 _ROPE_CACHE: dict[tuple, tuple[Tensor, Tensor]] = {}
 

@@ -169,7 +169,7 @@ def _verify(folder: Path) -> tuple[str, dict[str, str]]:
 
 def load(folder: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
     """Load and verify a model folder. Every failure is a CheckpointError naming the file."""
-    from engine.model import build_model  # the network is only needed once a folder is read
+    from engine.build import build_model  # the network is only needed once a folder is read
 
     folder = Path(folder)
     checksum, files = _verify(folder)

@@ -16,17 +16,17 @@ Reports (JSON)
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import torch
 
 from engine import checkpoint
+from engine.cli import Parser
 from engine.config import SamplerConfig
 from engine.sampler import sample
 from engine.train import TrainError, eval_windows, load_split_texts, token_stream
@@ -116,13 +116,8 @@ def evaluate(ck: checkpoint.Checkpoint, texts: Sequence[str], *, seq_len: int = 
     return report
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    p = _Parser(prog="python -m engine.evaluate", description="Likelihood bound, infill accuracy and pin preservation of a model folder.")
+    p = Parser(prog="python -m engine.evaluate", description="Likelihood bound, infill accuracy and pin preservation of a model folder.")
     p.add_argument("--model", type=Path, required=True, help="model folder to evaluate")
     p.add_argument("--data", type=Path, required=True, help="a prepared corpus folder or documents engine.corpus can read")
     p.add_argument("--split", default="test", choices=["train", "validation", "test"], help="split of a prepared corpus folder (default test)")

@@ -1,18 +1,24 @@
-"""Slow, obviously correct versions of engine.layers, used only by tests.
+"""Slow, obviously correct versions of the fast layers and loss kernels, used only by tests.
 
-Glossary (as in engine.layers)
+Glossary (as in engine.ssm, engine.fourier_mlp and engine.kernels)
   B, L, D   batch, sequence length, channels
   n         complex SSM modes per channel (d_state // 2; the conjugates are implied by 2 Re)
   lam       exp(dt * A), ZOH state multiplier (D, n)
   Bbar      (lam - 1) / A, ZOH input matrix for B = 1 (D, n)
   C         output weights per direction (2, D, n)
   Fq        L // 2 + 1 rfft bins
+  V, N      vocabulary size; positions of a fused head's features h (N, D), head weights W (V, D)
 
-Both functions take the SAME parameter tensors as the fast modules and compute in complex128:
+The layer references take the SAME parameter tensors as the fast modules and compute in complex128:
   * ssm_reference: an explicit recurrent scan x_k = lam x_{k-1} + Bbar u_k, y_k = 2 Re(C x_k),
     run forward over the sequence and again over the reversed sequence, summed, plus D u.
   * fourier_reference: an explicit DFT matrix (no FFT), the complex MLP written with complex
     matmuls, the filter evaluated per bin, then the explicit inverse DFT with Hermitian weights.
+The kernel references form the whole logits and let autograd write every gradient:
+  * uniform_integrand_reference: the row formula (engine.kernels.uniform_rows, plain torch ops)
+    over all positions at once, differentiated by autograd instead of the closed form.
+  * head_integrand_reference, head_cross_entropy_reference: the logits h @ W.T formed whole,
+    then the integrand or a log-softmax cross-entropy, weighted and summed.
 """
 
 from __future__ import annotations
@@ -23,7 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from engine.layers import BidirectionalSSM, ComplexFourierMLP
+from engine.fourier_mlp import ComplexFourierMLP
+from engine.kernels import FORBIDDEN_LOGIT, uniform_rows
+from engine.ssm import BidirectionalSSM
 
 
 def ssm_scan(lam: Tensor, bbar: Tensor, c: Tensor, u: Tensor) -> Tensor:
@@ -93,3 +101,35 @@ def fourier_reference(layer: ComplexFourierMLP, x: Tensor) -> Tensor:
         w[-1] = 1.0
     idft = torch.exp(2j * math.pi * torch.outer(t, f) / length) * w / math.sqrt(length)  # (L, Fq)
     return torch.einsum("tf,bfd->btd", idft, Y).real
+
+
+def uniform_integrand_reference(logits: Tensor, x0: Tensor, z: Tensor, alpha: Tensor, beta: Tensor,
+                                forbidden: Tensor | None = None) -> Tensor:
+    """engine.kernels.uniform_integrand by plain autograd: f (B, L) float64 for logits (B, L, V),
+    ids x0 and z (B, L), alpha and beta (B, 1) float64, `forbidden` (V,) bool or None."""
+    B, L, V = logits.shape
+    lg = logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
+    if forbidden is not None:
+        lg = lg.masked_fill(forbidden, FORBIDDEN_LOGIT)
+    per_row = lambda v: v.expand(B, L).reshape(-1, 1)  # (B, 1) -> (B*L, 1)
+    f, _ = uniform_rows(lg.reshape(-1, V), x0.reshape(-1), z.reshape(-1), per_row(alpha), per_row(beta), V)
+    return f.view(B, L)
+
+
+def head_integrand_reference(h: Tensor, W: Tensor, x0: Tensor, z: Tensor, alpha: Tensor, beta: Tensor,
+                             scale: Tensor, forbidden: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """engine.kernels.head_integrand by plain autograd: (sum of scale * f, f (B, L)) with f the
+    reference integrand of the logits h @ W.T (B, L, V), formed whole."""
+    f = uniform_integrand_reference(h @ W.T, x0, z, alpha, beta, forbidden)  # (B, L)
+    return (scale.to(torch.float64) * f).sum(), f
+
+
+def head_cross_entropy_reference(h: Tensor, W: Tensor, target: Tensor, weight: Tensor,
+                                 forbidden: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """engine.kernels.head_cross_entropy by plain autograd: (sum of weight * nll, nll (N,)) for
+    nll = -log softmax(h @ W.T)[target] with the `forbidden` ids at -inf (probability 0)."""
+    logits = h @ W.T  # (N, V)
+    if forbidden is not None:
+        logits = logits.masked_fill(forbidden, float("-inf"))
+    nll = -torch.log_softmax(logits, dim=-1).gather(-1, target[:, None])[:, 0].to(torch.float64)  # (N,)
+    return (weight.to(torch.float64) * nll).sum(), nll

@@ -15,13 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from engine.cli import Parser
+
 MAX_LENGTH = 16384
 MAX_STEPS = 4096
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one clear line, status 2
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def _parse_pin(raw: str) -> tuple[int, str]:
@@ -34,7 +31,7 @@ def _parse_pin(raw: str) -> tuple[int, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = Parser(
         prog="python -m engine.sample",
         description="Draft text with a DiffDraft model: start from noise and refine it step by step, "
         "keeping pinned tokens fixed.",

