@@ -12,18 +12,14 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
 
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+from engine.cli import Parser
 
 
 def build_parser() -> argparse.ArgumentParser:
     from app.services import ADMIN_PASSWORD_ENV
 
-    p = _Parser(prog="python -m app", description="DiffDraft: draft reports with a diffusion language model while "
+    p = Parser(prog="python -m app", description="DiffDraft: draft reports with a diffusion language model while "
                 "people steer the draft, review it and audit every act.")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860; 0 picks a free one)")

@@ -3,7 +3,8 @@
 Glossary
   Actor       the logged-in user as handlers see them: name and role, read from the database on
               every request (a role changed by an admin applies at once; a disabled user is out)
-  screen      draft, review, audit, admin: which roles may use it (SCREENS)
+  screen      draft, review, audit, admin: the roles that may use it are the roles with the
+              screen's permission (SCREEN_PERMISSIONS), so screens follow the storage table
   permission  what an act needs, as storage.repository.PERMISSIONS defines it (pin, edit, review,
               export, ...): the app asks the same table the storage layer enforces
   guard       counts consecutive failed logins per name (known or not) and makes the next attempt
@@ -19,15 +20,26 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
+
+from storage import repository as repo
+from storage.db import transaction
+from storage.models import ROLES
+
+if TYPE_CHECKING:
+    from app.services import Services
 
 log = logging.getLogger("app.auth")
 
+SCREEN_PERMISSIONS: dict[str, str] = {
+    "draft": "run.create",
+    "review": "review",
+    "audit": "audit.read",
+    "admin": "user.manage",
+}
 SCREENS: dict[str, frozenset[str]] = {
-    "draft": frozenset({"operator", "reviewer", "admin"}),
-    "review": frozenset({"reviewer", "admin"}),
-    "audit": frozenset({"manager", "admin"}),
-    "admin": frozenset({"admin"}),
+    screen: frozenset(role for role in ROLES if repo.can(role, permission))
+    for screen, permission in SCREEN_PERMISSIONS.items()
 }
 MAX_DELAY_S = 8.0
 
@@ -66,11 +78,8 @@ class LoginGuard:
             self._failures.pop(name.lower(), None)
 
 
-def check_password(svc: Any, name: str, password: str) -> Actor | None:
+def check_password(svc: Services, name: str, password: str) -> Actor | None:
     """storage's authenticate (Argon2id; counts and audits the attempt), committed. No waiting."""
-    from storage import repository as repo
-    from storage.db import transaction
-
     if not isinstance(name, str) or not isinstance(password, str) or not name or len(name) > 64 or len(password) > 1024:
         return None
     with transaction(svc.factory) as s:
@@ -83,7 +92,7 @@ def check_password(svc: Any, name: str, password: str) -> Actor | None:
     return actor
 
 
-def login(svc: Any, name: str, password: str) -> Actor | None:
+def login(svc: Services, name: str, password: str) -> Actor | None:
     """Wait as the guard says for this name, then check the password."""
     delay = svc.guard.delay_for(name or "")
     if delay:
@@ -91,7 +100,7 @@ def login(svc: Any, name: str, password: str) -> Actor | None:
     return check_password(svc, name, password)
 
 
-def gradio_auth(svc: Any) -> Callable[[str, str], Awaitable[bool]]:
+def gradio_auth(svc: Services) -> Callable[[str, str], Awaitable[bool]]:
     """The `auth=` callable for Blocks.launch: async, so waiting never blocks the server."""
 
     async def auth(username: str, password: str) -> bool:
@@ -107,10 +116,8 @@ def gradio_auth(svc: Any) -> Callable[[str, str], Awaitable[bool]]:
     return auth
 
 
-def actor_for(svc: Any, username: str | None) -> Actor:
+def actor_for(svc: Services, username: str | None) -> Actor:
     """The current user, fresh from the database; AccessDenied if not logged in, unknown or disabled."""
-    from storage import repository as repo
-
     if not username:
         raise AccessDenied("you are not logged in: reload the page and log in")
     with svc.reader() as s:
@@ -122,7 +129,7 @@ def actor_for(svc: Any, username: str | None) -> Actor:
         return Actor(user.name, user.role)
 
 
-def require_screen(svc: Any, username: str | None, screen: str) -> Actor:
+def require_screen(svc: Services, username: str | None, screen: str) -> Actor:
     actor = actor_for(svc, username)
     if actor.role not in SCREENS[screen]:
         allowed = " or ".join(sorted(SCREENS[screen]))
@@ -130,12 +137,10 @@ def require_screen(svc: Any, username: str | None, screen: str) -> Actor:
     return actor
 
 
-def require_permission(svc: Any, username: str | None, permission: str, what: str) -> Actor:
+def require_permission(svc: Services, username: str | None, permission: str, what: str) -> Actor:
     """Refuse early, with the same rule storage enforces (storage.repository.can)."""
-    from storage import repository as repo
-
     actor = actor_for(svc, username)
     if not repo.can(actor.role, permission):
-        roles = [r for r in repo.PERMISSIONS if repo.can(r, permission)]
+        roles = [r for r in ROLES if repo.can(r, permission)]
         raise AccessDenied(f"{actor.name} is a {actor.role} and may not {what} (needs role {' or '.join(roles)})")
     return actor

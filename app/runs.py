@@ -1,4 +1,5 @@
-"""Server-side control of the runs being drafted: what a running generator reads between steps.
+"""The life cycle of the runs being drafted, on the server: start, stream, pause, go back, branch,
+reload from the database; what a running generator reads between steps.
 
 Glossary
   RunControl  one per generation run (keyed by run id): the held positions and their kinds, the
@@ -13,21 +14,44 @@ Glossary
               one the person went back to, or the result of an edit)
   branch_from the step index `base` was taken from when it is not the last recorded step:
               continuing then starts a new run (a branch); the old one is kept
+  live        while an earlier step is shown: (held, kinds, pin_rows, base) of the last step, put
+              back when the person returns to it
+  stream      Generate and Resume are generators: one DraftUpdate per reverse-diffusion step,
+              yielded as soon as the step is computed and recorded (storage.record_step)
 Nothing here holds model tensors beyond the current step's small (L,) tensors.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from app import draft_view
+from app.common import Refused, explain
+from app.draft_view import DraftUpdate
 from app.render import Frame
+from app.state import DraftState
+from engine import sampler
+from engine.positions import shift_positions
 from engine.sampler import Step
+from engine.template import expand
+from storage import repository as repo
+from storage.db import transaction
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from app.auth import Actor
+    from app.services import Services
+    from engine.config import SamplerConfig
+    from engine.template import Layout
 
 MAX_RUNS = 256  # run controls kept in memory (least recently used dropped; they reload from the database)
 
@@ -67,6 +91,50 @@ class RunControl:
     def changed_constraints(self) -> None:
         """Call (lock held) after changing held / kinds / base: the next step uses them."""
         self.generation += 1
+
+    def live_frame(self) -> Frame:
+        """(lock held) The state a pin / edit applies to: `base` with the current kinds."""
+        assert self.base is not None
+        base = self.base
+        recorded = self.frames.get(base.index)
+        elapsed = recorded.elapsed_ms if recorded is not None else None
+        return frame_from_step(base, self.kinds_list(base.length), elapsed)
+
+    def go_back(self, index: int) -> None:
+        """(lock held) Continue from recorded step `index` (not the last): its held positions and
+        tokens become the base, the last step's are kept aside (`live`) until the person returns."""
+        frame = self.frames[index]
+        if self.branch_from is None:
+            self.live = (dict(self.held), dict(self.kinds), dict(self.pin_rows), self.base)
+        self.kinds = {i: kd for i, kd in enumerate(frame.kinds) if kd}
+        self.held = {i: frame.token_ids[i] for i in self.kinds}
+        self.pin_rows = {p: i for p, i in self.pin_rows.items() if p in self.held}
+        self.base = step_from_frame(frame, self.held)
+        self.branch_from = index
+        self.view_step = index
+        self.changed_constraints()
+
+    def restore_live(self) -> None:
+        """(lock held) Back to the last recorded step and its held positions."""
+        if self.live is not None:
+            self.held, self.kinds, self.pin_rows, self.base = self.live
+            self.live = None
+        self.branch_from = None
+        self.view_step = self.last_index
+        self.changed_constraints()
+
+    def replace_span(self, start: int, end: int, released: set[int], new_len: int, step: Step,
+                     held: dict[int, int]) -> None:
+        """(lock held) After [start, end) was replaced by new_len tokens (engine.sampler.edit_step
+        gave `step` and `held`): positions move by the engine's rule, the new span is an edit."""
+        kinds = {p: k for p, k in self.kinds.items() if p not in released}
+        kinds = shift_positions(kinds, start, end, new_len)
+        kinds.update({start + i: "edit" for i in range(new_len)})
+        self.kinds = kinds
+        self.pin_rows = shift_positions(self.pin_rows, start, end, new_len)
+        self.held = held
+        self.base = step
+        self.changed_constraints()
 
 
 class RunRegistry:
@@ -110,7 +178,7 @@ def step_from_frame(frame: Frame, held: Mapping[int, int]) -> Step:
             pinned[p] = True
     return Step(
         index=frame.index,
-        t=(frame.total - frame.index) / frame.total,
+        t=sampler.time_grid(frame.total)[frame.index],
         tokens=torch.tensor(frame.token_ids, dtype=torch.long),  # (L,)
         confidence=torch.tensor(frame.confidence, dtype=torch.float32),  # (L,)
         changed=torch.tensor(frame.changed, dtype=torch.bool),  # (L,)
@@ -131,14 +199,174 @@ def frame_from_step(step: Step, kinds: list[str], elapsed_ms: float | None = Non
     )
 
 
-def shift_positions(d: Mapping[int, Any], start: int, end: int, new_len: int) -> dict[int, Any]:
-    """Positions after replacing [start, end) by new_len tokens (as engine.sampler.apply_edit
-    moves pins): before start unchanged, inside the span dropped, from end on moved by the delta."""
-    delta = new_len - (end - start)
-    out: dict[int, Any] = {}
-    for p, v in d.items():
-        if p < start:
-            out[p] = v
-        elif p >= end:
-            out[p + delta] = v
-    return out
+def sampler_config(svc: Services, settings: dict[str, Any]) -> SamplerConfig:
+    """A run keeps the settings it was started with; fields it did not record are the model's."""
+    cfg = svc.ckpt.sampler_cfg
+    return dataclasses.replace(cfg, **{f.name: settings[f.name] for f in dataclasses.fields(cfg) if f.name in settings})
+
+
+def template_layout(svc: Services, session: Session, template_id: int | None) -> Layout | None:
+    if template_id is None:
+        return None
+    return expand(repo.get_template(session, template_id).body, svc.tokenizer)
+
+
+def load_control(svc: Services, run_id: int) -> RunControl:
+    """Rebuild a run's control from the database (after a restart, or to reopen an old branch).
+    Held positions: the template's fixed text and the run's active pins; kinds of edits are not
+    restored (their tokens are in the steps, unpinned)."""
+    with svc.reader() as s:
+        run = repo.get_run(s, run_id)
+        doc = repo.get_document(s, run.document_id)
+        steps = repo.list_steps(s, run_id)
+        pins = repo.active_pins(s, run_id=run_id)
+        layout = template_layout(svc, s, doc.template_id)
+        settings = dict(run.sampler_settings)
+        status = run.status
+    if not steps:
+        raise Refused(f"run {run_id} has no recorded steps to show")
+    total = int(settings["steps"])
+    last = steps[-1]
+    L = last.n_tokens
+    kinds: dict[int, str] = {}
+    pin_rows: dict[int, int] = {}
+    if layout is not None and layout.length == L:
+        kinds.update({p: "template" for p in layout.pins})
+    for pin in pins:
+        for p in range(pin.span_start, min(pin.span_end, L)):
+            kinds[p] = "pin" if pin.kind == "token" else "term"
+            pin_rows[p] = pin.id
+    held = {p: last.token_ids[p] for p in kinds}
+    ctrl = RunControl(run_id=run_id, document_id=doc.id, template_id=doc.template_id, user="", settings=settings,
+                      held=held, kinds=kinds, pin_rows=pin_rows)
+    prev: list[int] | None = None
+    for sd in steps:
+        changed = [False] * sd.n_tokens if prev is None or len(prev) != sd.n_tokens else \
+            [a != b for a, b in zip(prev, sd.token_ids)]
+        fk = ctrl.kinds_list(sd.n_tokens) if sd.n_tokens == L else [""] * sd.n_tokens
+        ctrl.frames[sd.step_index] = Frame(sd.step_index, total, sd.token_ids, sd.confidences, changed, fk)
+        prev = sd.token_ids
+    ctrl.base = step_from_frame(ctrl.frames[last.step_index], held)
+    ctrl.view_step = last.step_index
+    ctrl.done = last.step_index == total or status in ("finished", "discarded")
+    return ctrl
+
+
+def control_for(svc: Services, state: DraftState | None) -> RunControl:
+    """The control of the run on the session's screen, reloaded from the database if it is not in memory."""
+    if state is None or state.run_id is None:
+        raise Refused("no draft on screen: generate one first")
+    ctrl = svc.runs.get(state.run_id)
+    if ctrl is None:
+        ctrl = load_control(svc, state.run_id)
+        svc.runs.put(ctrl)
+    return ctrl
+
+
+def branch(svc: Services, actor: Actor, old: RunControl) -> RunControl:
+    """(old.lock held) A new run continuing from old.branch_from with old's current held positions;
+    old gets back the state of its last step."""
+    k = old.branch_from
+    assert k is not None and old.base is not None
+    with transaction(svc.factory) as s:
+        run = repo.create_run(s, document_id=old.document_id, actor=actor.name, model_id=svc.model_id,
+                              model_checksum=svc.ckpt.checksum, seed=int(old.settings["seed"]),
+                              sampler_settings=old.settings, parent_run_id=old.run_id, parent_step_index=k)
+        new_id = run.id
+    new = RunControl(run_id=new_id, document_id=old.document_id, template_id=old.template_id, user=actor.name,
+                     settings=dict(old.settings), held=dict(old.held), kinds=dict(old.kinds),
+                     pin_rows=dict(old.pin_rows), frames={i: f for i, f in old.frames.items() if i <= k},
+                     base=old.base, view_step=k)
+    old.restore_live()
+    svc.runs.put(new)
+    return new
+
+
+def step_iterator(svc: Services, ctrl: RunControl) -> Iterator[Step]:
+    """(ctrl.lock held) The sampler's steps from the run's base (or from noise) with its held positions."""
+    run: dict[str, Any] = dict(pins=dict(ctrl.held), words=svc.ckpt.words,
+                               labels=[tid for p, tid in sorted(ctrl.held.items()) if ctrl.kinds.get(p) == "template"])
+    if ctrl.base is None:
+        run["length"] = int(ctrl.settings["length"])
+    else:
+        run["start"] = sampler.resume_from(ctrl.base, ctrl.base.tokens, ctrl.held)
+    return sampler.sample(svc.ckpt.model, svc.diffusion, sampler_config(svc, ctrl.settings), **run)
+
+
+def stream(svc: Services, actor: Actor, ctrl: RunControl, state: DraftState,
+           first_note: str = "") -> Iterator[DraftUpdate]:
+    """Run the sampler from the run's base, recording and yielding every step, until the last step
+    or a pause; pins and edits made meanwhile apply from the next step."""
+    # never yield while holding ctrl.lock: Gradio may resume the generator on another worker
+    # thread (an RLock released there raises), and every pin / edit handler would wait meanwhile
+    with ctrl.lock:
+        busy = ctrl.streaming
+        if not busy:
+            ctrl.streaming, ctrl.pause_requested, ctrl.done = True, False, False
+    if busy:
+        yield draft_view.error_update("this draft is already being generated")
+        return
+    runs = draft_view.runs_of(svc, ctrl.document_id, ctrl.run_id)
+    note = first_note
+    try:
+        it: Iterator[Step] | None = None
+        seen = -1
+        while True:
+            paused: DraftUpdate | None = None
+            with ctrl.lock:
+                if ctrl.pause_requested:
+                    ctrl.pause_requested = False
+                    with transaction(svc.factory) as s:
+                        repo.set_run_status(s, ctrl.run_id, actor=actor.name, status="paused")
+                    ctrl.streaming = False
+                    up = draft_view.view(svc, ctrl, "paused")
+                    paused = dataclasses.replace(up, message=f"Paused at step {up.step}. Click tokens to pin them, "
+                                                 "edit a span or lock a term, then resume.", state=state,
+                                                 runs=draft_view.runs_of(svc, ctrl.document_id, ctrl.run_id),
+                                                 streaming=False)
+                elif it is None or seen != ctrl.generation:
+                    it = step_iterator(svc, ctrl)
+                    seen = ctrl.generation
+            if paused is not None:
+                yield paused
+                return
+            assert it is not None
+            t0 = time.perf_counter()
+            step = next(it, None)
+            if step is None:
+                break
+            compute_ms = (time.perf_counter() - t0) * 1000.0
+            with ctrl.lock:
+                if seen != ctrl.generation:
+                    continue  # pins or tokens changed while this step was computed: compute it again with them
+                with transaction(svc.factory) as s:
+                    repo.record_step(s, ctrl.run_id, step.index, step.tokens.tolist(), step.confidence.tolist(), t=step.t)
+                frame = frame_from_step(step, ctrl.kinds_list(step.length), compute_ms)
+                ctrl.frames[step.index] = frame
+                ctrl.base = step
+                ctrl.view_step = step.index
+                done = step.done
+                if done:
+                    ctrl.done = True
+                    with transaction(svc.factory) as s:
+                        repo.set_run_status(s, ctrl.run_id, actor=actor.name, status="paused",
+                                            reason="draft complete: awaiting accept, reject or discard")
+                    ctrl.streaming = False
+                shown = draft_view.payload(svc, ctrl, frame, "complete" if done else "generating")
+            text = svc.tokenizer.decode(frame.token_ids)
+            msg = ("Draft complete: accept it, reject it with a reason, or go back to an earlier step."
+                   if done else (note or "generating"))
+            yield DraftUpdate(message=msg, kind="ok" if done else "info", payload=shown, step=step.index,
+                              total=ctrl.total, state=state, runs=draft_view.runs_of(svc, ctrl.document_id, ctrl.run_id)
+                              if done else runs, streaming=not done, text=text)
+            note = ""
+            if done:
+                return
+            if svc.step_delay_s:
+                time.sleep(svc.step_delay_s)
+    except Exception as exc:  # noqa: BLE001
+        yield DraftUpdate(message=explain(exc), kind="error", state=state, streaming=False)
+    finally:
+        with ctrl.lock:
+            ctrl.streaming = False
+            ctrl.pause_requested = False

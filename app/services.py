@@ -16,7 +16,17 @@ import secrets
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the runtime imports are in build_services: importing this module builds nothing
+    from sqlalchemy import Engine
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from app.auth import LoginGuard
+    from app.runs import RunRegistry
+    from engine.checkpoint import Checkpoint
+    from engine.diffusion import Diffusion
+    from engine.tokenizer import Tokenizer
 
 log = logging.getLogger("app")
 
@@ -44,20 +54,20 @@ class Limits:
 
 @dataclass
 class Services:
-    ckpt: Any  # engine.checkpoint.Checkpoint
-    diffusion: Any
-    engine: Any  # sqlalchemy Engine
-    factory: Any  # sessionmaker (writes)
-    reader: Any  # sessionmaker (reads, never waits for writers)
+    ckpt: Checkpoint
+    diffusion: Diffusion  # the noise the model was trained with
+    engine: Engine
+    factory: sessionmaker[Session]  # writes
+    reader: sessionmaker[Session]  # reads, never waits for writers
     data_dir: Path
     model_dir: Path
-    runs: Any  # app.runs.RunRegistry
-    guard: Any  # app.auth.LoginGuard
+    runs: RunRegistry
+    guard: LoginGuard
     limits: Limits = field(default_factory=Limits)
     step_delay_s: float = 0.0  # an artificial pause between steps (demos and tests only)
 
     @property
-    def tokenizer(self) -> Any:
+    def tokenizer(self) -> Tokenizer:
         return self.ckpt.tokenizer
 
     @property
@@ -149,18 +159,20 @@ def load_templates(svc: Services, folder: Path = TEMPLATES_DIR) -> int:
 
 
 def ensure_admin(svc: Services, *, env: str = ADMIN_PASSWORD_ENV) -> str | None:
-    """On a database without users, create user "admin" (role admin). Its password comes from $env
-    or is generated; returns the generated one-time password (None if none was generated or a
-    user already existed)."""
+    """On a database without users, create user "admin" with the role that may manage users (so
+    that it can add the others). Its password comes from $env or is generated; returns the
+    generated one-time password (None if none was generated or a user already existed)."""
     from storage import repository as repo
     from storage.db import transaction
+    from storage.models import ROLES
 
+    role = next(r for r in ROLES if repo.can(r, "user.manage"))
     with transaction(svc.factory) as s:
         if repo.list_users(s):
             return None
         given = os.environ.get(env)
         password = given or secrets.token_urlsafe(12)
-        repo.create_user(s, ADMIN_NAME, "admin", password, actor="system", reason="first start: no users yet")
+        repo.create_user(s, ADMIN_NAME, role, password, actor="system", reason="first start: no users yet")
     return None if given else password
 
 

@@ -4,7 +4,7 @@
                                 [--server] [--json]
 
 What is measured (a temporary data folder and SQLite file; one reviewer user):
-  first step     time from calling the Generate handler (app.handlers.generate) to its first update
+  first step     time from calling the Generate handler (app.draft.generate) to its first update
                  being ready to send: create document + run (audited), the sampler's step 0,
                  record_step, render + JSON encoding of the payload. With --server also through a
                  launched app and gradio_client: from submit to the first streamed output received.
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
-    from app import handlers as h
+    from app import draft
     from app.services import build_services, default_model_dir
     from app.state import DraftState
     from storage import repository as repo
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         repo.create_user(s, "bench", "reviewer", "bench password 123")
 
     def gen(seed: int):
-        return h.generate(svc, "bench", DraftState(), template=h.FREE_LENGTH, length=args.length, steps=args.steps,
+        return draft.generate(svc, "bench", DraftState(), template=draft.FREE_LENGTH, length=args.length, steps=args.steps,
                           seed=seed, temperature=1.0)
 
     list(gen(999))  # warm-up: kernels for this length, first SQLite writes
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                 if on_screen >= args.steps - 1 or not free:
                     break
                 pos = rng.choice(free)
-                res = h.toggle_pin(svc, "bench", state, pos)
+                res = draft.toggle_pin(svc, "bench", state, pos)
                 t_pin = time.perf_counter()
             if res.kind == "ok":
                 pins.append((pos, on_screen, t_pin))
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                        verbose=False)
             for r in range(args.runs + 1):
                 t0 = time.perf_counter()
-                job = c.submit(h.FREE_LENGTH, args.length, args.steps, 200 + r, 1.0, "", api_name="/generate")
+                job = c.submit(draft.FREE_LENGTH, args.length, args.steps, 200 + r, 1.0, "", api_name="/generate")
                 while not job.outputs():
                     time.sleep(0.002)
                 if r:  # the first is a warm-up

@@ -1056,3 +1056,12 @@ def edit_pairs(session: Session, *, template_id: int | None = None, model_id: st
     return [EditPair(e.id, e.document_id, t, m, u, e.unit, e.step_index, e.old_text, e.new_text, e.reason, e.created_at)
             for e, t, m, u in session.execute(stmt)]
 
+
+
+def record_run_edit(session: Session, *, document_id: int, actor: ActorRef, run_id: int, step_index: int,
+                    span_start: int, span_end: int, old_text: str, new_text: str, reason: str,
+                    new_n_tokens: int | None = None) -> Edit:
+    """An edit of a run's tokens at one step (see record_edit)."""
+    return record_edit(session, document_id=document_id, actor=actor, span_start=span_start, span_end=span_end,
+                       old_text=old_text, new_text=new_text, reason=reason, run_id=run_id, step_index=step_index,
+                       new_n_tokens=new_n_tokens)

@@ -23,7 +23,8 @@ def test_help_explains_every_flag():
 
 
 def test_import_builds_nothing_heavy():
-    code = "import sys, app.ui, app.handlers, app.services; print('torch.nn' in sys.modules and " \
+    code = "import sys, app.ui, app.draft, app.review, app.audit, app.admin, app.services; " \
+           "print('torch.nn' in sys.modules and " \
            "any(type(v).__name__ == 'Checkpoint' for v in vars(app.services).values()))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -1,5 +1,6 @@
-"""app.handlers as plain functions: the tiny model, a temporary database, the seeded users
-(olga operator, alice / bob reviewers, maya manager, adam admin)."""
+"""The screens' handlers (app.draft, app.review, app.audit, app.admin) as plain functions: the
+tiny model, a temporary database, the seeded users (olga operator, alice / bob reviewers, maya
+manager, adam admin)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,7 @@ import pytest
 import storage_fixtures as sf
 from sqlalchemy import select
 
-from app import auth
-from app import handlers as h
+from app import admin, audit, auth, draft, review
 from app.state import DraftState
 from storage import repository as repo
 from storage.models import AuditEvent
@@ -22,7 +22,7 @@ def actions(svc) -> list[str]:
 
 
 def start(svc, user="alice", steps=8, template=TEMPLATE, length=None, seed=1):
-    return h.generate(svc, user, DraftState(), template=template, length=length, steps=steps, seed=seed,
+    return draft.generate(svc, user, DraftState(), template=template, length=length, steps=steps, seed=seed,
                       temperature=1.0)
 
 
@@ -56,7 +56,7 @@ def test_generate_streams_every_step_and_records_it(app_services):
 
 
 def test_free_length_draft_and_bad_settings(app_services):
-    ups = run_to_end(start(app_services, template=h.FREE_LENGTH, length=20, steps=3))
+    ups = run_to_end(start(app_services, template=draft.FREE_LENGTH, length=20, steps=3))
     assert len(ups[-1].payload["cells"]) == 20
     for kw, word in ((dict(steps=0), "steps"), (dict(length=0, template=None), "length"),
                      (dict(template="No such template"), "no template")):
@@ -72,11 +72,11 @@ def test_pin_and_edit_during_the_run_hold_in_every_later_step(app_services):
     st = ups[-1].state
     free = free_positions(ups[-1])
     pinned_pos = free[0]
-    r = h.toggle_pin(svc, "alice", st, pinned_pos)
+    r = draft.toggle_pin(svc, "alice", st, pinned_pos)
     assert r.kind == "ok" and "next step" in r.message
     pinned_tok = tokens(svc, ups[-1])[pinned_pos]
     a, b = free[4], free[6]
-    r = h.edit_span(svc, "alice", st, a, b, " hydraulic pump leak", "wrong part")
+    r = draft.edit_span(svc, "alice", st, a, b, " hydraulic pump leak", "wrong part")
     assert r.kind == "ok", r.message
     new_ids = svc.tokenizer.encode(" hydraulic pump leak")
     rest = list(gen)
@@ -98,18 +98,18 @@ def test_refusals_change_nothing(app_services):
     template_pos = next(c["i"] for c in up.payload["cells"] if "m" in c["k"])
     free = free_positions(up)
     before = len(actions(svc))
-    assert "may not pin" in h.toggle_pin(svc, "olga", st, free[0]).message  # operator: no pin right
-    assert "may not" in h.toggle_pin(svc, "maya", st, free[0]).message
-    assert "may not edit" in h.edit_span(svc, "olga", st, free[0], free[1], "x").message
-    assert "outside the draft" in h.toggle_pin(svc, "alice", st, 10_000).message
-    assert "outside the draft" in h.edit_span(svc, "alice", st, 5, 10_000, "x").message
-    assert "template" in h.toggle_pin(svc, "alice", st, template_pos).message
-    assert "overlaps" in h.edit_span(svc, "alice", st, template_pos, template_pos + 1, "x").message
-    assert "not logged in" in h.toggle_pin(svc, None, st, free[0]).message
-    assert "no draft" in h.toggle_pin(svc, "alice", DraftState(), 0).message
+    assert "may not pin" in draft.toggle_pin(svc, "olga", st, free[0]).message  # operator: no pin right
+    assert "may not" in draft.toggle_pin(svc, "maya", st, free[0]).message
+    assert "may not edit" in draft.edit_span(svc, "olga", st, free[0], free[1], "x").message
+    assert "outside the draft" in draft.toggle_pin(svc, "alice", st, 10_000).message
+    assert "outside the draft" in draft.edit_span(svc, "alice", st, 5, 10_000, "x").message
+    assert "template" in draft.toggle_pin(svc, "alice", st, template_pos).message
+    assert "overlaps" in draft.edit_span(svc, "alice", st, template_pos, template_pos + 1, "x").message
+    assert "not logged in" in draft.toggle_pin(svc, None, st, free[0]).message
+    assert "no draft" in draft.toggle_pin(svc, "alice", DraftState(), 0).message
     assert len(actions(svc)) == before  # nothing was written
-    assert h.toggle_pin(svc, "alice", st, free[0]).kind == "ok"
-    assert "overlaps" in h.edit_span(svc, "alice", st, free[0], free[0] + 1, "x").message
+    assert draft.toggle_pin(svc, "alice", st, free[0]).kind == "ok"
+    assert "overlaps" in draft.edit_span(svc, "alice", st, free[0], free[0] + 1, "x").message
     list(gen)
 
 
@@ -119,15 +119,15 @@ def test_unpin_and_lock_term(app_services):
     up = [next(gen), next(gen)][-1]
     st = up.state
     p = free_positions(up)[2]
-    assert h.toggle_pin(svc, "alice", st, p).kind == "ok"
-    r = h.toggle_pin(svc, "alice", st, p)
+    assert draft.toggle_pin(svc, "alice", st, p).kind == "ok"
+    r = draft.toggle_pin(svc, "alice", st, p)
     assert r.kind == "ok" and "unpinned" in r.message
     ctrl = svc.runs.get(st.run_id)
     piece = svc.tokenizer.decode([int(ctrl.base.tokens[p])])
-    r = h.lock_term(svc, "alice", st, piece)
+    r = draft.lock_term(svc, "alice", st, piece)
     assert r.kind == "ok" and "locked" in r.message, r.message
-    assert "does not occur" in h.lock_term(svc, "alice", st, "zzzz qqqq xxxx").message
-    assert h.lock_term(svc, "alice", st, "   ").kind == "error"
+    assert "does not occur" in draft.lock_term(svc, "alice", st, "zzzz qqqq xxxx").message
+    assert draft.lock_term(svc, "alice", st, "   ").kind == "error"
     list(gen)
     assert {"pin.add", "pin.remove", "pin.lock_term"} <= set(actions(svc))
 
@@ -137,26 +137,26 @@ def test_pause_resume_and_branch(app_services):
     gen = start(svc, steps=8)
     ups = [next(gen), next(gen), next(gen)]
     st = ups[-1].state
-    paused = h.pause(svc, "alice", st)
+    paused = draft.pause(svc, "alice", st)
     assert paused.kind == "info" and paused.message == ""  # the stream itself says "Paused"
     rest = list(gen)
     assert rest[-1].message.startswith("Paused") and rest[-1].step == 2
     p = free_positions(ups[-1])[1]
-    assert h.toggle_pin(svc, "alice", st, p).kind == "ok"
+    assert draft.toggle_pin(svc, "alice", st, p).kind == "ok"
     tok = svc.runs.get(st.run_id).base.tokens[p].item()
-    done = list(h.resume(svc, "alice", st))
+    done = list(draft.resume(svc, "alice", st))
     assert done[-1].step == 8 and done[0].step == 3
     with svc.reader() as s:
         steps = repo.list_steps(s, st.run_id)
     assert [x.step_index for x in steps] == list(range(9))
     assert all(x.token_ids[p] == tok for x in steps[3:])
-    assert "complete" in list(h.resume(svc, "alice", st))[0].message
+    assert "complete" in list(draft.resume(svc, "alice", st))[0].message
     # back to step 4, change pins, continue as a branch; the first run is kept
-    r = h.view_step(svc, "alice", st, 4)
+    r = draft.view_step(svc, "alice", st, 4)
     assert r.step == 4 and "branch" in r.message
     q = free_positions(ups[-1])[5]
-    assert h.toggle_pin(svc, "alice", st, q).kind == "ok"
-    branch = list(h.resume(svc, "alice", st))
+    assert draft.toggle_pin(svc, "alice", st, q).kind == "ok"
+    branch = list(draft.resume(svc, "alice", st))
     new_state = branch[-1].state
     assert new_state.run_id != st.run_id and branch[0].step == 5 and branch[-1].step == 8
     with svc.reader() as s:
@@ -166,7 +166,7 @@ def test_pause_resume_and_branch(app_services):
         b_steps = repo.list_steps(s, new_state.run_id)
     assert [x.step_index for x in b_steps] == list(range(9))
     assert len({x.token_ids[q] for x in b_steps[4:]}) == 1
-    r = h.open_run(svc, "alice", new_state, st.run_id)
+    r = draft.open_run(svc, "alice", new_state, st.run_id)
     assert r.kind == "info" and r.state.run_id == st.run_id and r.step == 8
     assert len(r.runs) == 2
 
@@ -192,11 +192,11 @@ def test_a_suspended_stream_holds_no_lock_and_may_resume_on_another_thread(app_s
         return got == [True]
 
     assert lock_is_free()  # at a step
-    second = h.resume(svc, "alice", st)
+    second = draft.resume(svc, "alice", st)
     busy = next(second)
     assert busy.kind == "error" and "already being generated" in busy.message and lock_is_free()
     assert list(second) == []
-    assert h.pause(svc, "alice", st).kind == "info"
+    assert draft.pause(svc, "alice", st).kind == "info"
     paused = next(gen)
     assert paused.message.startswith("Paused") and lock_is_free()
     rest: list = []
@@ -204,7 +204,7 @@ def test_a_suspended_stream_holds_no_lock_and_may_resume_on_another_thread(app_s
     t.start()
     t.join(timeout=30)
     assert not t.is_alive() and rest == []  # the stream ends after "Paused", on this other thread
-    assert not ctrl.streaming and h.toggle_pin(svc, "alice", st, free_positions(ups[-1])[0]).kind == "ok"
+    assert not ctrl.streaming and draft.toggle_pin(svc, "alice", st, free_positions(ups[-1])[0]).kind == "ok"
 
 
 def test_reopen_from_the_database_after_restart(app_services):
@@ -212,7 +212,7 @@ def test_reopen_from_the_database_after_restart(app_services):
     ups = run_to_end(start(svc, steps=4))
     st = ups[-1].state
     svc.runs._runs.clear()  # as after a restart
-    r = h.view_step(svc, "alice", st, 2)
+    r = draft.view_step(svc, "alice", st, 2)
     assert r.step == 2 and r.payload["cells"]
 
 
@@ -220,30 +220,30 @@ def test_accept_review_sign_and_audit(app_services):
     svc = app_services
     ups = run_to_end(start(svc, user="olga", steps=4))
     st = ups[-1].state
-    assert "reason" in h.reject(svc, "olga", st, "  ").message
-    r = h.accept(svc, "olga", st)
+    assert "reason" in draft.reject(svc, "olga", st, "  ").message
+    r = draft.accept(svc, "olga", st)
     assert r.kind == "ok", r.message
-    assert "cannot be accepted again" in h.accept(svc, "olga", st).message
-    path, msg = h.download(svc, "olga", st, "md")
+    assert "cannot be accepted again" in draft.accept(svc, "olga", st).message
+    path, msg = draft.download(svc, "olga", st, "md")
     text = open(path, encoding="utf-8").read()
     assert text.startswith("# ") and "SHIFT HANDOVER" in text and path.startswith(str(svc.temp_dir))
-    assert h.download(svc, "maya", st, "md")[0] is None
-    assert h.review_queue(svc, "olga").kind == "error"
-    q = h.review_queue(svc, "alice")
+    assert draft.download(svc, "maya", st, "md")[0] is None
+    assert review.review_queue(svc, "olga").kind == "error"
+    q = review.review_queue(svc, "alice")
     assert [row[0] for row in q.queue] == [st.document_id]
-    opened = h.open_review(svc, "alice", st.document_id)
+    opened = review.open_review(svc, "alice", st.document_id)
     assert "SHIFT HANDOVER" in opened.document_html and "document.update" in opened.history_html
-    bad = h.sign_review(svc, "alice", opened.state, "approve", "", "wrong password")
+    bad = review.sign_review(svc, "alice", opened.state, "approve", "", "wrong password")
     assert bad.kind == "error" and "password" in bad.message
-    assert "say why" in h.sign_review(svc, "alice", opened.state, "reject", "", sf.PASSWORD).message
-    ok = h.sign_review(svc, "alice", opened.state, "approve", "complete and correct", sf.PASSWORD)
+    assert "say why" in review.sign_review(svc, "alice", opened.state, "reject", "", sf.PASSWORD).message
+    ok = review.sign_review(svc, "alice", opened.state, "approve", "complete and correct", sf.PASSWORD)
     assert ok.kind == "ok" and ok.queue == []
     with svc.reader() as s:
-        review = repo.list_reviews(s, st.document_id)[0]
-        assert (review.decision, review.reason, review.signature_meaning, review.signed_by, review.signature_method) == (
-            "approve", "complete and correct", h.SIGNATURE_MEANINGS["approve"], "alice", "password re-entry")
+        row = repo.list_reviews(s, st.document_id)[0]
+        assert (row.decision, row.reason, row.signature_meaning, row.signed_by, row.signature_method) == (
+            "approve", "complete and correct", review.SIGNATURE_MEANINGS["approve"], "alice", "password re-entry")
         assert repo.get_document(s, st.document_id).status == "approved"
-    again = h.sign_review(svc, "bob", opened.state, "reject", "late", sf.PASSWORD)
+    again = review.sign_review(svc, "bob", opened.state, "reject", "late", sf.PASSWORD)
     assert again.kind == "error" and "changed by alice" in again.message  # the second reviewer is told
     acts = actions(svc)
     for a in ("run.start", "document.update", "run.finished", "review.approve", "signature.failed"):
@@ -255,35 +255,35 @@ def test_audit_screen_is_for_managers(app_services, tmp_path):
 
     svc = app_services
     run_to_end(start(svc, steps=3))
-    assert h.audit_table(svc, "alice", h.AuditQuery()).kind == "error"
-    t = h.audit_table(svc, "maya", h.AuditQuery(action="run.start"))
+    assert audit.audit_table(svc, "alice", audit.AuditQuery()).kind == "error"
+    t = audit.audit_table(svc, "maya", audit.AuditQuery(action="run.start"))
     assert t.rows and all(r[4] == "run.start" for r in t.rows)
-    assert h.audit_table(svc, "maya", h.AuditQuery(since="not a date")).kind == "error"
-    assert h.audit_table(svc, "maya", h.AuditQuery(user="alice", since="2000-01-01", until="2999-01-01")).rows
-    for fmt in h.FORMATS:
-        up = h.export_audit(svc, "maya", h.AuditQuery(), fmt)
+    assert audit.audit_table(svc, "maya", audit.AuditQuery(since="not a date")).kind == "error"
+    assert audit.audit_table(svc, "maya", audit.AuditQuery(user="alice", since="2000-01-01", until="2999-01-01")).rows
+    for fmt in audit.FORMATS:
+        up = audit.export_audit(svc, "maya", audit.AuditQuery(), fmt)
         assert up.kind == "ok", up.message
         df = read_frame(up.file, fmt)
         assert len(df) >= 5 and "run.start" in set(df["action"])
-    refused = h.export_audit(svc, "alice", h.AuditQuery(), "csv")
+    refused = audit.export_audit(svc, "alice", audit.AuditQuery(), "csv")
     assert refused.kind == "error" and refused.file is None and "may not export" in refused.message
-    assert h.verify_trail(svc, "maya").message.startswith("✔")
-    assert h.verify_trail(svc, "olga").kind == "error"
-    charts = h.feedback_charts(svc, "maya").charts
+    assert audit.verify_trail(svc, "maya").message.startswith("✔")
+    assert audit.verify_trail(svc, "olga").kind == "error"
+    charts = audit.feedback_charts(svc, "maya").charts
     assert set(charts) == {"per_day", "per_template", "per_term", "pin_rate"} and len(charts["per_day"]) == 1
     assert "export" in actions(svc)
 
 
 def test_admin_manages_users(app_services):
     svc = app_services
-    assert h.list_users(svc, "maya").kind == "error"
-    assert len(h.list_users(svc, "adam").rows) == len(sf.USERS)
-    assert h.add_user(svc, "adam", "nina", "operator", "short").kind == "error"
-    assert h.add_user(svc, "adam", "nina", "operator", "long enough password").kind == "ok"
-    assert h.change_role(svc, "adam", "nina", "reviewer", "promoted").kind == "ok"
-    assert h.set_enabled(svc, "adam", "nina", False, "left").kind == "ok"
-    assert "disabled" in h.toggle_pin(svc, "nina", DraftState(run_id=1), 0).message
-    assert h.add_user(svc, "alice", "eve", "admin", "long enough password").kind == "error"
+    assert admin.list_users(svc, "maya").kind == "error"
+    assert len(admin.list_users(svc, "adam").rows) == len(sf.USERS)
+    assert admin.add_user(svc, "adam", "nina", "operator", "short").kind == "error"
+    assert admin.add_user(svc, "adam", "nina", "operator", "long enough password").kind == "ok"
+    assert admin.change_role(svc, "adam", "nina", "reviewer", "promoted").kind == "ok"
+    assert admin.set_enabled(svc, "adam", "nina", False, "left").kind == "ok"
+    assert "disabled" in draft.toggle_pin(svc, "nina", DraftState(run_id=1), 0).message
+    assert admin.add_user(svc, "alice", "eve", "admin", "long enough password").kind == "error"
 
 
 def test_unexpected_errors_become_a_short_message(app_services, monkeypatch, caplog):
@@ -312,3 +312,14 @@ def test_login_counts_and_slows_failures(app_services):
     assert acts.count("login.failed") == 3 and acts.count("login") == 1
     with svc.reader() as s:
         assert repo.get_user(s, "alice").failed_logins == 0
+
+
+def test_span_text_is_the_text_of_the_selected_tokens(app_services):
+    svc = app_services
+    ups = run_to_end(start(svc, steps=3))
+    st = ups[-1].state
+    ids = tokens(svc, ups[-1])
+    assert draft.span_text(svc, st, 2, 5) == svc.tokenizer.decode(ids[2:5])
+    for a, b in ((5, 5), (3, 2), (-1, 2), (0, 10_000), (None, 2), ("1", 2)):
+        assert draft.span_text(svc, st, a, b) == ""
+    assert draft.span_text(svc, DraftState(), 0, 1) == ""

@@ -9,7 +9,7 @@ import shutil
 import pytest
 import storage_fixtures as sf
 
-from app import handlers as h
+from app import draft
 from app.state import DraftState
 from engine import checkpoint
 from engine.config import RECOMMENDED_SAMPLER
@@ -33,14 +33,14 @@ def commit_services(tiny_model_dir, tmp_path, cheap_argon2):
 
 def test_a_committing_run_keeps_pins_edits_and_whole_words(commit_services):
     svc = commit_services
-    gen = h.generate(svc, "alice", DraftState(), template="Shift handover", length=None, steps=10, seed=2, temperature=0.9)
+    gen = draft.generate(svc, "alice", DraftState(), template="Shift handover", length=None, steps=10, seed=2, temperature=0.9)
     ups = [next(gen), next(gen), next(gen)]
     st = ups[-1].state
     free = [c["i"] for c in ups[-1].payload["cells"] if "m" not in c["k"]]
-    assert h.toggle_pin(svc, "alice", st, free[1]).kind == "ok"
+    assert draft.toggle_pin(svc, "alice", st, free[1]).kind == "ok"
     pinned_tok = list(svc.runs.get(st.run_id).frames[ups[-1].step].token_ids)[free[1]]
     a, b = free[5], free[7]
-    assert h.edit_span(svc, "alice", st, a, b, " hydraulic pump leak", "wrong part").kind == "ok"
+    assert draft.edit_span(svc, "alice", st, a, b, " hydraulic pump leak", "wrong part").kind == "ok"
     rest = list(gen)
     assert rest[-1].step == 10 and rest[-1].kind == "ok"
     new_ids = svc.tokenizer.encode(" hydraulic pump leak")

@@ -37,11 +37,12 @@ STAMP = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([+-]\d{2}
 
 def _handlers() -> dict[str, Any]:
     """The app's handler functions by their job (they may live in several modules)."""
-    from app import handlers as h
+    from app import audit, draft, review
 
-    names = ("generate", "pause", "resume", "toggle_pin", "lock_term", "edit_span", "view_step", "accept",
-             "review_queue", "open_review", "sign_review", "export_audit", "AuditQuery")
-    return {n: getattr(h, n) for n in names}
+    modules = {"generate": draft, "pause": draft, "resume": draft, "toggle_pin": draft, "lock_term": draft,
+               "edit_span": draft, "view_step": draft, "accept": draft, "review_queue": review,
+               "open_review": review, "sign_review": review, "export_audit": audit, "AuditQuery": audit}
+    return {n: getattr(m, n) for n, m in modules.items()}
 
 
 def _scrub(value: Any) -> Any:

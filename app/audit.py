@@ -1,0 +1,153 @@
+"""The audit screen's handlers: the filtered trail, the QA charts, export (itself an audit event)
+and verification of the hash chain. The queries behind the charts and the filter lists are
+storage.reports.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from app.auth import require_permission, require_screen
+from app.common import Refused, as_int, safe, short
+from app.services import Services
+from storage import reports
+from storage import repository as repo
+from storage.audit import AuditFilter, list_events, verify_chain
+from storage.db import transaction
+from storage.export import export_audit as write_export
+from storage.models import ROLES
+
+FORMATS = ("csv", "xlsx", "parquet", "json")
+AUDIT_HEADERS = ["seq", "when (UTC)", "user", "role", "action", "object", "document", "template", "old", "new",
+                 "reason"]
+
+
+@dataclass
+class AuditQuery:
+    user: str = ""
+    role: str = ""
+    action: str = ""
+    document: Any = None
+    template: str = ""
+    since: str = ""
+    until: str = ""
+
+
+@dataclass
+class AuditUpdate:
+    message: str = ""
+    kind: str = "info"
+    rows: list[list[Any]] | None = None
+    charts: dict[str, Any] | None = None
+    file: str | None = None
+
+
+def _audit_error(message: str) -> AuditUpdate:
+    return AuditUpdate(message=message, kind="error")
+
+
+def _parse_day(value: Any, what: str) -> datetime | None:
+    if value in (None, ""):
+        return None
+    if isinstance(value, (int, float)):  # gr.DateTime gives a timestamp
+        return datetime.fromtimestamp(float(value), timezone.utc)
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    try:
+        ts = datetime.fromisoformat(str(value).strip())
+    except ValueError:
+        raise Refused(f"{what}: write a date as YYYY-MM-DD (optionally with a time)") from None
+    return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts.astimezone(timezone.utc)
+
+
+def audit_filter(svc: Services, q: AuditQuery) -> AuditFilter:
+    """The storage filter for what the page's filter fields say; Refused for a bad role or date."""
+    template_id = None
+    if q.template:
+        with svc.reader() as s:
+            template_id = repo.get_template_by_name(s, q.template).id
+    role = q.role or None
+    if role is not None and role not in ROLES:
+        raise Refused(f"unknown role {role!r}")
+    doc = None
+    if q.document not in (None, ""):
+        doc = as_int(q.document, "document", 1, 2**62)
+    since = _parse_day(q.since, "from")
+    until = _parse_day(q.until, "until")
+    if until is not None and isinstance(q.until, str) and len(q.until.strip()) == 10:
+        until = until + timedelta(days=1)  # a date means "through that day"
+    return AuditFilter(user=(q.user or "").strip() or None, role=role, action=q.action or None,
+                       document_id=doc, template_id=template_id, since=since, until=until)
+
+
+@safe(_audit_error)
+def audit_table(svc: Services, username: str | None, q: AuditQuery, limit: int = 500) -> AuditUpdate:
+    require_permission(svc, username, "audit.read", "read the audit trail")
+    require_screen(svc, username, "audit")
+    f = audit_filter(svc, q)
+    with svc.reader() as s:
+        events = list_events(s, f, limit=limit)
+        rows = [[e.seq, e.ts.strftime("%Y-%m-%d %H:%M:%S"), e.actor, e.role, e.action, f"{e.object_type} {e.object_id}",
+                 e.document_id, e.template_id, short(e.old_value, 80), short(e.new_value, 80), e.reason or ""]
+                for e in events]
+    more = " (newest shown; export for all)" if len(rows) >= limit else ""
+    return AuditUpdate(message=f"{len(rows)} event(s){more}", rows=rows)
+
+
+@safe(_audit_error)
+def feedback_charts(svc: Services, username: str | None, days: int = 30) -> AuditUpdate:
+    """Frames for the QA charts: events per day, edits per template, edits per term, pin rate per model."""
+    require_permission(svc, username, "feedback.read", "read QA feedback")
+    require_screen(svc, username, "audit")
+    since = datetime.now(timezone.utc) - timedelta(days=days)
+    with svc.reader() as s:
+        charts = reports.feedback_frames(s, since=since)
+    return AuditUpdate(message="QA feedback updated", charts=charts)
+
+
+@safe(_audit_error)
+def export_audit(svc: Services, username: str | None, q: AuditQuery, fmt: str) -> AuditUpdate:
+    """Write the filtered trail (role-checked; the export is itself an audit event) and hand back a copy."""
+    actor = require_permission(svc, username, "export", "export the audit trail")
+    require_screen(svc, username, "audit")
+    if fmt not in FORMATS:
+        raise Refused(f"choose one of {', '.join(FORMATS)}")
+    f = audit_filter(svc, q)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    target = svc.exports_dir / f"audit-{stamp}-{secrets.token_hex(3)}.{fmt}"
+    record = None
+    try:
+        with transaction(svc.factory) as s:
+            record = write_export(s, target, fmt, actor=actor.name, filters=f)
+            rows = record.row_count
+    except BaseException:
+        if record is not None:
+            Path(record.path).unlink(missing_ok=True)
+        raise
+    folder = svc.temp_dir / secrets.token_hex(8)
+    folder.mkdir(parents=True)
+    copy = folder / target.name
+    shutil.copyfile(target, copy)
+    return AuditUpdate(message=f"exported {rows} event(s) as {fmt.upper()}", kind="ok", file=str(copy))
+
+
+@safe(_audit_error)
+def verify_trail(svc: Services, username: str | None) -> AuditUpdate:
+    require_permission(svc, username, "audit.read", "verify the audit trail")
+    require_screen(svc, username, "audit")
+    with svc.reader() as s:
+        result = verify_chain(s)
+    if result.ok:
+        return AuditUpdate(message=f"✔ {result.message}", kind="ok")
+    return AuditUpdate(message=f"✘ audit trail BROKEN at event {result.broken_seq}: {result.message}", kind="error")
+
+
+def audit_choices(svc: Services) -> dict[str, list[str]]:
+    """What the filters offer: actions, users, roles and templates."""
+    with svc.reader() as s:
+        return reports.audit_choices(s)

@@ -1,0 +1,67 @@
+"""The Admin tab: layout and wiring only; the work is in app.admin."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from app import admin
+from app.admin import AdminUpdate
+from app.services import Services
+from app.ui_common import UNDOCUMENTED, keep, message, user_of
+from storage.models import ROLES
+
+
+def _outputs(up: AdminUpdate) -> list[Any]:
+    return [message(up.message, up.kind), keep(up.rows)]
+
+
+class AdminTab:
+    """Lays out the Admin tab (inside the page's gr.Tabs) and wires its events to app.admin."""
+
+    def __init__(self, svc: Services) -> None:
+        self.svc = svc
+        with gr.Tab("Admin", id="admin", visible=False) as self.tab:
+            self.msg = gr.HTML("")
+            self.users = gr.Dataframe(headers=admin.USER_HEADERS, interactive=False, label="Users")
+            with gr.Row():
+                self.name = gr.Textbox(label="User", max_length=64)
+                self.role = gr.Dropdown(list(ROLES), value=ROLES[0], label="Role")
+                self.password = gr.Textbox(label="Password (new users)", type="password")
+                self.reason = gr.Textbox(label="Reason (role changes, disabling)", max_length=500)
+            with gr.Row():
+                self.add_btn = gr.Button("Add user", size="sm", variant="primary")
+                self.role_btn = gr.Button("Change role", size="sm")
+                self.disable_btn = gr.Button("Disable", size="sm")
+                self.enable_btn = gr.Button("Enable", size="sm")
+        self._wire()
+
+    def _wire(self) -> None:
+        svc, outs = self.svc, [self.msg, self.users]
+
+        def do_users(request: gr.Request) -> list[Any]:
+            return _outputs(admin.list_users(svc, user_of(request)))
+
+        self.tab.select(do_users, None, outs, api_visibility="private")
+
+        def do_add(n: str, r: str, p: str, request: gr.Request) -> list[Any]:
+            return _outputs(admin.add_user(svc, user_of(request), n, r, p)) + [""]
+
+        self.add_btn.click(do_add, [self.name, self.role, self.password], outs + [self.password], api_name="add_user",
+                           **UNDOCUMENTED)
+
+        def do_role(n: str, r: str, reason: str, request: gr.Request) -> list[Any]:
+            return _outputs(admin.change_role(svc, user_of(request), n, r, reason))
+
+        self.role_btn.click(do_role, [self.name, self.role, self.reason], outs, api_name="set_role", **UNDOCUMENTED)
+
+        def do_disable(n: str, reason: str, request: gr.Request) -> list[Any]:
+            return _outputs(admin.set_enabled(svc, user_of(request), n, False, reason))
+
+        self.disable_btn.click(do_disable, [self.name, self.reason], outs, api_name="disable_user", **UNDOCUMENTED)
+
+        def do_enable(n: str, reason: str, request: gr.Request) -> list[Any]:
+            return _outputs(admin.set_enabled(svc, user_of(request), n, True, reason))
+
+        self.enable_btn.click(do_enable, [self.name, self.reason], outs, api_name="enable_user", **UNDOCUMENTED)

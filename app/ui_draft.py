@@ -1,0 +1,278 @@
+"""The Draft tab: layout and wiring only; the work is in app.draft.
+
+The draft view is a gr.HTML whose value is JSON (app.render.draft_payload). Its template is
+static markup; the script in TOKEN_JS builds one <span data-pos> per token with textContent (model
+text is never parsed as HTML), and sends the page's acts back as custom events: "pin" (a click on
+a token, with its position) and "select_span" (a selection of tokens, with start and end). A
+listener reads those fields as attributes of its gr.EventData (evt.pos, evt.start, evt.end).
+Every listener passes request.username to its handler, which checks the role on the server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import gradio as gr
+
+from app import draft, render
+from app.draft_view import DraftUpdate
+from app.services import Services
+from app.state import DraftState
+from app.ui_common import UNDOCUMENTED, event_value, keep, message, user_of
+
+TOKEN_TEMPLATE = '<div class="dd-view"><div class="dd-caption"></div><div class="dd-tokens" aria-label="draft"></div></div>'
+
+TOKEN_JS = r"""
+const FLAG = {p: 'pinned', m: 'template', e: 'edited', c: 'changed', s: 'special'};
+function draw() {
+  const v = props.value || {};
+  const root = element.querySelector('.dd-tokens');
+  const cap = element.querySelector('.dd-caption');
+  if (!root) return;
+  const frag = document.createDocumentFragment();
+  for (const c of (v.cells || [])) {
+    const s = document.createElement('span');
+    let cls = 'tok c' + (c.l | 0);
+    for (const f of String(c.k || '')) { if (FLAG[f]) cls += ' ' + FLAG[f]; }
+    s.className = cls;
+    s.dataset.pos = String(c.i | 0);
+    s.textContent = String(c.t);
+    frag.appendChild(s);
+  }
+  root.replaceChildren(frag);
+  if (cap) cap.textContent = String(v.caption || '');
+}
+function posOf(node) {
+  let n = node && node.nodeType === 3 ? node.parentElement : node;
+  while (n && n !== element && !(n.dataset && n.dataset.pos !== undefined)) n = n.parentElement;
+  return n && n !== element ? Number(n.dataset.pos) : null;
+}
+element.addEventListener('mouseup', () => {
+  const sel = window.getSelection();
+  if (!sel || sel.isCollapsed) return;
+  const a = posOf(sel.anchorNode), b = posOf(sel.focusNode);
+  if (a === null || b === null) return;
+  trigger('select_span', {start: Math.min(a, b), end: Math.max(a, b) + 1});
+});
+element.addEventListener('click', (ev) => {
+  const sel = window.getSelection();
+  if (sel && !sel.isCollapsed) return;
+  const s = ev.target.closest ? ev.target.closest('span[data-pos]') : null;
+  if (!s || !element.contains(s)) return;
+  trigger('pin', {pos: Number(s.dataset.pos)});
+});
+draw();
+watch('value', draw);
+"""
+
+LEGEND = (
+    '<div class="dd-legend">'
+    '<span class="tok c0">low</span><span class="tok c1">·</span><span class="tok c2">·</span>'
+    '<span class="tok c3">·</span><span class="tok c4">high</span> confidence &nbsp; '
+    '<span class="tok c4 pinned">pinned</span> <span class="tok c4 template">template</span> '
+    '<span class="tok c4 edited">edited</span> <span class="tok c2 changed">changed this step</span>'
+    '</div>'
+)
+
+HELP = (
+    "Click a token to pin or unpin it. Select tokens with the mouse to fill the span below, type a "
+    "replacement of any length and press Replace. Lock term pins every occurrence of a phrase. "
+    "All of it works while the draft streams (in effect from the next step) or while it is paused."
+)
+
+
+def draft_outputs(up: DraftUpdate) -> list[Any]:
+    """A handler's DraftUpdate as the values of DraftTab.outputs (gr.skip() for what stays)."""
+    msg = message(up.message, up.kind) if up.message else gr.skip()
+    slider = (gr.update(value=up.step, maximum=max(1, up.total or 1)) if up.step is not None else gr.skip())
+    if up.runs is not None:
+        current = next((v for _, v in up.runs if up.state is not None and v == up.state.run_id), None)
+        runs = gr.update(choices=up.runs, value=current)
+    else:
+        runs = gr.skip()
+    return [msg, keep(up.payload), slider, keep(up.state), runs, keep(up.text)]
+
+
+class DraftTab:
+    """Lays out the Draft tab (inside the page's gr.Tabs) and wires its events to app.draft."""
+
+    def __init__(self, svc: Services, state: gr.State, template_choices: list[str]) -> None:
+        self.svc = svc
+        self.state = state  # the session's DraftState
+        with gr.Tab("Draft", id="draft", visible=False) as self.tab:
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=1, min_width=260, elem_classes="dd-panel"):
+                    self._settings(template_choices)
+                with gr.Column(scale=3, elem_classes="dd-main"):
+                    self._view()
+                    self._steering()
+                    self._finishing()
+            # the same act as a click on a token, by position, for keyboards and API clients
+            self.toggle_pos = gr.Number(visible=False, precision=0)
+        self.outputs = [self.msg, self.view, self.step_slider, self.state, self.runs, self.plain]
+        self._wire_run()
+        self._wire_steering()
+        self._wire_finishing()
+
+    # ------------------------------------------------------------------------------ layout
+    def _settings(self, template_choices: list[str]) -> None:
+        lim, cfg = self.svc.limits, self.svc.ckpt.sampler_cfg
+        self.template = gr.Dropdown(label="Template", choices=template_choices, value=template_choices[-1],
+                                    allow_custom_value=True)
+        self.length = gr.Number(label="Length (tokens, free length only)", value=64, precision=0, minimum=1,
+                                maximum=lim.max_length)
+        self.steps = gr.Slider(label="Steps", minimum=1, maximum=256, step=1, value=cfg.steps)
+        with gr.Row():
+            self.seed = gr.Number(label="Seed", value=0, precision=0, minimum=0)
+            self.temperature = gr.Slider(label="Temperature", minimum=0.1, maximum=2.0, step=0.05,
+                                         value=float(cfg.temperature or 1.0))
+        self.title = gr.Textbox(label="Title (optional)", max_length=200)
+        self.generate_btn = gr.Button("Generate", variant="primary", elem_id="dd-generate")
+        with gr.Row():
+            self.pause_btn = gr.Button("Pause", elem_id="dd-pause", size="sm")
+            self.resume_btn = gr.Button("Resume", elem_id="dd-resume", size="sm")
+        self.runs = gr.Dropdown(label="Runs of this document (branches)", choices=[], value=None, interactive=True)
+        self.reopen_btn = gr.Button("Reopen run", size="sm")
+
+    def _view(self) -> None:
+        self.msg = gr.HTML("", elem_id="dd-draft-msg")
+        self.view = gr.HTML(render.EMPTY_PAYLOAD, html_template=TOKEN_TEMPLATE, js_on_load=TOKEN_JS,
+                            elem_id="dd-view", apply_default_css=False)
+        self.step_slider = gr.Slider(label="Step (drag to go back; pause first to branch)", minimum=0, maximum=1,
+                                     step=1, value=0, elem_id="dd-step")
+        gr.HTML(LEGEND)
+        gr.Markdown(HELP, elem_classes="dd-help")
+
+    def _steering(self) -> None:
+        lim = self.svc.limits
+        with gr.Row(elem_classes="dd-steer"):
+            self.span_start = gr.Number(label="Span start", precision=0, value=0, min_width=90,
+                                        elem_id="dd-span-start")
+            self.span_end = gr.Number(label="Span end (excl.)", precision=0, value=0, min_width=90,
+                                      elem_id="dd-span-end")
+            self.replacement = gr.Textbox(label="Replacement", scale=3, elem_id="dd-replacement",
+                                          max_length=lim.max_edit_chars)
+            self.edit_reason = gr.Textbox(label="Reason", scale=2, placeholder="correction", max_length=500)
+        with gr.Row():
+            self.replace_btn = gr.Button("Replace span", size="sm", elem_id="dd-replace")
+            self.pin_span_btn = gr.Button("Pin span", size="sm")
+            self.term = gr.Textbox(label="Term", show_label=False, placeholder="term to lock, e.g. hydraulic pump",
+                                   scale=2, max_length=lim.max_term_chars)
+            self.lock_btn = gr.Button("Lock term", size="sm")
+
+    def _finishing(self) -> None:
+        with gr.Row(elem_classes="dd-finish"):
+            self.accept_btn = gr.Button("Accept", variant="primary", size="sm", elem_id="dd-accept")
+            self.reject_reason = gr.Textbox(show_label=False, placeholder="reason for rejecting", scale=2,
+                                            max_length=2000)
+            self.reject_btn = gr.Button("Reject", variant="stop", size="sm")
+            self.discard_btn = gr.Button("Discard", size="sm")
+        with gr.Row():
+            self.fmt = gr.Radio(["md", "txt"], value="md", label="Download as", min_width=160)
+            self.download_btn = gr.Button("Download", size="sm")
+            self.download_file = gr.File(label="File", interactive=False, height=60)
+        with gr.Accordion("Plain text", open=False):
+            self.plain = gr.Textbox(show_label=False, lines=8, interactive=False, elem_id="dd-plain")
+
+    # ------------------------------------------------------------------------------ wiring
+    def _wire_run(self) -> None:
+        svc, state, outs = self.svc, self.state, self.outputs
+        live: dict[str, Any] = {"show_progress": "hidden", **UNDOCUMENTED}
+
+        def do_generate(st: DraftState, tpl: str, n: Any, k: Any, sd: Any, temp: Any, ttl: str,
+                        request: gr.Request) -> Iterator[list[Any]]:
+            for up in draft.generate(svc, user_of(request), st, template=tpl, length=n, steps=k, seed=sd,
+                                     temperature=temp, title=ttl):
+                yield draft_outputs(up)
+
+        self.generate_btn.click(do_generate, [state, self.template, self.length, self.steps, self.seed,
+                                              self.temperature, self.title], outs, api_name="generate",
+                                concurrency_limit=2, concurrency_id="model", **live)
+
+        def do_resume(st: DraftState, request: gr.Request) -> Iterator[list[Any]]:
+            for up in draft.resume(svc, user_of(request), st):
+                yield draft_outputs(up)
+
+        self.resume_btn.click(do_resume, [state], outs, api_name="resume", concurrency_limit=2,
+                              concurrency_id="model", **live)
+
+        def do_pause(st: DraftState, request: gr.Request) -> list[Any]:
+            return draft_outputs(draft.pause(svc, user_of(request), st))
+
+        self.pause_btn.click(do_pause, [state], outs, api_name="pause", concurrency_limit=None, **live)
+
+        def do_view_step(st: DraftState, k: Any, request: gr.Request) -> list[Any]:
+            return draft_outputs(draft.view_step(svc, user_of(request), st, k))
+
+        self.step_slider.release(do_view_step, [state, self.step_slider], outs, api_name="view_step",
+                                 concurrency_limit=None, **live)
+
+        def do_reopen(st: DraftState, run_id: Any, request: gr.Request) -> list[Any]:
+            return draft_outputs(draft.open_run(svc, user_of(request), st, run_id))
+
+        self.reopen_btn.click(do_reopen, [state, self.runs], outs, api_name="open_run", **UNDOCUMENTED)
+
+    def _wire_steering(self) -> None:
+        svc, state, outs = self.svc, self.state, self.outputs
+        live: dict[str, Any] = {"concurrency_limit": None, "show_progress": "hidden"}
+
+        def do_click_pin(st: DraftState, evt: gr.EventData, request: gr.Request) -> list[Any]:
+            return draft_outputs(draft.toggle_pin(svc, user_of(request), st, event_value(evt, "pos")))
+
+        self.view.pin(do_click_pin, [state], outs, api_name="click_pin", **live, **UNDOCUMENTED)
+
+        def do_toggle(st: DraftState, pos: Any, request: gr.Request) -> list[Any]:
+            return draft_outputs(draft.toggle_pin(svc, user_of(request), st, pos))
+
+        self.toggle_pos.change(do_toggle, [state, self.toggle_pos], outs, api_name="toggle_pin", **live,
+                               **UNDOCUMENTED)
+
+        def do_select_span(st: DraftState, evt: gr.EventData, request: gr.Request) -> list[Any]:
+            a, b = event_value(evt, "start"), event_value(evt, "end")
+            return [a, b, draft.span_text(svc, st, a, b)]
+
+        self.view.select_span(do_select_span, [state], [self.span_start, self.span_end, self.replacement], **live,
+                              api_visibility="private")
+
+        def do_pin_span(st: DraftState, a: Any, b: Any, request: gr.Request) -> list[Any]:
+            return draft_outputs(draft.pin_span(svc, user_of(request), st, a, b))
+
+        self.pin_span_btn.click(do_pin_span, [state, self.span_start, self.span_end], outs, api_name="pin_span",
+                                **live, **UNDOCUMENTED)
+
+        def do_edit(st: DraftState, a: Any, b: Any, text: str, reason: str, request: gr.Request) -> list[Any]:
+            return draft_outputs(draft.edit_span(svc, user_of(request), st, a, b, text, reason))
+
+        self.replace_btn.click(do_edit, [state, self.span_start, self.span_end, self.replacement, self.edit_reason],
+                               outs, api_name="edit_span", **live, **UNDOCUMENTED)
+
+        def do_lock(st: DraftState, t: str, request: gr.Request) -> list[Any]:
+            return draft_outputs(draft.lock_term(svc, user_of(request), st, t))
+
+        self.lock_btn.click(do_lock, [state, self.term], outs, api_name="lock_term", **live, **UNDOCUMENTED)
+
+    def _wire_finishing(self) -> None:
+        svc, state, outs = self.svc, self.state, self.outputs
+
+        def do_accept(st: DraftState, request: gr.Request) -> list[Any]:
+            return draft_outputs(draft.accept(svc, user_of(request), st))
+
+        self.accept_btn.click(do_accept, [state], outs, api_name="accept", **UNDOCUMENTED)
+
+        def do_reject(st: DraftState, reason: str, request: gr.Request) -> list[Any]:
+            return draft_outputs(draft.reject(svc, user_of(request), st, reason))
+
+        self.reject_btn.click(do_reject, [state, self.reject_reason], outs, api_name="reject", **UNDOCUMENTED)
+
+        def do_discard(st: DraftState, request: gr.Request) -> list[Any]:
+            return draft_outputs(draft.discard(svc, user_of(request), st))
+
+        self.discard_btn.click(do_discard, [state], outs, api_name="discard", **UNDOCUMENTED)
+
+        def do_download(st: DraftState, f: str, request: gr.Request) -> list[Any]:
+            path, text = draft.download(svc, user_of(request), st, f)
+            return [message(text, "ok" if path else "error"), path]
+
+        self.download_btn.click(do_download, [state, self.fmt], [self.msg, self.download_file], api_name="download",
+                                **UNDOCUMENTED)

@@ -1,0 +1,72 @@
+"""What the QA charts and the audit screen's filter lists read: Session-first queries, the charts
+as pandas frames (the columns gr.BarPlot draws).
+
+Glossary
+  per_day       audit events per calendar day (the database's date of the UTC timestamp)
+  per_template  people's pins and edits per template (storage.repository.feedback_counts)
+  per_term      pins and edits per term, the most acted-on first
+  pin_rate      pins per run for each model id (all runs of the model, pinned or not)
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pandas as pd
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from storage import repository as repo
+from storage.models import ROLES, AuditEvent, Pin, Run
+
+TOP_TERMS = 15  # terms shown in the per-term chart
+
+
+def events_per_day(session: Session, *, since: datetime) -> list[tuple[str, int]]:
+    """(day as YYYY-MM-DD, number of audit events) from `since` on, oldest day first."""
+    day = func.date(AuditEvent.ts)
+    stmt = select(day, func.count()).where(AuditEvent.ts >= since).group_by(day).order_by(day)
+    return [(str(d), int(n)) for d, n in session.execute(stmt)]
+
+
+def runs_per_model(session: Session) -> dict[str, int]:
+    """Number of runs per model id."""
+    return dict(session.execute(select(Run.model_id, func.count(Run.id)).group_by(Run.model_id)).all())
+
+
+def pins_per_model(session: Session) -> dict[str, int]:
+    """Number of pin rows of the runs of each model id (models without pins are absent)."""
+    stmt = select(Run.model_id, func.count(Pin.id)).join(Run, Run.id == Pin.run_id).group_by(Run.model_id)
+    return dict(session.execute(stmt).all())
+
+
+def feedback_frames(session: Session, *, since: datetime, top_terms: int = TOP_TERMS) -> dict[str, pd.DataFrame]:
+    """The four QA charts (see the glossary) as frames keyed per_day, per_template, per_term, pin_rate."""
+    per_day = events_per_day(session, since=since)
+    by_template = repo.feedback_counts(session, "template")
+    by_term = repo.feedback_counts(session, "term")[:top_terms]
+    runs = runs_per_model(session)
+    pins = pins_per_model(session)
+    return {
+        "per_day": pd.DataFrame(per_day, columns=["day", "events"]),
+        "per_template": pd.DataFrame([(r.key, r.edits, r.pins) for r in by_template],
+                                     columns=["template", "edits", "pins"]),
+        "per_term": pd.DataFrame([(r.key, r.edits, r.pins) for r in by_term], columns=["term", "edits", "pins"]),
+        "pin_rate": pd.DataFrame([(m, pins.get(m, 0) / n if n else 0.0, n) for m, n in runs.items()],
+                                 columns=["model", "pins per run", "runs"]),
+    }
+
+
+def audit_actions(session: Session) -> list[str]:
+    """Every action the audit trail holds, sorted."""
+    return sorted(session.scalars(select(AuditEvent.action).distinct()))
+
+
+def audit_choices(session: Session) -> dict[str, list[str]]:
+    """What the audit screen's filters offer: actions, users, roles and templates by name."""
+    return {
+        "actions": audit_actions(session),
+        "users": [u.name for u in repo.list_users(session)],
+        "roles": list(ROLES),
+        "templates": [t.name for t in repo.list_templates(session)],
+    }
