@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -124,37 +123,6 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     """`with transaction(factory) as s:` commits at the end of the block, rolls back on error."""
     with factory() as session, session.begin():
         yield session
-
-
-@dataclass(frozen=True)
-class Database:
-    """What the app keeps for its lifetime: the engine and two session factories."""
-
-    url: str
-    engine: Engine
-    sessions: sessionmaker[Session]  # write transactions (BEGIN IMMEDIATE on SQLite)
-    reads: sessionmaker[Session]  # read-only pages: never wait for writers
-
-    def dispose(self) -> None:
-        self.engine.dispose()
-
-
-def open_database(db_url: str | None = None, data_dir: str | os.PathLike[str] | None = None, *,
-                  migrate: bool = True, busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S) -> Database:
-    """App start: resolve the URL (see resolve_url), make the engine, bring the schema to head."""
-    url = resolve_url(db_url, data_dir)
-    engine = make_engine(url, busy_timeout_s=busy_timeout_s)
-    try:
-        from storage.migrations import migrate as run_migrations, require_current
-
-        if migrate:
-            run_migrations(engine)
-        else:
-            require_current(engine)
-    except BaseException:
-        engine.dispose()
-        raise
-    return Database(url, engine, make_session_factory(engine), make_session_factory(engine, reads_only=True))
 
 
 def _install_sqlite_settings(engine: Engine, busy_timeout_s: float) -> None:

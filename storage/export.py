@@ -1,5 +1,5 @@
-"""Audit trail and QA feedback as pandas frames and files (CSV, XLSX, Parquet, JSON). The only
-module in storage/ that imports pandas.
+"""Audit trail and QA feedback as pandas frames and files (CSV, XLSX, Parquet, JSON). With
+storage/reports.py, one of the two modules in storage/ that import pandas.
 
 Glossary
   frame        one row per audit event, columns AUDIT_COLUMNS, dtypes AUDIT_DTYPES

@@ -23,8 +23,9 @@ import storage_fixtures as sf
 @pytest.fixture
 def cheap_argon2() -> Iterator[None]:
     from storage import repository
+    from storage.repository import accounts
 
-    old = repository._hasher
+    old = accounts._hasher
     repository.set_password_hasher(PasswordHasher(time_cost=1, memory_cost=8, parallelism=1))
     yield
     repository.set_password_hasher(old)

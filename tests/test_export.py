@@ -156,8 +156,8 @@ def test_feedback_frames(factory, trail):
         r = repo.create_run(s, document_id=trail["document"], actor="olga", model_id="m1", model_checksum="c",
                             seed=1, sampler_settings={})
         repo.record_step(s, r.id, 0, [1, 2, 3], [0.5, 0.5, 0.5])
-        repo.record_edit(s, document_id=trail["document"], actor="alice", run_id=r.id, step_index=0, span_start=0,
-                         span_end=1, old_text="=bad", new_text="good", reason="fix")
+        repo.record_run_edit(s, document_id=trail["document"], actor="alice", run_id=r.id, step_index=0, span_start=0,
+                             span_end=1, old_text="=bad", new_text="good", reason="fix")
     with sf.reader(factory)() as s:
         f = feedback_frame(s, "term")
         assert list(f["key"]) == ["'=bad"] and list(f["edits"]) == [1]

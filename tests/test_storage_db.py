@@ -17,9 +17,9 @@ from sqlalchemy import func, select, text
 import storage_fixtures as sf
 from storage import repository as repo
 from storage.audit import verify_chain
+from storage.database import open_database
 from storage.db import (
     default_sqlite_url,
-    open_database,
     make_engine,
     make_session_factory,
     normalise_url,
@@ -290,8 +290,8 @@ def test_a_database_at_0001_is_upgraded_with_its_rows(empty_db_url, cheap_argon2
                 "reject", "no location", None, None, None)
             assert [p.text for p in repo.active_pins(s, run_id=run_id)] == ["kept"]
             repo.update_document(s, doc_id, actor="olga", expected_version=1, status="draft", text="new")
-            repo.record_edit(s, document_id=doc_id, actor="bob", run_id=run_id, step_index=0, span_start=0,
-                             span_end=1, old_text="a", new_text="a b c", new_n_tokens=3, reason="longer")
+            repo.record_run_edit(s, document_id=doc_id, actor="bob", run_id=run_id, step_index=0, span_start=0,
+                                 span_end=1, old_text="a", new_text="a b c", new_n_tokens=3, reason="longer")
             review = repo.record_review(s, document_id=doc_id, actor="bob", decision="approve", expected_version=2,
                                         signature_meaning="approved as reviewed and correct")
             assert (review.signed_by, review.signature_method) == ("bob", "password re-entry")

@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 
 import storage_fixtures as sf
 from storage import repository as repo
+from storage.repository import accounts
 from storage.audit import verify_chain
 from storage.db import transaction
 from storage.errors import NotFound, PermissionDenied, StaleWrite, ValidationError
@@ -75,7 +76,7 @@ def test_users_passwords_and_logins(factory):
 def test_default_hasher_is_argon2id():
     from argon2 import Type
 
-    assert repo._hasher.type is Type.ID and repo._hasher.memory_cost >= 64 * 1024  # KiB
+    assert accounts._hasher.type is Type.ID and accounts._hasher.memory_cost >= 64 * 1024  # KiB
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # pure input checks: PostgreSQL adds nothing
@@ -348,9 +349,9 @@ def test_edits_move_the_pins_after_them(factory, draft):
         moved_id = _pin(s, doc_id, run_id, 2, 6, "leaks", end=8)
         before_point = _branch(s, doc_id, run_id, 1)  # made before the edit, from step 1
     with transaction(factory) as s:  # 2 tokens become 3: everything from 6 on moves by one
-        edit = repo.record_edit(s, document_id=doc_id, actor="bob", run_id=run_id, step_index=2, span_start=4,
-                                span_end=6, old_text="hydraulic", new_text="high pressure", new_n_tokens=3,
-                                reason="more precise")
+        edit = repo.record_run_edit(s, document_id=doc_id, actor="bob", run_id=run_id, step_index=2, span_start=4,
+                                    span_end=6, old_text="hydraulic", new_text="high pressure", new_n_tokens=3,
+                                    reason="more precise")
         edit_id = edit.id
     assert _held(factory, run_id) == [("pump", 2, 4), ("leaks", 7, 9), ("oil", 9, 10), ("from step 1", 11, 12)]
     assert ("high pressure", 4, 7) in _held(factory, run_id, include_edits=True)
@@ -364,11 +365,11 @@ def test_edits_move_the_pins_after_them(factory, draft):
     # the stored positions now agree with the draft: the overlap check uses them
     for start, end in ((7, 8), (9, 9 + 1), (3, 5)):
         with pytest.raises(ValidationError, match="overlaps pinned tokens"), transaction(factory) as s:
-            repo.record_edit(s, document_id=doc_id, actor="bob", run_id=run_id, step_index=2, span_start=start,
-                             span_end=end, old_text="x", new_text="y", new_n_tokens=1, reason="r")
+            repo.record_run_edit(s, document_id=doc_id, actor="bob", run_id=run_id, step_index=2, span_start=start,
+                                 span_end=end, old_text="x", new_text="y", new_n_tokens=1, reason="r")
     with transaction(factory) as s:  # position 6 is in the edit's own span: it may be edited again, 12 exists now
-        repo.record_edit(s, document_id=doc_id, actor="bob", run_id=run_id, step_index=2, span_start=6,
-                         span_end=7, old_text=" pressure", new_text="", reason="shorter")
+        repo.record_run_edit(s, document_id=doc_id, actor="bob", run_id=run_id, step_index=2, span_start=6,
+                             span_end=7, old_text=" pressure", new_text="", reason="shorter")
         _pin(s, doc_id, run_id, 2, 11, "last")
     assert _held(factory, run_id, include_edits=True) == [
         ("pump", 2, 4), ("high pressure", 4, 6), ("leaks", 6, 8), ("oil", 8, 9), ("from step 1", 10, 11),
@@ -383,8 +384,8 @@ def test_edits_move_the_pins_after_them(factory, draft):
     assert _held(factory, from_2) == _held(factory, run_id)
     # an edit in the branch moves its inherited pins for the branch only
     with transaction(factory) as s:
-        repo.record_edit(s, document_id=doc_id, actor="bob", run_id=from_2, step_index=3, span_start=0,
-                         span_end=0, old_text="", new_text="Note: ", new_n_tokens=2, reason="prefix")
+        repo.record_run_edit(s, document_id=doc_id, actor="bob", run_id=from_2, step_index=3, span_start=0,
+                             span_end=0, old_text="", new_text="Note: ", new_n_tokens=2, reason="prefix")
     assert _held(factory, from_2) == [("pump", 4, 6), ("leaks", 8, 10), ("oil", 10, 11), ("from step 1", 12, 13),
                                       ("last", 13, 14)]
     assert [t for t, _, _ in _held(factory, run_id)] == ["pump", "leaks", "oil", "from step 1", "last"]
@@ -409,8 +410,8 @@ def test_pins_edits_and_their_audit(factory, draft):
                            span_end=4, text="hydraulic pump", reason="the part name is fixed")
         term = repo.add_term_pins(s, document_id=doc_id, actor="alice", run_id=run_id, step_index=2, term="oil",
                                   spans=[(6, 7), (9, 10)])
-        edit = repo.record_edit(s, document_id=doc_id, actor="bob", run_id=run_id, step_index=2, span_start=4,
-                                span_end=6, old_text="leaks", new_text="drips", reason="more precise")
+        edit = repo.record_run_edit(s, document_id=doc_id, actor="bob", run_id=run_id, step_index=2, span_start=4,
+                                    span_end=6, old_text="leaks", new_text="drips", reason="more precise")
     with sf.reader(factory)() as s:
         assert [p.span_start for p in repo.active_pins(s, run_id=run_id)] == [2, 6, 9]
         assert {p.kind for p in term} == {"term"} and pin.kind == "token"
@@ -454,7 +455,7 @@ def test_bad_token_edits_leave_no_rows(factory, draft, change, words):
                 span_end=6, old_text="old", new_text="new", reason="why")
     args.update(change)
     with pytest.raises((ValidationError, NotFound, PermissionDenied), match=words), transaction(factory) as s:
-        repo.record_edit(s, **args)
+        repo.record_run_edit(s, **args)
     assert (_rows(factory, Edit), _n_events(factory)) == before
 
 
@@ -476,8 +477,8 @@ def test_pins_outside_the_draft_are_refused(factory, draft):
 def test_text_edits_change_the_document_with_a_version_check(factory, draft):
     doc_id = draft["document"]  # text "The pump leaks oil."
     with transaction(factory) as s:
-        repo.record_edit(s, document_id=doc_id, actor="alice", span_start=4, span_end=8, old_text="pump",
-                         new_text="valve", reason="wrong part", expected_version=1)
+        repo.record_text_edit(s, document_id=doc_id, actor="alice", span_start=4, span_end=8, old_text="pump",
+                              new_text="valve", reason="wrong part", expected_version=1)
     with sf.reader(factory)() as s:
         doc = repo.get_document(s, doc_id)
         assert (doc.text, doc.version) == ("The valve leaks oil.", 2)
@@ -493,7 +494,7 @@ def test_text_edits_change_the_document_with_a_version_check(factory, draft):
                     reason="style", expected_version=2)
         args.update(change)
         with pytest.raises(error, match=words), transaction(factory) as s:
-            repo.record_edit(s, **args)
+            repo.record_text_edit(s, **args)
     assert (_rows(factory, Edit), _n_events(factory)) == before
     with sf.reader(factory)() as s:
         assert repo.get_document(s, doc_id).text == "The valve leaks oil."
@@ -565,10 +566,10 @@ def test_feedback_per_term_template_model_and_user(factory, draft):
                      text="Hydraulic Pump")
         repo.add_term_pins(s, document_id=doc_id, actor="bob", run_id=run_id, step_index=2, term="hydraulic pump",
                            spans=[(4, 6), (8, 10)])
-        repo.record_edit(s, document_id=doc_id, actor="alice", run_id=run_id, step_index=2, span_start=10,
-                         span_end=11, old_text="leak", new_text="drip", reason="precise")
-        repo.record_edit(s, document_id=doc_id, actor="bob", span_start=4, span_end=8, old_text="pump",
-                         new_text="valve", reason="part", expected_version=1)
+        repo.record_run_edit(s, document_id=doc_id, actor="alice", run_id=run_id, step_index=2, span_start=10,
+                             span_end=11, old_text="leak", new_text="drip", reason="precise")
+        repo.record_text_edit(s, document_id=doc_id, actor="bob", span_start=4, span_end=8, old_text="pump",
+                              new_text="valve", reason="part", expected_version=1)
     with sf.reader(factory)() as s:
         key = lambda rows: {r.key: (r.pins, r.edits) for r in rows}  # noqa: E731
         assert key(repo.feedback_counts(s, "term")) == {"hydraulic pump": (3, 0), "leak": (0, 1), "pump": (0, 1)}
