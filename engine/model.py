@@ -2,13 +2,7 @@
 
 build_model (engine.build) builds it, or a baseline, from a ModelConfig.
 
-Glossary
-  B, L, D, V  batch, sequence length, model width, vocabulary size
-  x_t         noisy token ids (B, L)
-  t           diffusion time in [0, 1] (B,)
-  clean       positions the caller guarantees are clean (pins, prompt) (B, L) bool
-  c           time conditioning vector (B, D)
-  h           hidden states (B, L, D)
+Shapes and names (B, L, D, V, x_t, t, clean, c, h) as in engine.denoiser's glossary.
 
 Block (pre-norm, residual, adaLN-Zero modulation from c; engine.layers, engine.ssm,
 engine.fourier_mlp):
