@@ -13,7 +13,8 @@ Glossary
 Errors: NotFound, ValidationError, PermissionDenied, StaleWrite (all StorageError).
 
 One module per concept: roles, accounts (users and passwords), templates, documents, runs (and
-their steps), pins, edits, reviews, feedback. Import the names from here:
+their steps), pins, edits, reviews, feedback; positions holds the rule for where positions and
+pins go after a length-changing edit. Import the names from here:
 `from storage import repository as repo; repo.create_run(...)`.
 """
 

@@ -5,19 +5,18 @@ Part of storage.repository (see its docstring for the glossary); Session first, 
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from storage import validate
 from storage.audit import append_event
 from storage.errors import ValidationError
-from storage.models import Edit, Pin, Run, utcnow
+from storage.models import Edit, Pin, Run, User, utcnow
 from storage.repository.roles import ActorRef, _who, require
 from storage.repository.documents import _lock_document, get_document
 from storage.repository.runs import _run_settings
 from storage.repository.pins import _length_at, _pins_in_effect, _run_for
+from storage.repository.positions import length_change, moved_span
 
 
 def _overlaps(pin: Pin, start: int, end: int) -> bool:
@@ -37,18 +36,6 @@ def _replace_pin(pin: Pin, run: Run, step_index: int, spans: list[tuple[int, int
     return rows
 
 
-def shift_position(position: int, start: int, end: int, new_len: int) -> int | None:
-    """The position after replacing [start, end) by new_len tokens; None inside the span.
-
-    Storage's copy of engine.positions.shift_position (storage does not import the engine);
-    tests/test_positions.py checks that the two agree."""
-    if position < start:
-        return position
-    if position < end:
-        return None
-    return position + new_len - (end - start)
-
-
 def _check_texts(old_text: str, new_text: str) -> None:
     validate.text(old_text, "old text", max_chars=validate.MAX_EDIT_CHARS, allow_empty=True)
     validate.text(new_text, "new text", max_chars=validate.MAX_EDIT_CHARS, allow_empty=True)
@@ -56,7 +43,7 @@ def _check_texts(old_text: str, new_text: str) -> None:
         raise ValidationError("the new text is the same as the old text: nothing to edit")
 
 
-def _edit_row(session: Session, by: Any, *, document_id: int, run_id: int | None, step_index: int | None, unit: str,
+def _edit_row(session: Session, by: User, *, document_id: int, run_id: int | None, step_index: int | None, unit: str,
               span_start: int, span_end: int, old_text: str, new_text: str, n_new: int | None, reason: str) -> Edit:
     get_document(session, document_id)
     edit = Edit(document_id=document_id, run_id=run_id, step_index=step_index, unit=unit, span_start=span_start,
@@ -67,19 +54,6 @@ def _edit_row(session: Session, by: Any, *, document_id: int, run_id: int | None
     return edit
 
 
-def _moved_span(pin: Pin, start: int, end: int, n_new: int) -> list[tuple[int, int]]:
-    """Where the parts of `pin` outside the replaced [start, end) go (an edit pin inside it is released)."""
-    spans: list[tuple[int, int]] = []
-    if pin.span_start < start:
-        spans.append((pin.span_start, start))
-    if pin.span_end > end:
-        first = shift_position(max(pin.span_start, end), start, end, n_new)
-        last = shift_position(pin.span_end - 1, start, end, n_new)
-        assert first is not None and last is not None
-        spans.append((first, last + 1))
-    return spans
-
-
 def record_run_edit(session: Session, *, document_id: int, actor: ActorRef, run_id: int, step_index: int,
                     span_start: int, span_end: int, old_text: str, new_text: str, reason: str,
                     new_n_tokens: int | None = None) -> Edit:
@@ -88,8 +62,9 @@ def record_run_edit(session: Session, *, document_id: int, actor: ActorRef, run_
     new_n_tokens is how many tokens new_text is (default: as many as the span; 0 for ""). As in
     engine.sampler.apply_edit, the span may not overlap a pin holding for the run (nor may an
     insertion fall strictly inside one; pins made by earlier edits are released instead, their parts
-    outside the span kept), the pins after the span move by new_n_tokens - (span_end - span_start)
-    (new rows, one "pin.move" event), and the new tokens become a pin of kind "edit".
+    outside the span kept), the pins after the span move by the change in length (the rule in
+    storage.repository.positions; new rows, one "pin.move" event), and the new tokens become a pin
+    of kind "edit".
     """
     by = require(session, actor, "edit")
     assert by is not None
@@ -112,13 +87,13 @@ def record_run_edit(session: Session, *, document_id: int, actor: ActorRef, run_
     edit = _edit_row(session, by, document_id=document_id, run_id=run_id, step_index=step_index, unit="token",
                      span_start=span_start, span_end=span_end, old_text=old_text, new_text=new_text, n_new=n_new,
                      reason=reason)
-    delta = n_new - (span_end - span_start)
+    delta = length_change(span_start, span_end, n_new)
     moves: list[tuple[Pin, list[Pin]]] = []
     for pin in held:
-        if pin.kind == "edit" and _overlaps(pin, span_start, span_end):  # released; its outer parts stay
-            moves.append((pin, _replace_pin(pin, run, step_index, _moved_span(pin, span_start, span_end, n_new), edit)))
-        elif pin.span_start >= span_end and delta != 0:
-            moves.append((pin, _replace_pin(pin, run, step_index, _moved_span(pin, span_start, span_end, n_new), edit)))
+        released = pin.kind == "edit" and _overlaps(pin, span_start, span_end)  # its outer parts stay
+        if released or (pin.span_start >= span_end and delta != 0):
+            spans = moved_span(pin.span_start, pin.span_end, span_start, span_end, n_new)
+            moves.append((pin, _replace_pin(pin, run, step_index, spans, edit)))
     edit_pin = None
     if n_new > 0:
         edit_pin = Pin(document_id=document_id, run_id=run_id, step_index=step_index, span_start=span_start,

@@ -18,6 +18,7 @@ from storage.models import Edit, Pin, Run, Step, utcnow
 from storage.repository.roles import ActorRef, _who, require
 from storage.repository.documents import get_document
 from storage.repository.runs import StepData, _run_settings, get_run, get_step
+from storage.repository.positions import length_change
 
 
 #
@@ -81,14 +82,14 @@ def _latest_step_index(session: Session, run: Run) -> int | None:
 
 def _length_at(session: Session, run: Run, step_index: int, recorded: int) -> int:
     """The draft's length at a step of a run: the recorded step's, changed by the token edits made
-    at that step (each changes it by new_n_tokens - (span_end - span_start))."""
+    at that step (each by its length_change)."""
     length = recorded
     for r, _, cutoff in _pin_views(session, run, step_index):
         stmt = select(Edit).where(Edit.run_id == r.id, Edit.step_index == step_index, Edit.unit == "token",
                                   Edit.new_n_tokens.is_not(None))
         for e in session.scalars(stmt):
             if cutoff is None or e.created_at <= cutoff:
-                length += e.new_n_tokens - (e.span_end - e.span_start)  # type: ignore[operator]
+                length += length_change(e.span_start, e.span_end, e.new_n_tokens)  # type: ignore[arg-type]
     return length
 
 
