@@ -26,6 +26,7 @@ import storage_fixtures as sf
 from sqlalchemy import LargeBinary, select
 
 from app.state import DraftState
+from storage import repository as repo
 from storage.models import Base
 
 GOLDEN = Path(__file__).parent / "golden" / "session_replay.json"
@@ -62,20 +63,11 @@ def _cell(column: Any, value: Any) -> Any:
         return VOLATILE
     if isinstance(column.type, LargeBinary):
         if column.name == "confidences":  # float16: rounded, so that a last-bit difference is not a change
-            from storage import repository as repo
-
             return [round(x, 2) for x in repo.decode_confidences(value)]
-        from storage import repository as repo
-
         return repo.decode_token_ids(value)
-    if isinstance(value, str) and value[:1] in "{[":
-        try:
-            return _scrub(json.loads(value))
-        except ValueError:
-            pass
-    if isinstance(value, (dict, list)):
-        return _scrub(value)
-    if isinstance(value, (int, float, bool, str)):
+    if isinstance(value, str):
+        return _cell_text(value)
+    if isinstance(value, (dict, list, int, float, bool)):
         return _scrub(value)
     return VOLATILE  # datetimes and anything else that is not plain data
 
