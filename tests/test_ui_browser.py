@@ -6,41 +6,13 @@ DIFFDRAFT_SCREENSHOT=docs/screenshot.png also writes the screenshot there (the R
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from pathlib import Path
 
 import pytest
-import storage_fixtures as sf
+from browser_fixtures import login, page  # noqa: F401  (page is a fixture)
 
 pytestmark = pytest.mark.browser
-
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
-
-
-@pytest.fixture
-def page():
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium; .ci/run installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        ctx = browser.new_context(viewport={"width": 1400, "height": 1050})
-        pg = ctx.new_page()
-        pg.set_default_timeout(30_000)
-        yield pg
-        ctx.close()
-        browser.close()
-
-
-def login(page, url: str, user: str, password: str = sf.PASSWORD) -> None:
-    page.goto(url)
-    page.get_by_label(re.compile("username", re.I)).fill(user)
-    page.get_by_label(re.compile("password", re.I)).fill(password)
-    page.get_by_role("button", name=re.compile("login", re.I)).click()
 
 
 def test_pin_edit_resume_in_the_browser(live_app, page, tmp_path):
