@@ -86,6 +86,25 @@ def as_float(value: Any, what: str, lo: float, hi: float) -> float:
     return f
 
 
+def as_text(value: Any, what: str, max_chars: int, *, strip: bool = True) -> str:
+    """Text typed into the page: at most max_chars characters, valid Unicode (no unpaired
+    surrogate, no NUL); None is "". Refused with the limit or the fault otherwise."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise Refused(f"{what} must be text")
+    bad = next((c for c in value if 0xD800 <= ord(c) <= 0xDFFF), None)
+    if bad is not None:
+        raise Refused(f"{what} holds an unpaired surrogate (U+{ord(bad):04X}), which is not a character: "
+                      "retype or paste it again")
+    if "\x00" in value:
+        raise Refused(f"{what} holds a NUL character")
+    n = len(value.strip() if strip else value)
+    if n > max_chars:
+        raise Refused(f"{what} is {n:,} characters long; at most {max_chars:,} are allowed")
+    return value
+
+
 def short(value: str | None, n: int = 120) -> str:
     """A stored value cut to n characters for a table cell."""
     if not value:

@@ -1,6 +1,6 @@
-"""The draft screen's handlers: start a draft, steer it while it streams or is paused (pin, pin a
-span, lock a term, edit a span), go back to a step, reopen a run, accept, reject, discard,
-download. Plain functions, testable without a browser (see app.common for the conventions).
+"""The draft screen's handlers: start a draft at a pace, pause and resume it, go back to a step,
+reopen a run, accept, reject, discard, download. Steering (pin, pin a span, lock a term, edit a
+span) is app.steering. Plain functions, testable without a browser (see app.common).
 
 The run life cycle (streaming, branching, reloading) is app.runs; what the screen shows after each
 handler is an app.draft_view.DraftUpdate.
@@ -23,18 +23,27 @@ from typing import Any
 
 from app import draft_view, render, runs
 from app.auth import require_permission, require_screen
-from app.common import Refused, as_float, as_int, explain, safe
+from app.common import Refused, as_float, as_int, as_text, explain, safe
 from app.draft_view import DraftUpdate, error_update
 from app.runs import RunControl
 from app.services import Services
 from app.state import DraftState
-from engine import sampler
-from engine.sampler import Step
 from engine.template import expand
 from storage import repository as repo
 from storage.db import transaction
 
 FREE_LENGTH = "Free length"
+# the least seconds between two shown steps, by the page's pace setting
+PACES = {"watch": 0.25, "slow": 1.0, "fast": 0.0}
+PACE_LABELS = [("Watch (4 steps a second)", "watch"), ("Slow (1 step a second)", "slow"),
+               ("As fast as possible", "fast")]
+MAX_TITLE_CHARS = 200
+
+
+def pace_seconds(pace: Any) -> float:
+    if pace not in PACES:
+        raise Refused(f"choose a pace: {', '.join(PACES)}")
+    return PACES[pace]
 
 
 def template_choices(svc: Services) -> list[str]:
@@ -43,8 +52,9 @@ def template_choices(svc: Services) -> list[str]:
 
 
 def generate(svc: Services, username: str | None, state: DraftState | None, *, template: str | None, length: Any,
-             steps: Any, seed: Any, temperature: Any, title: str = "") -> Iterator[DraftUpdate]:
-    """Start a new document and run it, yielding every step as it is computed."""
+             steps: Any, seed: Any, temperature: Any, title: Any = "", pace: Any = "fast") -> Iterator[DraftUpdate]:
+    """Start a new document and run it, yielding every step as it is computed (at the pace's
+    rate: PACES)."""
     try:
         actor = require_permission(svc, username, "run.create", "start drafts")
         require_screen(svc, username, "draft")
@@ -52,7 +62,8 @@ def generate(svc: Services, username: str | None, state: DraftState | None, *, t
         n_steps = as_int(steps, "steps", 1, lim.max_steps)
         seed_v = as_int(seed, "seed", 0, lim.max_seed)
         temp_v = as_float(temperature, "temperature", 0.05, 5.0)
-        title = (title or "").strip()
+        title = as_text(title, "the title", MAX_TITLE_CHARS).strip()
+        pace_s = pace_seconds(pace)
         template = None if template in (None, "", FREE_LENGTH) else template
         with svc.reader() as s:
             tpl = repo.get_template_by_name(s, template) if template else None
@@ -71,12 +82,12 @@ def generate(svc: Services, username: str | None, state: DraftState | None, *, t
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         title = title or f"{template or 'Free draft'} · {stamp}"
         with transaction(svc.factory) as s:
-            doc = repo.create_document(s, actor=actor.name, title=title[:200], template_id=tpl_id)
+            doc = repo.create_document(s, actor=actor.name, title=title[:MAX_TITLE_CHARS], template_id=tpl_id)
             run = repo.create_run(s, document_id=doc.id, actor=actor.name, model_id=svc.model_id,
                                   model_checksum=svc.ckpt.checksum, seed=seed_v, sampler_settings=settings)
             doc_id, run_id = doc.id, run.id
         ctrl = RunControl(run_id=run_id, document_id=doc_id, template_id=tpl_id, user=actor.name,
-                          settings=settings, held=held, kinds=kinds)
+                          settings=settings, held=held, kinds=kinds, pace_s=pace_s)
         svc.runs.put(ctrl)
     except Exception as exc:  # noqa: BLE001
         yield error_update(explain(exc))
@@ -85,19 +96,22 @@ def generate(svc: Services, username: str | None, state: DraftState | None, *, t
     yield from runs.stream(svc, actor, ctrl, new_state, first_note=f"document {doc_id}, run {run_id}")
 
 
-def resume(svc: Services, username: str | None, state: DraftState | None) -> Iterator[DraftUpdate]:
-    """Continue the run on screen from its step; from an earlier step it continues as a new branch."""
+def resume(svc: Services, username: str | None, state: DraftState | None, pace: Any = None) -> Iterator[DraftUpdate]:
+    """Continue the run on screen from its step; from an earlier step it continues as a new branch,
+    and a complete draft that was changed is refined as a new branch (app.runs glossary)."""
     try:
         actor = require_permission(svc, username, "run.step", "continue drafts")
         ctrl = runs.control_for(svc, state)
         with ctrl.lock:
             if ctrl.streaming:
                 raise Refused("this draft is already being generated")
+            if pace is not None:
+                ctrl.pace_s = pace_seconds(pace)
             base = ctrl.base
             assert base is not None
-            if base.index >= ctrl.total and ctrl.branch_from is None:
-                raise Refused("the draft is complete: move the step slider back to continue from an earlier step "
-                              "as a new branch, or accept it")
+            if ctrl.complete:
+                raise Refused("the draft is complete: pin, edit or lock a term and Resume refines it around the "
+                              "change, or move the step slider back to continue from an earlier step")
             if ctrl.branch_from is not None:
                 ctrl = runs.branch(svc, actor, ctrl)
             else:
@@ -129,188 +143,16 @@ def pause(svc: Services, username: str | None, state: DraftState | None) -> Draf
     return DraftUpdate(kind="info")
 
 
-def _editable(ctrl: RunControl) -> Step:
-    base = ctrl.base
-    if base is None:
-        raise Refused("the draft has no step yet: wait for the first step")
-    if base.index >= ctrl.total and ctrl.branch_from is None:
-        raise Refused("the draft is complete: move the step slider back to change it and continue as a new branch")
-    return base
-
-
-def _piece_text(svc: Services, ids: list[int]) -> str:
-    text = svc.tokenizer.decode(ids)
-    return text if text.strip() else repr(text)
-
-
-def _pin_step_index(ctrl: RunControl) -> int:
-    assert ctrl.base is not None
-    return ctrl.base.index
-
-
-def span_text(svc: Services, state: DraftState | None, start: Any, end: Any) -> str:
-    """The text of tokens [start, end) of the run on screen (a selection in the draft view fills
-    the replacement box with it); "" when there is no such span."""
+@safe(error_update)
+def set_pace(svc: Services, username: str | None, state: DraftState | None, pace: Any) -> DraftUpdate:
+    """Change the pace of the run on screen, streaming or not (in effect from the next step)."""
+    require_screen(svc, username, "draft")
+    seconds = pace_seconds(pace)
     ctrl = svc.runs.get(state.run_id if state else None)
-    if ctrl is not None and ctrl.base is not None and isinstance(start, int) and isinstance(end, int) \
-            and 0 <= start < end <= ctrl.base.length:
-        return svc.tokenizer.decode(ctrl.base.tokens[start:end].tolist())
-    return ""
-
-
-@safe(error_update)
-def toggle_pin(svc: Services, username: str | None, state: DraftState | None, position: Any) -> DraftUpdate:
-    """Pin the token at `position`, or unpin it (with the rest of its pin) if it is pinned."""
-    actor = require_permission(svc, username, "pin", "pin tokens")
-    ctrl = runs.control_for(svc, state)
-    with ctrl.lock:
-        base = _editable(ctrl)
-        L = base.length
-        pos = as_int(position, "position", -(2**31), 2**31)
-        if not 0 <= pos < L:
-            raise Refused(f"position {pos} lies outside the draft (positions 0 to {L - 1})")
-        kind = ctrl.kinds.get(pos, "")
-        if kind == "template":
-            raise Refused("this token is fixed text of the template: it is always pinned")
-        if kind == "edit":
-            raise Refused("this token belongs to an edited span: it stays as edited (select it and type a new "
-                          "replacement to change it)")
-        if kind in ("pin", "term"):
-            pin_id = ctrl.pin_rows.get(pos)
-            group = sorted(p for p, i in ctrl.pin_rows.items() if i == pin_id) if pin_id is not None else [pos]
-            if pin_id is not None:
-                with transaction(svc.factory) as s:
-                    repo.remove_pin(s, pin_id, actor=actor.name, run_id=ctrl.run_id,
-                                    step_index=_pin_step_index(ctrl))
-            for p in group:
-                ctrl.held.pop(p, None)
-                ctrl.kinds.pop(p, None)
-                ctrl.pin_rows.pop(p, None)
-            ctrl.changed_constraints()
-            up = draft_view.view(svc, ctrl)
-            where = f"{group[0]}" if len(group) == 1 else f"{group[0]}–{group[-1]}"
-            return dataclasses.replace(up, message=f"unpinned position {where}", kind="ok")
-        tid = int(base.tokens[pos])
-        with transaction(svc.factory) as s:
-            pin = repo.add_pin(s, document_id=ctrl.document_id, actor=actor.name, run_id=ctrl.run_id,
-                               step_index=_pin_step_index(ctrl), span_start=pos, span_end=pos + 1,
-                               text=_piece_text(svc, [tid]))
-            pin_id = pin.id
-        ctrl.held[pos] = tid
-        ctrl.kinds[pos] = "pin"
-        ctrl.pin_rows[pos] = pin_id
-        ctrl.changed_constraints()
-        up = draft_view.view(svc, ctrl)
-    when = "from the next step" if ctrl.streaming else "when you resume"
-    return dataclasses.replace(up, message=f"pinned position {pos} ({_piece_text(svc, [tid])}); in effect {when}",
-                               kind="ok")
-
-
-@safe(error_update)
-def pin_span(svc: Services, username: str | None, state: DraftState | None, start: Any, end: Any) -> DraftUpdate:
-    """Pin tokens [start, end) as one pin (refused if any of them is already held)."""
-    actor = require_permission(svc, username, "pin", "pin tokens")
-    ctrl = runs.control_for(svc, state)
-    with ctrl.lock:
-        base = _editable(ctrl)
-        L = base.length
-        a = as_int(start, "start", -(2**31), 2**31)
-        b = as_int(end, "end", -(2**31), 2**31)
-        if not 0 <= a < b <= L:
-            raise Refused(f"the span [{a}, {b}) lies outside the draft or is empty (positions 0 to {L - 1})")
-        taken = [p for p in range(a, b) if p in ctrl.held]
-        if taken:
-            raise Refused(f"the span [{a}, {b}) overlaps held positions {taken[:8]}: unpin them first")
-        ids = [int(x) for x in base.tokens[a:b].tolist()]
-        with transaction(svc.factory) as s:
-            pin = repo.add_pin(s, document_id=ctrl.document_id, actor=actor.name, run_id=ctrl.run_id,
-                               step_index=_pin_step_index(ctrl), span_start=a, span_end=b, text=_piece_text(svc, ids))
-            pin_id = pin.id
-        for p, tid in zip(range(a, b), ids):
-            ctrl.held[p], ctrl.kinds[p], ctrl.pin_rows[p] = tid, "pin", pin_id
-        ctrl.changed_constraints()
-        up = draft_view.view(svc, ctrl)
-    return dataclasses.replace(up, message=f"pinned positions {a}–{b - 1}", kind="ok")
-
-
-@safe(error_update)
-def lock_term(svc: Services, username: str | None, state: DraftState | None, term: str) -> DraftUpdate:
-    """Pin every occurrence of a phrase in the draft (as tokenised on its own and after a space)."""
-    actor = require_permission(svc, username, "pin", "lock terms")
-    ctrl = runs.control_for(svc, state)
-    term = (term or "")
-    if not term.strip():
-        raise Refused("type the term to lock")
-    if len(term) > svc.limits.max_term_chars:
-        raise Refused(f"the term is {len(term)} characters long; at most {svc.limits.max_term_chars}")
-    tok = svc.tokenizer
-    with ctrl.lock:
-        base = _editable(ctrl)
-        held = dict(ctrl.held)
-        spans: list[tuple[int, int]] = []
-        for variant in dict.fromkeys([term, " " + term.lstrip()]):
-            ids = tok.encode(variant)
-            if not ids:
-                continue
-            new = sampler.lock_term(base.tokens, held, ids)
-            added = sorted(set(new) - set(held))
-            i = 0
-            while i < len(added):
-                j = i
-                while j + 1 < len(added) and added[j + 1] == added[j] + 1:
-                    j += 1
-                spans.append((added[i], added[j] + 1))
-                i = j + 1
-            held = new
-        if not spans:
-            raise Refused(f"the term {term!r} does not occur in the draft at this step (or is already pinned)")
-        with transaction(svc.factory) as s:
-            pins = repo.add_term_pins(s, document_id=ctrl.document_id, actor=actor.name, run_id=ctrl.run_id,
-                                      step_index=_pin_step_index(ctrl), term=term.strip(), spans=spans)
-            ids_by_span = [(p.span_start, p.span_end, p.id) for p in pins]
-        for a, b, pin_id in ids_by_span:
-            for p in range(a, b):
-                ctrl.held[p], ctrl.kinds[p], ctrl.pin_rows[p] = held[p], "term", pin_id
-        ctrl.changed_constraints()
-        up = draft_view.view(svc, ctrl)
-    n = sum(b - a for a, b in spans)
-    return dataclasses.replace(up, message=f"locked {term.strip()!r}: {len(spans)} occurrence(s), {n} token(s) pinned",
-                               kind="ok")
-
-
-@safe(error_update)
-def edit_span(svc: Services, username: str | None, state: DraftState | None, start: Any, end: Any, text: str,
-              reason: str = "") -> DraftUpdate:
-    """Replace tokens [start, end) by `text` (any length, empty deletes); the new span is held."""
-    actor = require_permission(svc, username, "edit", "edit drafts")
-    ctrl = runs.control_for(svc, state)
-    text = text if isinstance(text, str) else ""
-    if len(text) > svc.limits.max_edit_chars:
-        raise Refused(f"the replacement is {len(text)} characters long; at most {svc.limits.max_edit_chars}")
-    tok = svc.tokenizer
-    with ctrl.lock:
-        base = _editable(ctrl)
-        a = as_int(start, "span start", -(2**31), 2**31)
-        b = as_int(end, "span end", -(2**31), 2**31)
-        if not 0 <= a <= b <= base.length:
-            raise Refused(f"the span [{a}, {b}) lies outside the draft (positions 0 to {base.length}, end exclusive)")
-        # an edited span may be edited again: its own positions are released first
-        released = {p for p in range(a, b) if ctrl.kinds.get(p) == "edit"}
-        held = {p: v for p, v in ctrl.held.items() if p not in released}
-        new_ids = tok.encode(text)
-        new_step, new_held = sampler.edit_step(base, held, a, b, new_ids)
-        old_text = tok.decode(base.tokens[a:b].tolist())
-        if old_text == text:
-            raise Refused("the replacement is the same as the text there: nothing to change")
-        with transaction(svc.factory) as s:
-            repo.record_run_edit(s, document_id=ctrl.document_id, actor=actor.name, run_id=ctrl.run_id,
-                                 step_index=_pin_step_index(ctrl), span_start=a, span_end=b, old_text=old_text,
-                                 new_text=text, reason=(reason or "").strip() or "correction",
-                                 new_n_tokens=len(new_ids))
-        ctrl.replace_span(a, b, released, len(new_ids), new_step, new_held)
-        up = draft_view.view(svc, ctrl)
-    when = "from the next step" if ctrl.streaming else "when you resume"
-    return dataclasses.replace(up, message=f"replaced [{a}, {b}) ({len(new_ids)} token(s)); in effect {when}", kind="ok")
+    if ctrl is None:
+        return DraftUpdate()
+    ctrl.pace_s = seconds
+    return DraftUpdate()
 
 
 @safe(error_update)
@@ -377,7 +219,7 @@ def accept(svc: Services, username: str | None, state: DraftState | None) -> Dra
     with ctrl.lock:
         _finish_checks(ctrl)
         base = ctrl.base
-        if base is None or base.index < ctrl.total or ctrl.branch_from is not None:
+        if base is None or base.index < ctrl.total or (ctrl.branch_from is not None and ctrl.branch_from < ctrl.total):
             raise Refused("the draft is not complete: resume it to the last step first")
         text = _clean(svc.tokenizer.decode(base.tokens.tolist()))
         with transaction(svc.factory) as s:

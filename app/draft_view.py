@@ -3,7 +3,10 @@ the server becomes one.
 
 Glossary
   DraftUpdate   message, the draft view payload (app.render), the step slider, the session state,
-                the runs of the document; a field left None leaves that part of the page as it is
+                the runs of the document; a field left None leaves that part of the page as it is.
+                The page shows a streamed update's message in the status line and every other
+                message (an act's confirmation or refusal) in the act line, so the stream never
+                overwrites what an act said
   payload       the JSON value of the live draft view (app.render.draft_payload)
 """
 
@@ -32,6 +35,7 @@ class DraftUpdate:
     runs: list[tuple[str, int]] | None = None  # the document's runs (branches) for "reopen"
     streaming: bool | None = None
     text: str | None = None  # plain text of the draft on screen
+    streamed: bool = False  # from the stream: its message is the stream's status, not an act's result
 
 
 def error_update(message: str) -> DraftUpdate:

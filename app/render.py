@@ -8,7 +8,9 @@ Glossary
            "e" inside an edited span, "c" changed since the previous step, "s" special token
            (noise / mask, shown as a placeholder)
   level    the model's confidence in the token bucketed into 5 colours (LEVELS)
-  payload  the JSON value of the draft view: cells plus step, total steps, timing and a caption
+  payload  the JSON value of the draft view: cells plus step, total steps, layout, timing and a
+           caption; a click on a token sends back its position with the step and layout it was
+           seen in, so the server pins the token the person saw
 Static views (review history, the audit screen, tests) use `draft_html`, which escapes with
 html.escape; the live draft view uses `draft_payload` and the browser-side builder in ui.py.
 """
@@ -46,6 +48,7 @@ class Frame:
     changed: list[bool]
     kinds: list[str]  # per position: "" or "pin" / "term" / "template" / "edit"
     elapsed_ms: float | None = None
+    layout: int = 0  # which positions the frame has (app.runs glossary); a click sends it back
 
 
 _KIND_FLAG = {"pin": "p", "term": "p", "template": "m", "edit": "e"}
@@ -92,14 +95,15 @@ def draft_payload(pieces: Sequence[str], frame: Frame, *, special: Iterable[int]
         "cells": cells(pieces, frame, special),
         "step": frame.index,
         "total": frame.total,
+        "layout": frame.layout,
         "caption": caption(frame, status),
         "run": run_id,
         "selectable": selectable,
     }
 
 
-EMPTY_PAYLOAD: dict[str, Any] = {"cells": [], "step": 0, "total": 0, "caption": "no draft yet", "run": None,
-                                 "selectable": False}
+EMPTY_PAYLOAD: dict[str, Any] = {"cells": [], "step": 0, "total": 0, "layout": 0, "caption": "no draft yet",
+                                 "run": None, "selectable": False}
 
 
 def draft_html(payload: Mapping[str, Any]) -> str:

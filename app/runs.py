@@ -14,8 +14,17 @@ Glossary
               one the person went back to, or the result of an edit)
   branch_from the step index `base` was taken from when it is not the last recorded step:
               continuing then starts a new run (a branch); the old one is kept
-  live        while an earlier step is shown: (held, kinds, pin_rows, base) of the last step, put
-              back when the person returns to it
+  live        while an earlier step is shown: (held, kinds, pin_rows, base, layout) of the last
+              step, put back when the person returns to it
+  layout      which positions the draft on screen has: a number that changes with every edit
+              that changes the length. Every frame and view carries the layout it was drawn in,
+              so a click on position p of an older view is moved to where that token is now
+              (`map_position`), along the edits made since (`layout_parent`)
+  refine      a complete draft that a person changed (pin, edit, lock) continues as a branch
+              that re-runs the last REFINE_SHARE of the steps from the changed draft: positions
+              near the changes and the least confident ones are written again, the rest is kept
+  pace        the least seconds between two shown steps (the page's "watch" pace), so that a
+              person can read and steer the draft; 0 shows steps as fast as they are computed
   stream      Generate and Resume are generators: one DraftUpdate per reverse-diffusion step,
               yielded as soon as the step is computed and recorded (storage.record_step)
 Nothing here holds model tensors beyond the current step's small (L,) tensors.
@@ -39,6 +48,7 @@ from app.draft_view import DraftUpdate
 from app.render import Frame
 from app.state import DraftState
 from engine import sampler
+from engine.commit import derive_committed
 from engine.positions import shift_positions
 from engine.sampler import Step
 from engine.template import expand
@@ -54,6 +64,8 @@ if TYPE_CHECKING:
     from engine.template import Layout
 
 MAX_RUNS = 256  # run controls kept in memory (least recently used dropped; they reload from the database)
+REFINE_SHARE = 0.25  # share of the steps a changed complete draft runs again
+REFINE_NEAR = 8  # positions on either side of a change that are written again when refining
 
 
 @dataclass
@@ -70,7 +82,10 @@ class RunControl:
     base: Step | None = None
     branch_from: int | None = None
     view_step: int | None = None
-    live: tuple[Any, ...] | None = None  # (held, kinds, pin_rows, base) of the last step while an earlier one is shown
+    live: tuple[Any, ...] | None = None  # (held, kinds, pin_rows, base, layout) of the last step while an earlier one is shown
+    layout: int = 0  # the positions of `base` (see the glossary)
+    layout_parent: dict[int, tuple[int, int, int, int]] = field(default_factory=dict)  # layout -> (parent, a, b, n)
+    pace_s: float = 0.0  # least seconds between shown steps
     generation: int = 0  # bumped on every change of held / base: a step computed before is dropped
     streaming: bool = False
     pause_requested: bool = False
@@ -92,24 +107,55 @@ class RunControl:
         """Call (lock held) after changing held / kinds / base: the next step uses them."""
         self.generation += 1
 
+    @property
+    def complete(self) -> bool:
+        """The last step is on screen and no change waits for a refinement."""
+        return self.base is not None and self.base.index >= self.total and self.branch_from is None
+
     def live_frame(self) -> Frame:
         """(lock held) The state a pin / edit applies to: `base` with the current kinds."""
         assert self.base is not None
         base = self.base
         recorded = self.frames.get(base.index)
         elapsed = recorded.elapsed_ms if recorded is not None else None
-        return frame_from_step(base, self.kinds_list(base.length), elapsed)
+        return frame_from_step(base, self.kinds_list(base.length), elapsed, self.layout)
+
+    def map_position(self, pos: int, layout: int) -> int:
+        """(lock held) Where the token at `pos` of a view drawn in `layout` is now; Refused when
+        an edit replaced it or the view is of another branch of positions."""
+        edits: list[tuple[int, int, int]] = []
+        cur = self.layout
+        while cur != layout:
+            if cur not in self.layout_parent:
+                raise Refused("the draft changed under your click (another step or branch is on screen now): "
+                              "click the token again")
+            cur, a, b, n = self.layout_parent[cur]
+            edits.append((a, b, n))
+        for a, b, n in reversed(edits):
+            if a <= pos < b:
+                raise Refused(f"the token you clicked (position {pos}) was replaced by an edit since")
+            if pos >= b:
+                pos += n - (b - a)
+        return pos
+
+    def open_complete(self) -> None:
+        """(lock held) Let a person change a complete draft: Resume then refines it as a branch."""
+        if self.complete:
+            self.live = (dict(self.held), dict(self.kinds), dict(self.pin_rows), self.base, self.layout)
+            self.branch_from = self.total
+            self.view_step = self.total
 
     def go_back(self, index: int) -> None:
         """(lock held) Continue from recorded step `index` (not the last): its held positions and
         tokens become the base, the last step's are kept aside (`live`) until the person returns."""
         frame = self.frames[index]
         if self.branch_from is None:
-            self.live = (dict(self.held), dict(self.kinds), dict(self.pin_rows), self.base)
+            self.live = (dict(self.held), dict(self.kinds), dict(self.pin_rows), self.base, self.layout)
         self.kinds = {i: kd for i, kd in enumerate(frame.kinds) if kd}
         self.held = {i: frame.token_ids[i] for i in self.kinds}
         self.pin_rows = {p: i for p, i in self.pin_rows.items() if p in self.held}
         self.base = step_from_frame(frame, self.held)
+        self.layout = frame.layout
         self.branch_from = index
         self.view_step = index
         self.changed_constraints()
@@ -117,7 +163,7 @@ class RunControl:
     def restore_live(self) -> None:
         """(lock held) Back to the last recorded step and its held positions."""
         if self.live is not None:
-            self.held, self.kinds, self.pin_rows, self.base = self.live
+            self.held, self.kinds, self.pin_rows, self.base, self.layout = self.live
             self.live = None
         self.branch_from = None
         self.view_step = self.last_index
@@ -134,6 +180,10 @@ class RunControl:
         self.pin_rows = shift_positions(self.pin_rows, start, end, new_len)
         self.held = held
         self.base = step
+        if new_len != end - start:
+            new_layout = max([self.layout, *self.layout_parent]) + 1
+            self.layout_parent[new_layout] = (self.layout, start, end, new_len)
+            self.layout = new_layout
         self.changed_constraints()
 
 
@@ -187,7 +237,7 @@ def step_from_frame(frame: Frame, held: Mapping[int, int]) -> Step:
     )
 
 
-def frame_from_step(step: Step, kinds: list[str], elapsed_ms: float | None = None) -> Frame:
+def frame_from_step(step: Step, kinds: list[str], elapsed_ms: float | None = None, layout: int = 0) -> Frame:
     return Frame(
         index=step.index,
         total=step.total_steps,
@@ -196,7 +246,26 @@ def frame_from_step(step: Step, kinds: list[str], elapsed_ms: float | None = Non
         changed=[bool(x) for x in step.changed.tolist()],
         kinds=kinds,
         elapsed_ms=elapsed_ms,
+        layout=layout,
     )
+
+
+def refine_start(step: Step, held: Mapping[int, int], steps: int) -> Step:
+    """A complete draft that a person changed, as the step to refine it from: index and time
+    moved back by `steps`, and only the share of free positions the commit schedule allows at
+    that index kept final, the positions near a change (step.changed) released first."""
+    L, total = step.length, step.total_steps
+    idx = max(0, total - steps)
+    held_mask = torch.zeros(L, dtype=torch.bool)  # (L,)
+    for p in held:
+        held_mask[p] = True
+    near = step.changed.clone()  # (L,)
+    for d in range(1, REFINE_NEAR + 1):
+        near[d:] |= step.changed[:-d]
+        near[:-d] |= step.changed[d:]
+    conf = torch.where(near, torch.zeros(L), step.confidence)
+    committed = derive_committed(conf, held_mask, idx, total)
+    return dataclasses.replace(step, index=idx, t=sampler.time_grid(total)[idx], committed=committed)
 
 
 def sampler_config(svc: Services, settings: dict[str, Any]) -> SamplerConfig:
@@ -244,7 +313,8 @@ def load_control(svc: Services, run_id: int) -> RunControl:
         changed = [False] * sd.n_tokens if prev is None or len(prev) != sd.n_tokens else \
             [a != b for a, b in zip(prev, sd.token_ids)]
         fk = ctrl.kinds_list(sd.n_tokens) if sd.n_tokens == L else [""] * sd.n_tokens
-        ctrl.frames[sd.step_index] = Frame(sd.step_index, total, sd.token_ids, sd.confidences, changed, fk)
+        ctrl.frames[sd.step_index] = Frame(sd.step_index, total, sd.token_ids, sd.confidences, changed, fk,
+                                           layout=0 if sd.n_tokens == L else -1)
         prev = sd.token_ids
     ctrl.base = step_from_frame(ctrl.frames[last.step_index], held)
     ctrl.view_step = last.step_index
@@ -265,18 +335,26 @@ def control_for(svc: Services, state: DraftState | None) -> RunControl:
 
 def branch(svc: Services, actor: Actor, old: RunControl) -> RunControl:
     """(old.lock held) A new run continuing from old.branch_from with old's current held positions;
-    old gets back the state of its last step."""
+    old gets back the state of its last step. From the last step (a changed complete draft) the
+    branch refines it: it runs the last REFINE_SHARE of the steps again from the changed draft,
+    and its settings say so (refined_from_step)."""
     k = old.branch_from
     assert k is not None and old.base is not None
+    settings, base = dict(old.settings), old.base
+    if k >= old.total:
+        base = refine_start(old.base, old.held, max(1, round(old.total * REFINE_SHARE)))
+        settings["refined_from_step"] = k
+        k = base.index
     with transaction(svc.factory) as s:
         run = repo.create_run(s, document_id=old.document_id, actor=actor.name, model_id=svc.model_id,
                               model_checksum=svc.ckpt.checksum, seed=int(old.settings["seed"]),
-                              sampler_settings=old.settings, parent_run_id=old.run_id, parent_step_index=k)
+                              sampler_settings=settings, parent_run_id=old.run_id, parent_step_index=k)
         new_id = run.id
     new = RunControl(run_id=new_id, document_id=old.document_id, template_id=old.template_id, user=actor.name,
-                     settings=dict(old.settings), held=dict(old.held), kinds=dict(old.kinds),
+                     settings=settings, held=dict(old.held), kinds=dict(old.kinds),
                      pin_rows=dict(old.pin_rows), frames={i: f for i, f in old.frames.items() if i <= k},
-                     base=old.base, view_step=k)
+                     base=base, view_step=k, layout=old.layout, layout_parent=dict(old.layout_parent),
+                     pace_s=old.pace_s)
     old.restore_live()
     svc.runs.put(new)
     return new
@@ -311,6 +389,7 @@ def stream(svc: Services, actor: Actor, ctrl: RunControl, state: DraftState,
     try:
         it: Iterator[Step] | None = None
         seen = -1
+        shown_at = time.perf_counter()
         while True:
             paused: DraftUpdate | None = None
             with ctrl.lock:
@@ -323,7 +402,7 @@ def stream(svc: Services, actor: Actor, ctrl: RunControl, state: DraftState,
                     paused = dataclasses.replace(up, message=f"Paused at step {up.step}. Click tokens to pin them, "
                                                  "edit a span or lock a term, then resume.", state=state,
                                                  runs=draft_view.runs_of(svc, ctrl.document_id, ctrl.run_id),
-                                                 streaming=False)
+                                                 streaming=False, streamed=True)
                 elif it is None or seen != ctrl.generation:
                     it = step_iterator(svc, ctrl)
                     seen = ctrl.generation
@@ -341,7 +420,7 @@ def stream(svc: Services, actor: Actor, ctrl: RunControl, state: DraftState,
                     continue  # pins or tokens changed while this step was computed: compute it again with them
                 with transaction(svc.factory) as s:
                     repo.record_step(s, ctrl.run_id, step.index, step.tokens.tolist(), step.confidence.tolist(), t=step.t)
-                frame = frame_from_step(step, ctrl.kinds_list(step.length), compute_ms)
+                frame = frame_from_step(step, ctrl.kinds_list(step.length), compute_ms, ctrl.layout)
                 ctrl.frames[step.index] = frame
                 ctrl.base = step
                 ctrl.view_step = step.index
@@ -356,14 +435,16 @@ def stream(svc: Services, actor: Actor, ctrl: RunControl, state: DraftState,
             text = svc.tokenizer.decode(frame.token_ids)
             msg = ("Draft complete: accept it, reject it with a reason, or go back to an earlier step."
                    if done else (note or "generating"))
+            wait = max(svc.step_delay_s, ctrl.pace_s - (time.perf_counter() - shown_at))
+            if wait > 0:
+                time.sleep(wait)
+            shown_at = time.perf_counter()
             yield DraftUpdate(message=msg, kind="ok" if done else "info", payload=shown, step=step.index,
                               total=ctrl.total, state=state, runs=draft_view.runs_of(svc, ctrl.document_id, ctrl.run_id)
-                              if done else runs, streaming=not done, text=text)
+                              if done else runs, streaming=not done, text=text, streamed=True)
             note = ""
             if done:
                 return
-            if svc.step_delay_s:
-                time.sleep(svc.step_delay_s)
     except Exception as exc:  # noqa: BLE001
         yield DraftUpdate(message=explain(exc), kind="error", state=state, streaming=False)
     finally:

@@ -15,7 +15,7 @@ from typing import Any
 
 import gradio as gr
 
-from app import draft, render
+from app import draft, render, steering
 from app.draft_view import DraftUpdate
 from app.services import Services
 from app.state import DraftState
@@ -25,22 +25,31 @@ TOKEN_TEMPLATE = '<div class="dd-view"><div class="dd-caption"></div><div class=
 
 TOKEN_JS = r"""
 const FLAG = {p: 'pinned', m: 'template', e: 'edited', c: 'changed', s: 'special'};
+let shown = {step: 0, layout: 0};
+let press = null;
 function draw() {
   const v = props.value || {};
   const root = element.querySelector('.dd-tokens');
   const cap = element.querySelector('.dd-caption');
   if (!root) return;
-  const frag = document.createDocumentFragment();
-  for (const c of (v.cells || [])) {
-    const s = document.createElement('span');
+  const cells = v.cells || [];
+  // update the token elements in place: a press or a selection keeps its element across steps
+  for (let i = 0; i < cells.length; i++) {
+    const c = cells[i];
+    let s = root.children[i];
+    if (!s) { s = document.createElement('span'); root.appendChild(s); }
     let cls = 'tok c' + (c.l | 0);
     for (const f of String(c.k || '')) { if (FLAG[f]) cls += ' ' + FLAG[f]; }
-    s.className = cls;
-    s.dataset.pos = String(c.i | 0);
-    s.textContent = String(c.t);
-    frag.appendChild(s);
+    if (s.className !== cls) s.className = cls;
+    const pos = String(c.i | 0);
+    if (s.dataset.pos !== pos) s.dataset.pos = pos;
+    const t = String(c.t);
+    if (s.textContent !== t) s.textContent = t;
   }
-  root.replaceChildren(frag);
+  while (root.children.length > cells.length) root.lastChild.remove();
+  shown = {step: v.step | 0, layout: v.layout | 0};
+  element.dataset.step = String(shown.step);
+  element.dataset.layout = String(shown.layout);
   if (cap) cap.textContent = String(v.caption || '');
 }
 function posOf(node) {
@@ -48,19 +57,27 @@ function posOf(node) {
   while (n && n !== element && !(n.dataset && n.dataset.pos !== undefined)) n = n.parentElement;
   return n && n !== element ? Number(n.dataset.pos) : null;
 }
-element.addEventListener('mouseup', () => {
-  const sel = window.getSelection();
-  if (!sel || sel.isCollapsed) return;
-  const a = posOf(sel.anchorNode), b = posOf(sel.focusNode);
-  if (a === null || b === null) return;
-  trigger('select_span', {start: Math.min(a, b), end: Math.max(a, b) + 1});
-});
-element.addEventListener('click', (ev) => {
-  const sel = window.getSelection();
-  if (sel && !sel.isCollapsed) return;
+// a press names the token under the pointer as it was shown then (position, step, layout);
+// the server pins that token even if the draft moved on before the button came up
+element.addEventListener('mousedown', (ev) => {
   const s = ev.target.closest ? ev.target.closest('span[data-pos]') : null;
-  if (!s || !element.contains(s)) return;
-  trigger('pin', {pos: Number(s.dataset.pos)});
+  press = s && element.contains(s) ? {pos: Number(s.dataset.pos), step: shown.step, layout: shown.layout,
+                                      x: ev.clientX, y: ev.clientY} : null;
+});
+element.addEventListener('mouseup', (ev) => {
+  const sel = window.getSelection();
+  const p = press;
+  press = null;
+  if (sel && !sel.isCollapsed) {
+    const a = posOf(sel.anchorNode), b = posOf(sel.focusNode);
+    if (a !== null && b !== null) {
+      trigger('select_span', {start: Math.min(a, b), end: Math.max(a, b) + 1, layout: shown.layout});
+      return;
+    }
+  }
+  if (p && Math.abs(ev.clientX - p.x) < 8 && Math.abs(ev.clientY - p.y) < 8) {
+    trigger('pin', {pos: p.pos, step: p.step, layout: p.layout});
+  }
 });
 draw();
 watch('value', draw);
@@ -71,27 +88,33 @@ LEGEND = (
     '<span class="tok c0">low</span><span class="tok c1">·</span><span class="tok c2">·</span>'
     '<span class="tok c3">·</span><span class="tok c4">high</span> confidence &nbsp; '
     '<span class="tok c4 pinned">pinned</span> <span class="tok c4 template">template</span> '
-    '<span class="tok c4 edited">edited</span> <span class="tok c2 changed">changed this step</span>'
+    '<span class="tok c4 edited">edited</span> <span class="tok c2 changed">changed this step</span> '
+    f'<span class="tok c0 special">{render.SPECIAL_GLYPH}</span> noise, not written yet'
     '</div>'
 )
 
 HELP = (
-    "Click a token to pin or unpin it. Select tokens with the mouse to fill the span below, type a "
-    "replacement of any length and press Replace. Lock term pins every occurrence of a phrase. "
-    "All of it works while the draft streams (in effect from the next step) or while it is paused."
+    "Click a token to pin or unpin it: the token you saw is pinned, even if the next step already changed it. "
+    "Select tokens with the mouse to fill the span below, type a replacement of any length and press Replace. "
+    "Lock term pins every occurrence of a phrase. All of it works while the draft streams (in effect from "
+    "the next step), while it is paused, and on a complete draft (Resume then refines the draft around "
+    "your change; Accept takes it as it is)."
 )
 
 
 def draft_outputs(up: DraftUpdate) -> list[Any]:
     """A handler's DraftUpdate as the values of DraftTab.outputs (gr.skip() for what stays)."""
-    msg = message(up.message, up.kind) if up.message else gr.skip()
+    # a streamed update's message is the stream's status; any other is an act's result (its own line)
+    text = message(up.message, up.kind) if up.message else gr.skip()
+    to_status = up.streamed and up.kind != "error"
+    msg, status = (gr.skip(), text) if to_status else (text, gr.skip())
     slider = (gr.update(value=up.step, maximum=max(1, up.total or 1)) if up.step is not None else gr.skip())
     if up.runs is not None:
         current = next((v for _, v in up.runs if up.state is not None and v == up.state.run_id), None)
         runs = gr.update(choices=up.runs, value=current)
     else:
         runs = gr.skip()
-    return [msg, keep(up.payload), slider, keep(up.state), runs, keep(up.text)]
+    return [msg, keep(up.payload), slider, keep(up.state), runs, keep(up.text), status]
 
 
 class DraftTab:
@@ -110,7 +133,7 @@ class DraftTab:
                     self._finishing()
             # the same act as a click on a token, by position, for keyboards and API clients
             self.toggle_pos = gr.Number(visible=False, precision=0)
-        self.outputs = [self.msg, self.view, self.step_slider, self.state, self.runs, self.plain]
+        self.outputs = [self.msg, self.view, self.step_slider, self.state, self.runs, self.plain, self.status]
         self._wire_run()
         self._wire_steering()
         self._wire_finishing()
@@ -120,14 +143,16 @@ class DraftTab:
         lim, cfg = self.svc.limits, self.svc.ckpt.sampler_cfg
         self.template = gr.Dropdown(label="Template", choices=template_choices, value=template_choices[-1],
                                     allow_custom_value=True)
-        self.length = gr.Number(label="Length (tokens, free length only)", value=64, precision=0, minimum=1,
-                                maximum=lim.max_length)
-        self.steps = gr.Slider(label="Steps", minimum=1, maximum=256, step=1, value=cfg.steps)
+        # no bounds in the page: a number out of range is refused with the range, never silently changed
+        self.length = gr.Number(label=f"Length (tokens, free length only; 1 to {lim.max_length})", value=64,
+                                precision=0, elem_id="dd-length")
+        self.steps = gr.Number(label=f"Steps (1 to {lim.max_steps})", value=cfg.steps, precision=0, elem_id="dd-steps")
         with gr.Row():
-            self.seed = gr.Number(label="Seed", value=0, precision=0, minimum=0)
+            self.seed = gr.Number(label="Seed", value=0, precision=0)
             self.temperature = gr.Slider(label="Temperature", minimum=0.1, maximum=2.0, step=0.05,
                                          value=float(cfg.temperature or 1.0))
-        self.title = gr.Textbox(label="Title (optional)", max_length=200)
+        self.pace = gr.Radio(draft.PACE_LABELS, value="watch", label="Pace", elem_id="dd-pace")
+        self.title = gr.Textbox(label=f"Title (optional, at most {draft.MAX_TITLE_CHARS} characters)")
         self.generate_btn = gr.Button("Generate", variant="primary", elem_id="dd-generate")
         with gr.Row():
             self.pause_btn = gr.Button("Pause", elem_id="dd-pause", size="sm")
@@ -136,7 +161,8 @@ class DraftTab:
         self.reopen_btn = gr.Button("Reopen run", size="sm")
 
     def _view(self) -> None:
-        self.msg = gr.HTML("", elem_id="dd-draft-msg")
+        self.status = gr.HTML("", elem_id="dd-status")  # the stream: generating, paused, complete
+        self.msg = gr.HTML("", elem_id="dd-draft-msg")  # the result of the person's last act
         self.view = gr.HTML(render.EMPTY_PAYLOAD, html_template=TOKEN_TEMPLATE, js_on_load=TOKEN_JS,
                             elem_id="dd-view", apply_default_css=False)
         self.step_slider = gr.Slider(label="Step (drag to go back; pause first to branch)", minimum=0, maximum=1,
@@ -151,21 +177,21 @@ class DraftTab:
                                         elem_id="dd-span-start")
             self.span_end = gr.Number(label="Span end (excl.)", precision=0, value=0, min_width=90,
                                       elem_id="dd-span-end")
-            self.replacement = gr.Textbox(label="Replacement", scale=3, elem_id="dd-replacement",
-                                          max_length=lim.max_edit_chars)
-            self.edit_reason = gr.Textbox(label="Reason", scale=2, placeholder="correction", max_length=500)
+            self.replacement = gr.Textbox(label=f"Replacement (at most {lim.max_edit_chars:,} characters)", scale=3,
+                                          elem_id="dd-replacement")
+            self.edit_reason = gr.Textbox(label="Reason", scale=2, placeholder="correction")
         with gr.Row():
             self.replace_btn = gr.Button("Replace span", size="sm", elem_id="dd-replace")
             self.pin_span_btn = gr.Button("Pin span", size="sm")
             self.term = gr.Textbox(label="Term", show_label=False, placeholder="term to lock, e.g. hydraulic pump",
-                                   scale=2, max_length=lim.max_term_chars)
-            self.lock_btn = gr.Button("Lock term", size="sm")
+                                   scale=2, elem_id="dd-term")
+            self.match_case = gr.Checkbox(label="Match case", value=False, min_width=120, elem_id="dd-match-case")
+            self.lock_btn = gr.Button("Lock term", size="sm", elem_id="dd-lock")
 
     def _finishing(self) -> None:
         with gr.Row(elem_classes="dd-finish"):
             self.accept_btn = gr.Button("Accept", variant="primary", size="sm", elem_id="dd-accept")
-            self.reject_reason = gr.Textbox(show_label=False, placeholder="reason for rejecting", scale=2,
-                                            max_length=2000)
+            self.reject_reason = gr.Textbox(show_label=False, placeholder="reason for rejecting", scale=2)
             self.reject_btn = gr.Button("Reject", variant="stop", size="sm")
             self.discard_btn = gr.Button("Discard", size="sm")
         with gr.Row():
@@ -180,22 +206,28 @@ class DraftTab:
         svc, state, outs = self.svc, self.state, self.outputs
         live: dict[str, Any] = {"show_progress": "hidden", **UNDOCUMENTED}
 
-        def do_generate(st: DraftState, tpl: str, n: Any, k: Any, sd: Any, temp: Any, ttl: str,
+        def do_generate(st: DraftState, tpl: str, n: Any, k: Any, sd: Any, temp: Any, ttl: str, pace: Any,
                         request: gr.Request) -> Iterator[list[Any]]:
             for up in draft.generate(svc, user_of(request), st, template=tpl, length=n, steps=k, seed=sd,
-                                     temperature=temp, title=ttl):
+                                     temperature=temp, title=ttl, pace=pace):
                 yield draft_outputs(up)
 
         self.generate_btn.click(do_generate, [state, self.template, self.length, self.steps, self.seed,
-                                              self.temperature, self.title], outs, api_name="generate",
+                                              self.temperature, self.title, self.pace], outs, api_name="generate",
                                 concurrency_limit=2, concurrency_id="model", **live)
 
-        def do_resume(st: DraftState, request: gr.Request) -> Iterator[list[Any]]:
-            for up in draft.resume(svc, user_of(request), st):
+        def do_resume(st: DraftState, pace: Any, request: gr.Request) -> Iterator[list[Any]]:
+            for up in draft.resume(svc, user_of(request), st, pace=pace):
                 yield draft_outputs(up)
 
-        self.resume_btn.click(do_resume, [state], outs, api_name="resume", concurrency_limit=2,
+        self.resume_btn.click(do_resume, [state, self.pace], outs, api_name="resume", concurrency_limit=2,
                               concurrency_id="model", **live)
+
+        def do_pace(st: DraftState, pace: Any, request: gr.Request) -> list[Any]:
+            return draft_outputs(draft.set_pace(svc, user_of(request), st, pace))
+
+        self.pace.change(do_pace, [state, self.pace], outs, concurrency_limit=None, api_visibility="private",
+                         show_progress="hidden")
 
         def do_pause(st: DraftState, request: gr.Request) -> list[Any]:
             return draft_outputs(draft.pause(svc, user_of(request), st))
@@ -218,39 +250,42 @@ class DraftTab:
         live: dict[str, Any] = {"concurrency_limit": None, "show_progress": "hidden"}
 
         def do_click_pin(st: DraftState, evt: gr.EventData, request: gr.Request) -> list[Any]:
-            return draft_outputs(draft.toggle_pin(svc, user_of(request), st, event_value(evt, "pos")))
+            return draft_outputs(steering.toggle_pin(svc, user_of(request), st, event_value(evt, "pos"),
+                                                     event_value(evt, "step"), event_value(evt, "layout")))
 
         self.view.pin(do_click_pin, [state], outs, api_name="click_pin", **live, **UNDOCUMENTED)
 
         def do_toggle(st: DraftState, pos: Any, request: gr.Request) -> list[Any]:
-            return draft_outputs(draft.toggle_pin(svc, user_of(request), st, pos))
+            return draft_outputs(steering.toggle_pin(svc, user_of(request), st, pos))
 
         self.toggle_pos.change(do_toggle, [state, self.toggle_pos], outs, api_name="toggle_pin", **live,
                                **UNDOCUMENTED)
 
         def do_select_span(st: DraftState, evt: gr.EventData, request: gr.Request) -> list[Any]:
-            a, b = event_value(evt, "start"), event_value(evt, "end")
-            return [a, b, draft.span_text(svc, st, a, b)]
+            a, b, text = steering.span_text(svc, st, event_value(evt, "start"), event_value(evt, "end"),
+                                            event_value(evt, "layout"))
+            return [a, b, text]
 
         self.view.select_span(do_select_span, [state], [self.span_start, self.span_end, self.replacement], **live,
                               api_visibility="private")
 
         def do_pin_span(st: DraftState, a: Any, b: Any, request: gr.Request) -> list[Any]:
-            return draft_outputs(draft.pin_span(svc, user_of(request), st, a, b))
+            return draft_outputs(steering.pin_span(svc, user_of(request), st, a, b))
 
         self.pin_span_btn.click(do_pin_span, [state, self.span_start, self.span_end], outs, api_name="pin_span",
                                 **live, **UNDOCUMENTED)
 
         def do_edit(st: DraftState, a: Any, b: Any, text: str, reason: str, request: gr.Request) -> list[Any]:
-            return draft_outputs(draft.edit_span(svc, user_of(request), st, a, b, text, reason))
+            return draft_outputs(steering.edit_span(svc, user_of(request), st, a, b, text, reason))
 
         self.replace_btn.click(do_edit, [state, self.span_start, self.span_end, self.replacement, self.edit_reason],
                                outs, api_name="edit_span", **live, **UNDOCUMENTED)
 
-        def do_lock(st: DraftState, t: str, request: gr.Request) -> list[Any]:
-            return draft_outputs(draft.lock_term(svc, user_of(request), st, t))
+        def do_lock(st: DraftState, t: str, exact: bool, request: gr.Request) -> list[Any]:
+            return draft_outputs(steering.lock_term(svc, user_of(request), st, t, bool(exact)))
 
-        self.lock_btn.click(do_lock, [state, self.term], outs, api_name="lock_term", **live, **UNDOCUMENTED)
+        self.lock_btn.click(do_lock, [state, self.term, self.match_case], outs, api_name="lock_term", **live,
+                            **UNDOCUMENTED)
 
     def _wire_finishing(self) -> None:
         svc, state, outs = self.svc, self.state, self.outputs

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
-    from app import draft
+    from app import draft, steering
     from app.services import build_services, default_model_dir
     from app.state import DraftState
     from storage import repository as repo
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                 if on_screen >= args.steps - 1 or not free:
                     break
                 pos = rng.choice(free)
-                res = draft.toggle_pin(svc, "bench", state, pos)
+                res = steering.toggle_pin(svc, "bench", state, pos)
                 t_pin = time.perf_counter()
             if res.kind == "ok":
                 pins.append((pos, on_screen, t_pin))
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                        verbose=False)
             for r in range(args.runs + 1):
                 t0 = time.perf_counter()
-                job = c.submit(draft.FREE_LENGTH, args.length, args.steps, 200 + r, 1.0, "", api_name="/generate")
+                job = c.submit(draft.FREE_LENGTH, args.length, args.steps, 200 + r, 1.0, "", "fast", api_name="/generate")
                 while not job.outputs():
                     time.sleep(0.002)
                 if r:  # the first is a warm-up

@@ -133,6 +133,10 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         return self._hf.encode(text, add_special_tokens=False).ids
 
+    def piece_bytes(self, ids: Sequence[int]) -> list[bytes]:
+        """UTF-8 bytes of each token (b"" for specials and unknown ids); joined, the text."""
+        return [self._bytes[int(i)] if 0 <= int(i) < self.vocab_size else b"" for i in ids]
+
     def pieces(self, ids: Sequence[int]) -> list[str]:
         """Text of each token, such that ''.join(pieces(ids)) == decode(ids).
 

@@ -33,9 +33,9 @@ def test_draft_pin_edit_resume_accept_export(live_app, tmp_path):
 
     url, svc = live_app
     alice = client(url, "alice")
-    job = alice.submit("Shift handover", 64, 24, 3, 1.0, "client test", api_name="/generate")
+    job = alice.submit("Shift handover", 64, 24, 3, 1.0, "client test", "fast", api_name="/generate")
     outs = wait_outputs(job, 3)
-    msg, payload, slider, runs, text = outs[-1]
+    msg, payload, slider, runs, text, status = outs[-1]
     assert payload["cells"] and slider["value"] >= 2
     free = [c["i"] for c in payload["cells"] if "m" not in c["k"]]
     pins = [free[0], free[3]]
@@ -49,13 +49,13 @@ def test_draft_pin_edit_resume_accept_export(live_app, tmp_path):
     alice.predict(api_name="/pause")
     job.result(timeout=60)
     last = job.outputs()[-1]
-    assert "Paused" in last[0]
+    assert "Paused" in last[5]  # the stream's status line
     paused_at = last[2]["value"]
     assert paused_at < 24
-    resumed = alice.submit(api_name="/resume")
+    resumed = alice.submit("fast", api_name="/resume")
     resumed.result(timeout=120)
     final = resumed.outputs()[-1]
-    assert "complete" in final[0] and final[2]["value"] == 24
+    assert "complete" in final[5] and final[2]["value"] == 24
     assert " torque wrench" in final[4]
 
     run_id = final[3]["value"]

@@ -8,7 +8,7 @@ import pytest
 import storage_fixtures as sf
 from sqlalchemy import select
 
-from app import admin, audit, auth, draft, review
+from app import admin, audit, auth, draft, review, steering
 from app.state import DraftState
 from storage import repository as repo
 from storage.models import AuditEvent
@@ -72,11 +72,11 @@ def test_pin_and_edit_during_the_run_hold_in_every_later_step(app_services):
     st = ups[-1].state
     free = free_positions(ups[-1])
     pinned_pos = free[0]
-    r = draft.toggle_pin(svc, "alice", st, pinned_pos)
+    r = steering.toggle_pin(svc, "alice", st, pinned_pos)
     assert r.kind == "ok" and "next step" in r.message
     pinned_tok = tokens(svc, ups[-1])[pinned_pos]
     a, b = free[4], free[6]
-    r = draft.edit_span(svc, "alice", st, a, b, " hydraulic pump leak", "wrong part")
+    r = steering.edit_span(svc, "alice", st, a, b, " hydraulic pump leak", "wrong part")
     assert r.kind == "ok", r.message
     new_ids = svc.tokenizer.encode(" hydraulic pump leak")
     rest = list(gen)
@@ -98,18 +98,18 @@ def test_refusals_change_nothing(app_services):
     template_pos = next(c["i"] for c in up.payload["cells"] if "m" in c["k"])
     free = free_positions(up)
     before = len(actions(svc))
-    assert "may not pin" in draft.toggle_pin(svc, "olga", st, free[0]).message  # operator: no pin right
-    assert "may not" in draft.toggle_pin(svc, "maya", st, free[0]).message
-    assert "may not edit" in draft.edit_span(svc, "olga", st, free[0], free[1], "x").message
-    assert "outside the draft" in draft.toggle_pin(svc, "alice", st, 10_000).message
-    assert "outside the draft" in draft.edit_span(svc, "alice", st, 5, 10_000, "x").message
-    assert "template" in draft.toggle_pin(svc, "alice", st, template_pos).message
-    assert "overlaps" in draft.edit_span(svc, "alice", st, template_pos, template_pos + 1, "x").message
-    assert "not logged in" in draft.toggle_pin(svc, None, st, free[0]).message
-    assert "no draft" in draft.toggle_pin(svc, "alice", DraftState(), 0).message
+    assert "may not pin" in steering.toggle_pin(svc, "olga", st, free[0]).message  # operator: no pin right
+    assert "may not" in steering.toggle_pin(svc, "maya", st, free[0]).message
+    assert "may not edit" in steering.edit_span(svc, "olga", st, free[0], free[1], "x").message
+    assert "outside the draft" in steering.toggle_pin(svc, "alice", st, 10_000).message
+    assert "outside the draft" in steering.edit_span(svc, "alice", st, 5, 10_000, "x").message
+    assert "template" in steering.toggle_pin(svc, "alice", st, template_pos).message
+    assert "overlaps" in steering.edit_span(svc, "alice", st, template_pos, template_pos + 1, "x").message
+    assert "not logged in" in steering.toggle_pin(svc, None, st, free[0]).message
+    assert "no draft" in steering.toggle_pin(svc, "alice", DraftState(), 0).message
     assert len(actions(svc)) == before  # nothing was written
-    assert draft.toggle_pin(svc, "alice", st, free[0]).kind == "ok"
-    assert "overlaps" in draft.edit_span(svc, "alice", st, free[0], free[0] + 1, "x").message
+    assert steering.toggle_pin(svc, "alice", st, free[0]).kind == "ok"
+    assert "overlaps" in steering.edit_span(svc, "alice", st, free[0], free[0] + 1, "x").message
     list(gen)
 
 
@@ -119,15 +119,15 @@ def test_unpin_and_lock_term(app_services):
     up = [next(gen), next(gen)][-1]
     st = up.state
     p = free_positions(up)[2]
-    assert draft.toggle_pin(svc, "alice", st, p).kind == "ok"
-    r = draft.toggle_pin(svc, "alice", st, p)
+    assert steering.toggle_pin(svc, "alice", st, p).kind == "ok"
+    r = steering.toggle_pin(svc, "alice", st, p)
     assert r.kind == "ok" and "unpinned" in r.message
     ctrl = svc.runs.get(st.run_id)
     piece = svc.tokenizer.decode([int(ctrl.base.tokens[p])])
-    r = draft.lock_term(svc, "alice", st, piece)
+    r = steering.lock_term(svc, "alice", st, piece)
     assert r.kind == "ok" and "locked" in r.message, r.message
-    assert "does not occur" in draft.lock_term(svc, "alice", st, "zzzz qqqq xxxx").message
-    assert draft.lock_term(svc, "alice", st, "   ").kind == "error"
+    assert "does not occur" in steering.lock_term(svc, "alice", st, "zzzz qqqq xxxx").message
+    assert steering.lock_term(svc, "alice", st, "   ").kind == "error"
     list(gen)
     assert {"pin.add", "pin.remove", "pin.lock_term"} <= set(actions(svc))
 
@@ -142,7 +142,7 @@ def test_pause_resume_and_branch(app_services):
     rest = list(gen)
     assert rest[-1].message.startswith("Paused") and rest[-1].step == 2
     p = free_positions(ups[-1])[1]
-    assert draft.toggle_pin(svc, "alice", st, p).kind == "ok"
+    assert steering.toggle_pin(svc, "alice", st, p).kind == "ok"
     tok = svc.runs.get(st.run_id).base.tokens[p].item()
     done = list(draft.resume(svc, "alice", st))
     assert done[-1].step == 8 and done[0].step == 3
@@ -155,7 +155,7 @@ def test_pause_resume_and_branch(app_services):
     r = draft.view_step(svc, "alice", st, 4)
     assert r.step == 4 and "branch" in r.message
     q = free_positions(ups[-1])[5]
-    assert draft.toggle_pin(svc, "alice", st, q).kind == "ok"
+    assert steering.toggle_pin(svc, "alice", st, q).kind == "ok"
     branch = list(draft.resume(svc, "alice", st))
     new_state = branch[-1].state
     assert new_state.run_id != st.run_id and branch[0].step == 5 and branch[-1].step == 8
@@ -204,7 +204,7 @@ def test_a_suspended_stream_holds_no_lock_and_may_resume_on_another_thread(app_s
     t.start()
     t.join(timeout=30)
     assert not t.is_alive() and rest == []  # the stream ends after "Paused", on this other thread
-    assert not ctrl.streaming and draft.toggle_pin(svc, "alice", st, free_positions(ups[-1])[0]).kind == "ok"
+    assert not ctrl.streaming and steering.toggle_pin(svc, "alice", st, free_positions(ups[-1])[0]).kind == "ok"
 
 
 def test_reopen_from_the_database_after_restart(app_services):
@@ -282,7 +282,7 @@ def test_admin_manages_users(app_services):
     assert admin.add_user(svc, "adam", "nina", "operator", "long enough password").kind == "ok"
     assert admin.change_role(svc, "adam", "nina", "reviewer", "promoted").kind == "ok"
     assert admin.set_enabled(svc, "adam", "nina", False, "left").kind == "ok"
-    assert "disabled" in draft.toggle_pin(svc, "nina", DraftState(run_id=1), 0).message
+    assert "disabled" in steering.toggle_pin(svc, "nina", DraftState(run_id=1), 0).message
     assert admin.add_user(svc, "alice", "eve", "admin", "long enough password").kind == "error"
 
 
@@ -319,7 +319,7 @@ def test_span_text_is_the_text_of_the_selected_tokens(app_services):
     ups = run_to_end(start(svc, steps=3))
     st = ups[-1].state
     ids = tokens(svc, ups[-1])
-    assert draft.span_text(svc, st, 2, 5) == svc.tokenizer.decode(ids[2:5])
+    assert steering.span_text(svc, st, 2, 5) == (2, 5, svc.tokenizer.decode(ids[2:5]))
     for a, b in ((5, 5), (3, 2), (-1, 2), (0, 10_000), (None, 2), ("1", 2)):
-        assert draft.span_text(svc, st, a, b) == ""
-    assert draft.span_text(svc, DraftState(), 0, 1) == ""
+        assert steering.span_text(svc, st, a, b) == (0, 0, "")
+    assert steering.span_text(svc, DraftState(), 0, 1) == (0, 0, "")

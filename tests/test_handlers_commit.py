@@ -9,7 +9,7 @@ import shutil
 import pytest
 import storage_fixtures as sf
 
-from app import draft
+from app import draft, steering
 from app.state import DraftState
 from engine import checkpoint
 from engine.config import RECOMMENDED_SAMPLER
@@ -37,10 +37,10 @@ def test_a_committing_run_keeps_pins_edits_and_whole_words(commit_services):
     ups = [next(gen), next(gen), next(gen)]
     st = ups[-1].state
     free = [c["i"] for c in ups[-1].payload["cells"] if "m" not in c["k"]]
-    assert draft.toggle_pin(svc, "alice", st, free[1]).kind == "ok"
+    assert steering.toggle_pin(svc, "alice", st, free[1]).kind == "ok"
     pinned_tok = list(svc.runs.get(st.run_id).frames[ups[-1].step].token_ids)[free[1]]
     a, b = free[5], free[7]
-    assert draft.edit_span(svc, "alice", st, a, b, " hydraulic pump leak", "wrong part").kind == "ok"
+    assert steering.edit_span(svc, "alice", st, a, b, " hydraulic pump leak", "wrong part").kind == "ok"
     rest = list(gen)
     assert rest[-1].step == 10 and rest[-1].kind == "ok"
     new_ids = svc.tokenizer.encode(" hydraulic pump leak")

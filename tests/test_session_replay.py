@@ -38,10 +38,10 @@ STAMP = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([+-]\d{2}
 
 def _handlers() -> dict[str, Any]:
     """The app's handler functions by their job (they may live in several modules)."""
-    from app import audit, draft, review
+    from app import audit, draft, review, steering
 
-    modules = {"generate": draft, "pause": draft, "resume": draft, "toggle_pin": draft, "lock_term": draft,
-               "edit_span": draft, "view_step": draft, "accept": draft, "review_queue": review,
+    modules = {"generate": draft, "pause": draft, "resume": draft, "toggle_pin": steering, "lock_term": steering,
+               "edit_span": steering, "view_step": draft, "accept": draft, "review_queue": review,
                "open_review": review, "sign_review": review, "export_audit": audit, "AuditQuery": audit}
     return {n: getattr(m, n) for n, m in modules.items()}
 
@@ -115,8 +115,10 @@ def play_session(svc: Any) -> dict[str, Any]:
     note(rest[-1])
     free = [c["i"] for c in ups[-1].payload["cells"] if "m" not in c["k"]]
     note(h["toggle_pin"](svc, "alice", st, free[0]))
-    words = [c["t"].strip() for c in ups[-1].payload["cells"] if not c["k"] and c["i"] > free[6] and re.fullmatch(r" ?[a-z]{2,}", c["t"])]
-    term = words[0]  # a free token of the draft at step 2 that reads as a word
+    cells = ups[-1].payload["cells"]
+    words = [c["t"].strip() for c, nxt in zip(cells, cells[1:]) if not c["k"] and c["i"] > free[6]
+             and re.fullmatch(r" ?[a-z]{2,}", c["t"]) and not nxt["t"][:1].isalnum()]
+    term = words[0]  # a free token of the draft at step 2 that reads as a whole word
     note(h["edit_span"](svc, "alice", st, free[3], free[5], " hydraulic pump leak at the aft bay", "wrong part"))
     note(h["lock_term"](svc, "alice", st, term))
     done = list(h["resume"](svc, "alice", st))

@@ -23,8 +23,8 @@ def test_pin_edit_resume_in_the_browser(live_app, page, tmp_path):
     tokens = page.locator("#dd-view .dd-tokens span[data-pos]")
     tokens.first.wait_for()
     page.locator("#dd-pause").click()
-    msg = page.locator("#dd-draft-msg")
-    msg.get_by_text("Paused").wait_for()
+    msg, status = page.locator("#dd-draft-msg"), page.locator("#dd-status")
+    status.get_by_text("Paused").wait_for()
     svc.step_delay_s = 0.05
     # a token outside the template's fixed text
     free = page.locator("#dd-view .dd-tokens span.tok:not(.template):not(:empty)")
@@ -43,7 +43,7 @@ def test_pin_edit_resume_in_the_browser(live_app, page, tmp_path):
     msg.get_by_text("replaced").wait_for()
     assert page.locator("#dd-view span.edited").count() >= 1
     page.locator("#dd-resume").click()
-    msg.get_by_text("Draft complete").wait_for(timeout=60_000)
+    status.get_by_text("Draft complete").wait_for(timeout=60_000)
     assert "pinned" in (page.locator(f'#dd-view span[data-pos="{pos}"]').get_attribute("class") or "")
     assert "hydraulic pump" in page.locator("#dd-view .dd-tokens").inner_text()
     assert "step 16 of 16" in page.locator("#dd-view .dd-caption").inner_text()
@@ -63,7 +63,7 @@ def test_operator_sees_refusal_in_the_page(live_app, page):
     svc.step_delay_s = 0.0
     login(page, url, "olga")
     page.locator("#dd-generate").click()
-    page.locator("#dd-draft-msg").get_by_text("Draft complete").wait_for(timeout=60_000)
+    page.locator("#dd-status").get_by_text("Draft complete").wait_for(timeout=60_000)
     page.locator("#dd-view .dd-tokens span.tok:not(.template):not(:empty)").nth(2).click()
     page.locator("#dd-draft-msg").get_by_text("may not pin").wait_for()
     assert page.locator("#dd-view span.pinned").count() == 0
