@@ -389,8 +389,14 @@ def stream(svc: Services, actor: Actor, ctrl: RunControl, state: DraftState,
     try:
         it: Iterator[Step] | None = None
         seen = -1
-        shown_at = time.perf_counter()
+        shown_at: float | None = None
         while True:
+            # the pace is kept before a step is computed, not after: a pin or edit made while the
+            # page shows a step is in the very next one, and no stale step is on its way meanwhile
+            if shown_at is not None:
+                wait = max(svc.step_delay_s, ctrl.pace_s - (time.perf_counter() - shown_at))
+                if wait > 0:
+                    time.sleep(wait)
             paused: DraftUpdate | None = None
             with ctrl.lock:
                 if ctrl.pause_requested:
@@ -435,9 +441,6 @@ def stream(svc: Services, actor: Actor, ctrl: RunControl, state: DraftState,
             text = svc.tokenizer.decode(frame.token_ids)
             msg = ("Draft complete: accept it, reject it with a reason, or go back to an earlier step."
                    if done else (note or "generating"))
-            wait = max(svc.step_delay_s, ctrl.pace_s - (time.perf_counter() - shown_at))
-            if wait > 0:
-                time.sleep(wait)
             shown_at = time.perf_counter()
             yield DraftUpdate(message=msg, kind="ok" if done else "info", payload=shown, step=step.index,
                               total=ctrl.total, state=state, runs=draft_view.runs_of(svc, ctrl.document_id, ctrl.run_id)

@@ -16,6 +16,13 @@ What is measured (a temporary data folder and SQLite file; one reviewer user):
                  of steps from the step on screen when the pin was made to the first step that holds
                  it (1 = the next step), and the wall time from the pin call returning to that step
                  being ready.
+  churn          at the model's default sampler settings, on a draft of every template (seeds 0 to
+                 --runs - 1): the share of free (not template) tokens that change from one step to
+                 the next, averaged over the last quarter of the steps, and in the last step alone.
+                 What a reviewer approves of late in a run is what they get when it is low.
+  click -> pin   with --browser: a real browser (bench.browser_clicks) clicks free tokens of a
+                 template draft streaming at the page's default pace; from the press to the token
+                 showing as pinned, p50 / p95, and presses that never showed a pin.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -41,6 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=3, help="runs per measurement (default 3)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--server", action="store_true", help="also measure first step through a launched app")
+    p.add_argument("--browser", action="store_true", help="also measure click -> pin visible in chromium")
+    p.add_argument("--clicks", type=int, default=6, help="clicks per browser run (default 6)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     return p.parse_args(argv)
 
@@ -142,6 +152,16 @@ def main(argv: list[str] | None = None) -> int:
             if held_from in ready:
                 effect_ms.append((ready[held_from] - t_pin) * 1000)
 
+    churn_quarter, churn_last = churn(svc, args.runs)
+    clicks: dict[str, Any] | None = None
+    if args.browser:
+        from bench import browser_clicks
+
+        if not browser_clicks.available():
+            print(f"--browser: {browser_clicks.CHROMIUM} is missing (apt-get install chromium)", file=sys.stderr)
+            return 2
+        clicks = browser_clicks.measure(svc, ("bench", "bench password 123"), args.runs, args.clicks)
+
     server_first: list[float] = []
     if args.server:
         import socket
@@ -178,6 +198,11 @@ def main(argv: list[str] | None = None) -> int:
         "step_compute_ms_median": statistics.median(compute_ms),
         "pin_effect_steps": sorted(effects), "pin_effect_ms_median": statistics.median(effect_ms) if effect_ms else None,
         "server_first_step_ms_median": statistics.median(server_first) if server_first else None,
+        "default_steps": svc.ckpt.sampler_cfg.steps,
+        "churn_last_quarter": statistics.mean(churn_quarter), "churn_last_step": statistics.mean(churn_last),
+        "click_pin_ms_p50": pct(clicks["latency_ms"], 0.5) if clicks and clicks["latency_ms"] else None,
+        "click_pin_ms_p95": pct(clicks["latency_ms"], 0.95) if clicks and clicks["latency_ms"] else None,
+        "clicks_pressed": clicks["pressed"] if clicks else None, "clicks_shown": clicks["shown"] if clicks else None,
     }
     svc.close()
     if args.json:
@@ -197,7 +222,41 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'pin -> held, steps after the one on screen':<46} {str(eff):>14}  1")
     if res["pin_effect_ms_median"] is not None:
         print(f"{'pin -> first step holding it ready, median':<46} {res['pin_effect_ms_median']:>11.1f} ms")
+    print(f"{'tokens changed per step, last quarter (' + str(res['default_steps']) + ' steps)':<46} "
+          f"{100 * res['churn_last_quarter']:>12.1f} %  few")
+    print(f"{'tokens changed in the last step':<46} {100 * res['churn_last_step']:>12.1f} %  few")
+    if clicks:
+        lost = clicks["pressed"] - clicks["shown"]
+        if clicks["latency_ms"]:
+            print(f"{'click -> pin visible (browser, streaming), p50':<46} {res['click_pin_ms_p50']:>11.1f} ms")
+            print(f"{'click -> pin visible (browser, streaming), p95':<46} {res['click_pin_ms_p95']:>11.1f} ms")
+        print(f"{'clicks lost (no pin shown)':<46} {lost:>8} of {clicks['pressed']:<3}  0")
     return 0
+
+
+def churn(svc: Any, runs: int) -> tuple[list[float], list[float]]:
+    """(share of free tokens changed per step over the last quarter, in the last step), one pair
+    per template draft at the model's default settings, seeds 0..runs-1."""
+    from app import draft
+    from app.state import DraftState
+
+    quarter: list[float] = []
+    last: list[float] = []
+    steps = svc.ckpt.sampler_cfg.steps
+    for name in draft.template_choices(svc)[1:]:
+        for seed in range(runs):
+            ups = list(draft.generate(svc, "bench", DraftState(), template=name, length=None, steps=steps,
+                                      seed=seed, temperature=svc.ckpt.sampler_cfg.temperature or 1.0))
+            ctrl = svc.runs.get(ups[-1].state.run_id)
+            free = [p for p in range(len(ctrl.frames[steps].token_ids)) if ctrl.kinds.get(p) != "template"]
+            shares = []
+            for k in range(1, steps + 1):
+                a, b = ctrl.frames[k - 1].token_ids, ctrl.frames[k].token_ids
+                shares.append(sum(a[p] != b[p] for p in free) / max(1, len(free)))
+            tail = shares[-max(1, steps // 4):]
+            quarter.append(sum(tail) / len(tail))
+            last.append(shares[-1])
+    return quarter, last
 
 
 if __name__ == "__main__":
