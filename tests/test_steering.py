@@ -193,3 +193,10 @@ def test_the_watch_pace_spaces_the_shown_steps(app_services):
     assert len(ups) == 5 and time.perf_counter() - t0 >= 4 * draft.PACES["watch"] * 0.9
     bad = list(start(svc, steps=4, pace="warp"))
     assert bad[0].kind == "error" and "pace" in bad[0].message
+
+
+def test_a_complete_draft_holds_no_noise_placeholder(app_services):
+    for seed in range(3):
+        ups = list(start(app_services, steps=6, seed=seed, template=draft.FREE_LENGTH, length=48))
+        assert ups[-1].kind == "ok"
+        assert not [c for c in ups[-1].payload["cells"] if "s" in c["k"]]

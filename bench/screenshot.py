@@ -1,0 +1,100 @@
+"""The README's screenshot: the shipped model's draft being steered in a real browser.
+
+    python -m bench.screenshot [--model DIR] [--out docs/screenshot.png] [--template NAME] [--seed N]
+
+Launches the app on a temporary data folder, logs in as a reviewer, starts a template draft at
+the page's default (watch) pace, pins two tokens and locks a term while it streams, and saves the
+page when the draft has a few steps left. Needs Debian's chromium (/usr/bin/chromium).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.screenshot", description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="assets/model", help="model folder (default assets/model)")
+    p.add_argument("--out", default="docs/screenshot.png", help="PNG to write (default docs/screenshot.png)")
+    p.add_argument("--template", default="Service difficulty report", help="template to draft")
+    p.add_argument("--seed", type=int, default=4, help="seed of the draft (default 4)")
+    p.add_argument("--term", default="corrosion", help="term to lock while it streams (default corrosion)")
+    args = p.parse_args(argv)
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
+    from bench.browser_clicks import ARGS, CHROMIUM, FREE, available
+
+    if not available():
+        print(f"python -m bench.screenshot: error: {CHROMIUM} is missing (apt-get install chromium)", file=sys.stderr)
+        return 2
+    import socket
+
+    from playwright.sync_api import sync_playwright
+
+    from app.services import build_services
+    from app.ui import build_ui, launch_kwargs
+    from storage import repository as repo
+    from storage.db import transaction
+
+    tmp = Path(tempfile.mkdtemp(prefix="dd_shot_"))
+    svc = build_services(Path(args.model), data_dir=tmp / "data", login_delay_s=0.0)
+    with transaction(svc.factory) as s:
+        repo.create_user(s, "rita", "reviewer", "screenshot password 1")
+    demo = build_ui(svc)
+    demo.queue()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    demo.launch(prevent_thread_lock=True, **launch_kwargs(svc, port=port))
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(60_000)
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.get_by_label(re.compile("username", re.I)).fill("rita")
+            page.get_by_label(re.compile("password", re.I)).fill("screenshot password 1")
+            page.get_by_role("button", name=re.compile("login", re.I)).click()
+            page.locator("#dd-generate").wait_for()
+            page.get_by_label("Template").fill(args.template)
+            page.get_by_label("Template").press("Enter")
+            page.get_by_label("Seed").fill(str(args.seed))
+            page.locator("#dd-generate").click()
+            total = svc.ckpt.sampler_cfg.steps
+            _wait_step(page, total // 3)
+            for k in (6, 20):
+                page.locator(FREE).nth(k).element_handle().click()
+                time.sleep(0.3)
+            page.locator("#dd-term input, #dd-term textarea").first.fill(args.term)
+            page.locator("#dd-lock").click()
+            _wait_step(page, total - 6)
+            page.locator("#dd-pause").click()
+            page.locator("#dd-status").get_by_text("Paused").wait_for()
+            out = Path(args.out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            page.evaluate("window.scrollTo(0, 0)")
+            time.sleep(0.3)
+            page.screenshot(path=str(out), full_page=False)
+            browser.close()
+    finally:
+        demo.close()
+        svc.close()
+    print(f"wrote {args.out} ({svc.model_id})")
+    return 0
+
+
+def _wait_step(page, k: int) -> None:
+    page.wait_for_function("(k) => { const c = document.querySelector('#dd-view .dd-caption'); "
+                           "const m = c && c.textContent.match(/step (\\d+) of/); return m && Number(m[1]) >= k; }",
+                           arg=k, timeout=120_000)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
