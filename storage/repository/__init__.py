@@ -13,7 +13,7 @@ Glossary
 Errors: NotFound, ValidationError, PermissionDenied, StaleWrite (all StorageError).
 
 One module per concept: roles, accounts (users and passwords), templates, documents, runs (and
-their steps), pins, edits, reviews, feedback; positions holds the rule for where positions and
+their steps), pins, edits, reviews, settings, feedback; positions holds the rule for where positions and
 pins go after a length-changing edit. Import the names from here:
 `from storage import repository as repo; repo.create_run(...)`.
 """
@@ -62,6 +62,7 @@ from storage.repository.runs import (
 from storage.repository.pins import add_pin, add_term_pins, remove_pin, active_pins
 from storage.repository.edits import record_run_edit, record_text_edit, list_edits
 from storage.repository.reviews import SIGNATURE_METHOD, record_review, list_reviews
+from storage.repository.settings import ALLOW_SELF_REVIEW, SETTINGS, get_setting, set_setting
 from storage.repository.feedback import (
     NO_RUN,
     NO_TEMPLATE,
@@ -82,5 +83,6 @@ __all__ = [
     "create_run", "get_run", "list_runs", "set_run_status", "record_step", "get_step", "list_steps",
     "last_step", "add_pin", "add_term_pins", "remove_pin", "active_pins", "record_run_edit",
     "record_text_edit", "list_edits", "SIGNATURE_METHOD", "record_review", "list_reviews", "FeedbackCount",
-    "FeedbackGroup", "feedback_counts", "EditPair", "edit_pairs", "NO_RUN", "NO_TEMPLATE",
+    "FeedbackGroup", "feedback_counts", "EditPair", "edit_pairs", "NO_RUN", "NO_TEMPLATE", "ALLOW_SELF_REVIEW",
+    "SETTINGS", "get_setting", "set_setting",
 ]
