@@ -217,7 +217,7 @@ def test_concurrent_migrations_on_postgres(postgres_url):
 
 def test_storage_does_not_import_engine_or_gradio():
     code = ("import sys, storage.db, storage.models, storage.repository, storage.audit, storage.export, "
-            "storage.users, storage.migrations, storage.__main__; "
+            "storage.users, storage.migrations, storage.signoff, storage.__main__; "
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('engine', 'gradio', 'torch')); "
             "print(bad); sys.exit(1 if bad else 0)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)

@@ -17,7 +17,7 @@ from storage import repository as repo
 from storage.repository import accounts
 from storage.audit import verify_chain
 from storage.db import transaction
-from storage.errors import NotFound, PermissionDenied, StaleWrite, ValidationError
+from storage.errors import NotFound, PermissionDenied, ReviewRefused, StaleWrite, ValidationError
 from storage.models import AuditEvent, Edit, Pin, Review, Step, User, utcnow
 
 
@@ -503,45 +503,54 @@ def test_text_edits_change_the_document_with_a_version_check(factory, draft):
 # ---------------------------------------------------------------- reviews
 
 
+def _submit(factory, doc_id: int, version: int = 1) -> int:
+    """The author (olga) accepts the draft: it awaits review; returns the new version."""
+    with transaction(factory) as s:
+        doc = repo.update_document(s, doc_id, actor="olga", expected_version=version, status="awaiting_review")
+        return doc.version
+
+
 def test_reviews(factory, draft):
     doc_id = draft["document"]
+    v = _submit(factory, doc_id)
     with pytest.raises(ValidationError, match="reason for rejecting is required"), transaction(factory) as s:
-        repo.record_review(s, document_id=doc_id, actor="alice", decision="reject", expected_version=1,
+        repo.record_review(s, document_id=doc_id, actor="alice", decision="reject", expected_version=v,
                            signature_meaning=APPROVED)
     with pytest.raises(ValidationError, match="approve or reject"), transaction(factory) as s:
-        repo.record_review(s, document_id=doc_id, actor="alice", decision="maybe", expected_version=1,
+        repo.record_review(s, document_id=doc_id, actor="alice", decision="maybe", expected_version=v,
                            signature_meaning=APPROVED)
     with pytest.raises(PermissionDenied, match="may not approve"), transaction(factory) as s:
-        repo.record_review(s, document_id=doc_id, actor="olga", decision="approve", expected_version=1,
+        repo.record_review(s, document_id=doc_id, actor="olga", decision="approve", expected_version=v,
                            signature_meaning=APPROVED)
     assert _rows(factory, Review) == 0
     with transaction(factory) as s:
-        repo.record_review(s, document_id=doc_id, actor="alice", decision="reject", expected_version=1,
+        repo.record_review(s, document_id=doc_id, actor="alice", decision="reject", expected_version=v,
                            reason="the finding lacks a location", signature_meaning="rejected")
-    with pytest.raises(ValidationError, match="is rejected"), transaction(factory) as s:
-        repo.record_review(s, document_id=doc_id, actor="bob", decision="approve", expected_version=2,
+    with pytest.raises(ReviewRefused, match="is rejected: only documents awaiting review"), transaction(factory) as s:
+        repo.record_review(s, document_id=doc_id, actor="bob", decision="approve", expected_version=v + 1,
                            signature_meaning=APPROVED)
     with sf.reader(factory)() as s:
         doc = repo.get_document(s, doc_id)
         (review,) = repo.list_reviews(s, doc_id)
-        assert (doc.status, review.decision, review.document_version) == ("rejected", "reject", 1)
+        assert (doc.status, review.decision, review.document_version) == ("rejected", "reject", v)
         ev = s.scalars(select(AuditEvent).where(AuditEvent.action == "review.reject")).one()
         assert ev.reason == "the finding lacks a location" and ev.actor == "alice"
 
 
 def test_reviews_carry_an_electronic_signature(factory, draft):
     doc_id = draft["document"]
+    v = _submit(factory, doc_id)
     for meaning, method, words in (("", "password re-entry", "meaning of the signature is empty"),
                                    (None, "password re-entry", "meaning of the signature is required"),
                                    (APPROVED, "", "signature method is empty"),
                                    (APPROVED, "x" * 65, "at most 64")):
         with pytest.raises(ValidationError, match=words), transaction(factory) as s:
-            repo.record_review(s, document_id=doc_id, actor="bob", decision="approve", expected_version=1,
+            repo.record_review(s, document_id=doc_id, actor="bob", decision="approve", expected_version=v,
                                signature_meaning=meaning, signature_method=method)
     assert _rows(factory, Review) == 0
     before = utcnow()
     with transaction(factory) as s:
-        repo.record_review(s, document_id=doc_id, actor="bob", decision="approve", expected_version=1,
+        repo.record_review(s, document_id=doc_id, actor="bob", decision="approve", expected_version=v,
                            reason="checked against the photos", signature_meaning=APPROVED)
     with sf.reader(factory)() as s:
         (review,) = repo.list_reviews(s, doc_id)
