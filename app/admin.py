@@ -1,5 +1,6 @@
 """The admin screen's handlers: the users, adding one, changing a role, disabling and enabling
-(each an audit event written by storage, with the reason given)."""
+(each an audit event written by storage, with the reason given), and the review setting (whether
+reviewers may review drafts they wrote or edited; audited as setting.change)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.auth import require_permission, require_screen
-from app.common import safe
+from app.common import Refused, safe
 from app.services import Services
 from storage import repository as repo
 from storage.db import transaction
 
 USER_HEADERS = ["user", "role", "state", "failed logins", "last login (UTC)", "created (UTC)"]
+SELF_REVIEW_LABEL = repo.SETTINGS[repo.ALLOW_SELF_REVIEW].label
+_SELF_REVIEW_WORDS = {True: "may review drafts they wrote or edited",
+                      False: "may not review drafts they wrote or edited"}
 
 
 @dataclass
@@ -20,6 +24,7 @@ class AdminUpdate:
     message: str = ""
     kind: str = "info"
     rows: list[list[Any]] | None = None
+    allow_self_review: bool | None = None  # the stored setting, for the checkbox
 
 
 def _admin_error(message: str) -> AdminUpdate:
@@ -33,11 +38,31 @@ def _user_rows(svc: Services) -> list[list[Any]]:
                  u.created_at.strftime("%Y-%m-%d %H:%M")] for u in repo.list_users(s)]
 
 
+def _self_review(svc: Services) -> bool:
+    with svc.reader() as s:
+        return bool(repo.get_setting(s, repo.ALLOW_SELF_REVIEW))
+
+
 @safe(_admin_error)
 def list_users(svc: Services, username: str | None) -> AdminUpdate:
     require_screen(svc, username, "admin")
     rows = _user_rows(svc)
-    return AdminUpdate(message=f"{len(rows)} user(s)", rows=rows)
+    return AdminUpdate(message=f"{len(rows)} user(s)", rows=rows, allow_self_review=_self_review(svc))
+
+
+@safe(_admin_error)
+def set_self_review(svc: Services, username: str | None, allow: Any) -> AdminUpdate:
+    """Store whether reviewers may review drafts they wrote or edited (admins only)."""
+    actor = require_permission(svc, username, "settings.manage", "change settings")
+    if not isinstance(allow, bool):
+        raise Refused("tick or clear the box, then save")
+    if allow == _self_review(svc):
+        return AdminUpdate(message=f"nothing to save: reviewers already {_SELF_REVIEW_WORDS[allow]}",
+                           allow_self_review=allow)
+    with transaction(svc.factory) as s:
+        repo.set_setting(s, repo.ALLOW_SELF_REVIEW, allow, actor=actor.name)
+    return AdminUpdate(message=f"saved: reviewers {_SELF_REVIEW_WORDS[allow]}", kind="ok",
+                       allow_self_review=_self_review(svc))
 
 
 @safe(_admin_error)

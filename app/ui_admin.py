@@ -14,7 +14,7 @@ from storage.models import ROLES
 
 
 def _outputs(up: AdminUpdate) -> list[Any]:
-    return [message(up.message, up.kind), keep(up.rows)]
+    return [message(up.message, up.kind), keep(up.rows), keep(up.allow_self_review)]
 
 
 class AdminTab:
@@ -35,10 +35,13 @@ class AdminTab:
                 self.role_btn = gr.Button("Change role", size="sm")
                 self.disable_btn = gr.Button("Disable", size="sm")
                 self.enable_btn = gr.Button("Enable", size="sm")
+            with gr.Row():
+                self.self_review = gr.Checkbox(value=False, label=admin.SELF_REVIEW_LABEL, elem_id="dd-self-review")
+                self.self_review_btn = gr.Button("Save review setting", size="sm", elem_id="dd-self-review-save")
         self._wire()
 
     def _wire(self) -> None:
-        svc, outs = self.svc, [self.msg, self.users]
+        svc, outs = self.svc, [self.msg, self.users, self.self_review]
 
         def do_users(request: gr.Request) -> list[Any]:
             return _outputs(admin.list_users(svc, user_of(request)))
@@ -65,3 +68,9 @@ class AdminTab:
             return _outputs(admin.set_enabled(svc, user_of(request), n, True, reason))
 
         self.enable_btn.click(do_enable, [self.name, self.reason], outs, api_name="enable_user", **UNDOCUMENTED)
+
+        def do_self_review(allow: bool, request: gr.Request) -> list[Any]:
+            return _outputs(admin.set_self_review(svc, user_of(request), allow))
+
+        self.self_review_btn.click(do_self_review, [self.self_review], outs, api_name="set_self_review",
+                                   **UNDOCUMENTED)
