@@ -89,7 +89,14 @@ def test_default_hasher_is_argon2id():
         ("bad name", "operator", "long enough", ValidationError, "may hold only"),
         ("system", "operator", "long enough", ValidationError, "reserved"),
         ("alice", "operator", "long enough", ValidationError, "already exists"),
-        ("carl", "operator", "short", ValidationError, "at least 8"),
+        ("carl", "operator", "short", ValidationError, "5 characters long; at least 12"),
+        ("carl", "operator", " " * 8, ValidationError, "at least 12"),
+        ("carl", "operator", " " * 12, ValidationError, "only spaces"),
+        ("carl", "operator", "\t \n" * 4, ValidationError, "only spaces"),
+        ("carl", "operator", "x" * 257, ValidationError, "257 characters long; at most 256"),
+        ("carlos.perez", "operator", "Carlos.Perez", ValidationError, "not be the user name"),
+        ("x" * 70, "operator", "long enough pw", ValidationError, "70 characters long; at most 64"),
+        ("carl", "", "long enough pw", ValidationError, "unknown role '': choose one of operator, reviewer"),
     ],
 )
 def test_bad_users_are_refused(factory, name, role, password, error, words):
