@@ -26,9 +26,11 @@ class AdminTab:
             self.msg = gr.HTML("")
             self.users = gr.Dataframe(headers=admin.USER_HEADERS, interactive=False, label="Users")
             with gr.Row():
-                self.name = gr.Textbox(label="User", max_length=64)
-                self.role = gr.Dropdown(list(ROLES), value=ROLES[0], label="Role")
-                self.password = gr.Textbox(label="Password (new users)", type="password")
+                self.name = gr.Textbox(label="User", info=admin.NAME_RULES, elem_id="dd-admin-name")
+                self.role = gr.Dropdown(list(ROLES), value=ROLES[0], label="Role", allow_custom_value=False,
+                                        filterable=False, elem_id="dd-admin-role")
+                self.password = gr.Textbox(label="Password (new users)", type="password", info=admin.PASSWORD_RULES,
+                                           elem_id="dd-admin-password")
                 self.reason = gr.Textbox(label="Reason (role changes, disabling)", max_length=500)
             with gr.Row():
                 self.add_btn = gr.Button("Add user", size="sm", variant="primary")

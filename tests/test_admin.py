@@ -55,3 +55,55 @@ def test_only_admins_change_the_review_setting(app_services):
     assert _setting_events(svc) == []
     with svc.reader() as s:
         assert repo.get_setting(s, repo.ALLOW_SELF_REVIEW) is False
+
+
+def _users_and_events(svc) -> tuple[list[str], int]:
+    with svc.reader() as s:
+        return [u.name for u in repo.list_users(s)], len(list(s.scalars(select(AuditEvent.seq))))
+
+
+def test_only_listed_roles_are_accepted(app_services):
+    svc = app_services
+    before = _users_and_events(svc)
+    for role in ("wizard", "", None, "Admin", ["admin"]):
+        up = admin.add_user(svc, "adam", "nina", role, "long enough password")
+        assert up.kind == "error" and "choose one of operator, reviewer, manager, admin" in up.message, role
+    assert "unknown role 'wizard'" in admin.change_role(svc, "adam", "olga", "wizard", "why").message
+    assert _users_and_events(svc) == before
+    assert admin.add_user(svc, "adam", "nina", "manager", "long enough password").message == "added nina (manager)"
+
+
+def test_passwords_follow_the_rules_of_storage(app_services):
+    svc = app_services
+    before = _users_and_events(svc)
+    for password, words in ((" " * 8, "8 characters long; at least 12"), (" " * 16, "only spaces"),
+                            ("short pw", "at least 12"), ("x" * 257, "at most 256"),
+                            ("Nina.Kowalska", "must not be the user name"), (None, "0 characters long")):
+        up = admin.add_user(svc, "adam", "nina.kowalska", "operator", password)
+        assert up.kind == "error" and words in up.message, (password, up.message)
+    assert _users_and_events(svc) == before
+    assert admin.add_user(svc, "adam", "nina.kowalska", "operator", "twelve chars").kind == "ok"
+
+
+def test_long_user_names_are_refused_not_cut(app_services):
+    svc = app_services
+    before = _users_and_events(svc)
+    up = admin.add_user(svc, "adam", "n" * 70, "operator", "long enough password")
+    assert up.kind == "error" and "70 characters long; at most 64 are allowed" in up.message
+    assert _users_and_events(svc) == before
+    assert admin.add_user(svc, "adam", "n" * 64, "operator", "long enough password").kind == "ok"
+
+
+def test_admin_form_states_the_rules_and_lists_only_roles(app_services):
+    import gradio as gr
+
+    from app.ui_admin import AdminTab
+    from storage import validate
+    from storage.models import ROLES
+
+    with gr.Blocks():
+        tab = AdminTab(app_services)
+    assert tab.password.info == validate.PASSWORD_RULES and "at least 12 characters" in tab.password.info
+    assert "at most 64 characters" in tab.name.info and tab.name.max_length is None  # refused, not cut
+    assert tab.role.allow_custom_value is False and tab.role.filterable is False
+    assert [c[0] for c in tab.role.choices] == list(ROLES)
