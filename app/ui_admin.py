@@ -23,7 +23,7 @@ class AdminTab:
     def __init__(self, svc: Services) -> None:
         self.svc = svc
         with gr.Tab("Admin", id="admin", visible=False) as self.tab:
-            self.msg = gr.HTML("")
+            self.msg = gr.HTML("", elem_id="dd-admin-msg")
             self.users = gr.Dataframe(headers=admin.USER_HEADERS, interactive=False, label="Users")
             with gr.Row():
                 self.name = gr.Textbox(label="User", info=admin.NAME_RULES, elem_id="dd-admin-name")
@@ -33,7 +33,7 @@ class AdminTab:
                                            elem_id="dd-admin-password")
                 self.reason = gr.Textbox(label="Reason (role changes, disabling)", max_length=500)
             with gr.Row():
-                self.add_btn = gr.Button("Add user", size="sm", variant="primary")
+                self.add_btn = gr.Button("Add user", size="sm", variant="primary", elem_id="dd-admin-add")
                 self.role_btn = gr.Button("Change role", size="sm")
                 self.disable_btn = gr.Button("Disable", size="sm")
                 self.enable_btn = gr.Button("Enable", size="sm")
