@@ -70,7 +70,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StorageError as e:
         print(f"python -m app: error: {e}", file=sys.stderr)
         return 2
-    one_time = ensure_admin(svc)
+    try:
+        one_time = ensure_admin(svc)
+    except StorageError as e:
+        svc.close()
+        print(f"python -m app: error: {e}", file=sys.stderr)
+        return 2
     if one_time:
         print(f"\nFirst start: created user 'admin' with the one-time password\n\n    {one_time}\n\n"
               "Log in and set a new password for it (python -m storage.users passwd admin); "

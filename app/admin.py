@@ -1,5 +1,6 @@
 """The admin screen's handlers: the users, adding one, changing a role, disabling and enabling
-(each an audit event written by storage, with the reason given)."""
+(each an audit event written by storage, with the reason given), and the review setting (whether
+reviewers may review drafts they wrote or edited; audited as setting.change)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.auth import require_permission, require_screen
-from app.common import safe
+from app.common import Refused, safe
 from app.services import Services
 from storage import repository as repo
+from storage import validate
 from storage.db import transaction
+from storage.models import ROLES
 
+NAME_RULES = f"letters, digits and _ . @ - (first a letter or digit); at most {validate.MAX_NAME_CHARS} characters"
+PASSWORD_RULES = validate.PASSWORD_RULES
 USER_HEADERS = ["user", "role", "state", "failed logins", "last login (UTC)", "created (UTC)"]
+SELF_REVIEW_LABEL = repo.SETTINGS[repo.ALLOW_SELF_REVIEW].label
+_SELF_REVIEW_WORDS = {True: "may review drafts they wrote or edited",
+                      False: "may not review drafts they wrote or edited"}
 
 
 @dataclass
@@ -20,6 +28,7 @@ class AdminUpdate:
     message: str = ""
     kind: str = "info"
     rows: list[list[Any]] | None = None
+    allow_self_review: bool | None = None  # the stored setting, for the checkbox
 
 
 def _admin_error(message: str) -> AdminUpdate:
@@ -33,27 +42,61 @@ def _user_rows(svc: Services) -> list[list[Any]]:
                  u.created_at.strftime("%Y-%m-%d %H:%M")] for u in repo.list_users(s)]
 
 
+def _self_review(svc: Services) -> bool:
+    with svc.reader() as s:
+        return bool(repo.get_setting(s, repo.ALLOW_SELF_REVIEW))
+
+
 @safe(_admin_error)
 def list_users(svc: Services, username: str | None) -> AdminUpdate:
     require_screen(svc, username, "admin")
     rows = _user_rows(svc)
-    return AdminUpdate(message=f"{len(rows)} user(s)", rows=rows)
+    return AdminUpdate(message=f"{len(rows)} user(s)", rows=rows, allow_self_review=_self_review(svc))
+
+
+@safe(_admin_error)
+def set_self_review(svc: Services, username: str | None, allow: Any) -> AdminUpdate:
+    """Store whether reviewers may review drafts they wrote or edited (admins only)."""
+    actor = require_permission(svc, username, "settings.manage", "change settings")
+    if not isinstance(allow, bool):
+        raise Refused("tick or clear the box, then save")
+    if allow == _self_review(svc):
+        return AdminUpdate(message=f"nothing to save: reviewers already {_SELF_REVIEW_WORDS[allow]}",
+                           allow_self_review=allow)
+    with transaction(svc.factory) as s:
+        repo.set_setting(s, repo.ALLOW_SELF_REVIEW, allow, actor=actor.name)
+    return AdminUpdate(message=f"saved: reviewers {_SELF_REVIEW_WORDS[allow]}", kind="ok",
+                       allow_self_review=_self_review(svc))
+
+
+def _name(value: Any) -> str:
+    return value.strip() if isinstance(value, str) else ""
+
+
+def _role(value: Any) -> str:
+    """One of the listed roles; the page's dropdown offers no other, an API caller may send one."""
+    if not isinstance(value, str) or value not in ROLES:
+        raise Refused(f"unknown role {value!r}: choose one of {', '.join(ROLES)}")
+    return value
 
 
 @safe(_admin_error)
 def add_user(svc: Services, username: str | None, name: str, role: str, password: str) -> AdminUpdate:
+    """Add a user; storage refuses a name or password that breaks its rules (NAME_RULES, PASSWORD_RULES)."""
     actor = require_permission(svc, username, "user.manage", "manage users")
+    name, role = _name(name), _role(role)
     with transaction(svc.factory) as s:
-        repo.create_user(s, (name or "").strip(), role, password or "", actor=actor.name)
-    return AdminUpdate(message=f"added {name.strip()} ({role})", kind="ok", rows=_user_rows(svc))
+        repo.create_user(s, name, role, password if isinstance(password, str) else "", actor=actor.name)
+    return AdminUpdate(message=f"added {name} ({role})", kind="ok", rows=_user_rows(svc))
 
 
 @safe(_admin_error)
 def change_role(svc: Services, username: str | None, name: str, role: str, reason: str) -> AdminUpdate:
     actor = require_permission(svc, username, "user.manage", "manage users")
+    name, role = _name(name), _role(role)
     with transaction(svc.factory) as s:
-        repo.set_role(s, (name or "").strip(), role, actor=actor.name, reason=reason)
-    return AdminUpdate(message=f"{name.strip()} is now {role}", kind="ok", rows=_user_rows(svc))
+        repo.set_role(s, name, role, actor=actor.name, reason=reason)
+    return AdminUpdate(message=f"{name} is now {role}", kind="ok", rows=_user_rows(svc))
 
 
 @safe(_admin_error)

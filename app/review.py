@@ -2,7 +2,8 @@
 and the signed decision (approve / reject, signed by re-entering the password).
 
 Audit events
-  approve / reject -> review.approve / review.reject; a wrong password -> signature.failed
+  approve / reject -> review.approve / review.reject; a wrong password -> signature.failed;
+  a review the sign-off rules refuse (a draft, the reviewer's own work) -> review.refused
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from app.common import Refused, as_int, safe, short
 from app.services import Services
 from app.state import ReviewState
 from storage import repository as repo
+from storage import signoff
 from storage.audit import AuditFilter, append_event, list_events
 from storage.db import transaction
 
@@ -106,10 +108,9 @@ def sign_review(svc: Services, username: str | None, rstate: ReviewState | None,
         svc.guard.failed(actor.name)
         raise Refused("the password is not right: the signature was not applied")
     svc.guard.succeeded(actor.name)
-    with transaction(svc.factory) as s:
-        repo.record_review(s, document_id=rstate.document_id, actor=actor.name, decision=decision,
-                           expected_version=rstate.document_version, reason=reason or None,
-                           signature_meaning=SIGNATURE_MEANINGS[decision], signature_method="password re-entry")
+    signoff.sign(svc.factory, document_id=rstate.document_id, actor=actor.name, decision=decision,
+                 expected_version=rstate.document_version, reason=reason or None,
+                 signature_meaning=SIGNATURE_MEANINGS[decision], signature_method="password re-entry")
     verb = "approved" if decision == "approve" else "rejected"
     return ReviewUpdate(message=f"document {rstate.document_id} {verb} and signed", kind="ok", queue=_queue(svc),
                         state=ReviewState(), document_html="", history_html="")

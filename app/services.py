@@ -161,9 +161,12 @@ def load_templates(svc: Services, folder: Path = TEMPLATES_DIR) -> int:
 def ensure_admin(svc: Services, *, env: str = ADMIN_PASSWORD_ENV) -> str | None:
     """On a database without users, create user "admin" with the role that may manage users (so
     that it can add the others). Its password comes from $env or is generated; returns the
-    generated one-time password (None if none was generated or a user already existed)."""
+    generated one-time password (None if none was generated or a user already existed).
+    ValidationError, naming the variable, when $env is set to a password that breaks the rules."""
     from storage import repository as repo
+    from storage import validate
     from storage.db import transaction
+    from storage.errors import ValidationError
     from storage.models import ROLES
 
     role = next(r for r in ROLES if repo.can(r, "user.manage"))
@@ -171,7 +174,13 @@ def ensure_admin(svc: Services, *, env: str = ADMIN_PASSWORD_ENV) -> str | None:
         if repo.list_users(s):
             return None
         given = os.environ.get(env)
-        password = given or secrets.token_urlsafe(12)
+        password = given or secrets.token_urlsafe(12)  # 16 characters: keeps validate.PASSWORD_RULES
+        if given:
+            try:
+                validate.password(given, ADMIN_NAME)
+            except ValidationError as e:
+                raise ValidationError(f"${env} cannot be the admin's password: {e} (the rules: "
+                                      f"{validate.PASSWORD_RULES})") from None
         repo.create_user(s, ADMIN_NAME, role, password, actor="system", reason="first start: no users yet")
     return None if given else password
 

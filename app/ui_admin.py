@@ -14,7 +14,7 @@ from storage.models import ROLES
 
 
 def _outputs(up: AdminUpdate) -> list[Any]:
-    return [message(up.message, up.kind), keep(up.rows)]
+    return [message(up.message, up.kind), keep(up.rows), keep(up.allow_self_review)]
 
 
 class AdminTab:
@@ -23,22 +23,27 @@ class AdminTab:
     def __init__(self, svc: Services) -> None:
         self.svc = svc
         with gr.Tab("Admin", id="admin", visible=False) as self.tab:
-            self.msg = gr.HTML("")
+            self.msg = gr.HTML("", elem_id="dd-admin-msg")
             self.users = gr.Dataframe(headers=admin.USER_HEADERS, interactive=False, label="Users")
             with gr.Row():
-                self.name = gr.Textbox(label="User", max_length=64)
-                self.role = gr.Dropdown(list(ROLES), value=ROLES[0], label="Role")
-                self.password = gr.Textbox(label="Password (new users)", type="password")
+                self.name = gr.Textbox(label="User", info=admin.NAME_RULES, elem_id="dd-admin-name")
+                self.role = gr.Dropdown(list(ROLES), value=ROLES[0], label="Role", allow_custom_value=False,
+                                        filterable=False, elem_id="dd-admin-role")
+                self.password = gr.Textbox(label="Password (new users)", type="password", info=admin.PASSWORD_RULES,
+                                           elem_id="dd-admin-password")
                 self.reason = gr.Textbox(label="Reason (role changes, disabling)", max_length=500)
             with gr.Row():
-                self.add_btn = gr.Button("Add user", size="sm", variant="primary")
+                self.add_btn = gr.Button("Add user", size="sm", variant="primary", elem_id="dd-admin-add")
                 self.role_btn = gr.Button("Change role", size="sm")
                 self.disable_btn = gr.Button("Disable", size="sm")
                 self.enable_btn = gr.Button("Enable", size="sm")
+            with gr.Row():
+                self.self_review = gr.Checkbox(value=False, label=admin.SELF_REVIEW_LABEL, elem_id="dd-self-review")
+                self.self_review_btn = gr.Button("Save review setting", size="sm", elem_id="dd-self-review-save")
         self._wire()
 
     def _wire(self) -> None:
-        svc, outs = self.svc, [self.msg, self.users]
+        svc, outs = self.svc, [self.msg, self.users, self.self_review]
 
         def do_users(request: gr.Request) -> list[Any]:
             return _outputs(admin.list_users(svc, user_of(request)))
@@ -65,3 +70,9 @@ class AdminTab:
             return _outputs(admin.set_enabled(svc, user_of(request), n, True, reason))
 
         self.enable_btn.click(do_enable, [self.name, self.reason], outs, api_name="enable_user", **UNDOCUMENTED)
+
+        def do_self_review(allow: bool, request: gr.Request) -> list[Any]:
+            return _outputs(admin.set_self_review(svc, user_of(request), allow))
+
+        self.self_review_btn.click(do_self_review, [self.self_review], outs, api_name="set_self_review",
+                                   **UNDOCUMENTED)

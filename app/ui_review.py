@@ -20,24 +20,25 @@ class ReviewTab:
         self.svc = svc
         self.state = state  # the session's ReviewState
         with gr.Tab("Review", id="review", visible=False) as self.tab:
-            self.msg = gr.HTML("")
+            self.msg = gr.HTML("", elem_id="dd-review-msg")
             with gr.Row():
                 self.queue = gr.Dataframe(headers=review.QUEUE_HEADERS, interactive=False, wrap=True,
                                           label="Awaiting review")
             with gr.Row():
                 self.refresh_btn = gr.Button("Refresh", size="sm")
-                self.document = gr.Number(label="Document", precision=0, minimum=1)
-                self.open_btn = gr.Button("Open", size="sm")
+                self.document = gr.Number(label="Document", precision=0, minimum=1, elem_id="dd-review-doc")
+                self.open_btn = gr.Button("Open", size="sm", elem_id="dd-review-open")
             self.doc_view = gr.HTML("")
             with gr.Accordion("History", open=False):
                 self.history = gr.HTML("")
             with gr.Row():
                 self.decision = gr.Radio(["approve", "reject"], value="approve", label="Decision")
                 self.reason = gr.Textbox(label="Reason (required to reject)", scale=2, max_length=2000)
-                self.password = gr.Textbox(label="Password (signs the decision)", type="password")
+                self.password = gr.Textbox(label="Password (signs the decision)", type="password",
+                                           elem_id="dd-review-password")
             gr.Markdown("**Meaning of the signature.** Approve: *" + review.SIGNATURE_MEANINGS["approve"] +
                         "* Reject: *" + review.SIGNATURE_MEANINGS["reject"] + "*")
-            self.sign_btn = gr.Button("Sign", variant="primary")
+            self.sign_btn = gr.Button("Sign", variant="primary", elem_id="dd-review-sign")
         self.outputs = [self.msg, self.queue, self.doc_view, self.history, self.state]
         self._wire()
 

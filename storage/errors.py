@@ -59,3 +59,20 @@ class DatabaseReadOnly(DatabaseUnavailable):
 
 class AuditRefused(StorageError):
     """The database refused to UPDATE or DELETE an audit event (the append-only trigger fired)."""
+
+
+class ReviewRefused(StorageError):
+    """A sign-off rule refused an approve / reject: the document is not awaiting review, or the
+    reviewer wrote or changed it. Carries what the refusal's audit event (review.refused) records;
+    the caller writes that event in a transaction of its own (storage.signoff does both)."""
+
+    def __init__(self, message: str, *, rule: str, document_id: int, version: int, decision: str, actor: str,
+                 role: str, status: str) -> None:
+        self.rule = rule
+        self.document_id = document_id
+        self.version = version
+        self.decision = decision
+        self.actor = actor
+        self.role = role
+        self.status = status
+        super().__init__(message)

@@ -18,6 +18,8 @@ Glossary
   review      approve / reject of a document version, with reason and an electronic signature
               (signature_meaning, signed_by, signed_at UTC, signature_method)
   export      one file written from the audit trail
+  setting     one admin setting: key -> value as canonical JSON text (storage.repository.settings
+              says which keys exist, their types and defaults); a key without a row has its default
   audit_event one row of the append-only hash chain (see storage/audit.py); audit_head holds the
               chain's last seq and hash so that cutting the tail is noticed too
 Timestamps are UTC and come back timezone-aware on SQLite and PostgreSQL alike.
@@ -272,6 +274,15 @@ class Export(Base):
     path: Mapped[str] = mapped_column(Text)
     sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Setting(Base):
+    __tablename__ = "settings"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)  # canonical JSON text, e.g. "true"
+    updated_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class AuditEvent(Base):

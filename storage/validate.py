@@ -14,8 +14,10 @@ MAX_TITLE_CHARS = 200
 MAX_TEMPLATE_CHARS = 100_000
 MAX_DOCUMENT_CHARS = 1_000_000
 MAX_EDIT_CHARS = 20_000
-MIN_PASSWORD_CHARS = 8
-MAX_PASSWORD_CHARS = 1_024
+MIN_PASSWORD_CHARS = 12
+MAX_PASSWORD_CHARS = 256
+PASSWORD_RULES = (f"at least {MIN_PASSWORD_CHARS} characters, at most {MAX_PASSWORD_CHARS}, not only spaces, "
+                  "and not the user name")
 SYSTEM_ACTOR = "system"  # the identity of CLIs and start-up code; never a login
 
 _USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$")
@@ -82,11 +84,20 @@ def text(value: str, what: str, *, max_chars: int, allow_empty: bool = False) ->
     return value
 
 
-def password(value: str) -> str:
-    if not isinstance(value, str) or len(value) < MIN_PASSWORD_CHARS:
-        raise ValidationError(f"the password must be at least {MIN_PASSWORD_CHARS} characters long")
+def password(value: str, name: str | None = None) -> str:
+    """A password that keeps the rules (PASSWORD_RULES); `name` is the user it is for, when known."""
+    if not isinstance(value, str):
+        raise ValidationError("the password must be text")
+    if len(value) < MIN_PASSWORD_CHARS:
+        raise ValidationError(f"the password is {len(value)} characters long; at least {MIN_PASSWORD_CHARS} "
+                              "are needed")
     if len(value) > MAX_PASSWORD_CHARS:
-        raise ValidationError(f"the password is longer than {MAX_PASSWORD_CHARS} characters")
+        raise ValidationError(f"the password is {len(value)} characters long; at most {MAX_PASSWORD_CHARS} "
+                              "are allowed")
+    if not value.strip():
+        raise ValidationError("the password is only spaces: use letters, digits or other characters too")
+    if name is not None and value.strip().casefold() == name.casefold():
+        raise ValidationError("the password must not be the user name")
     return value
 
 

@@ -7,6 +7,7 @@
   db_url         parametrised: sqlite, and postgres (marked `postgres`)
   factory        engine + session factory on db_url, with the users of storage_fixtures.USERS
   cheap_argon2   Argon2id with tiny cost parameters (production keeps argon2-cffi's defaults)
+  draft          on `factory`: a template, a document from it (by olga) and a run with three steps
 """
 
 from __future__ import annotations
@@ -72,6 +73,22 @@ def factory(db_url: str, cheap_argon2: None) -> Iterator[sessionmaker[Session]]:
     sf.seed_users(f)
     yield f
     engine.dispose()
+
+
+@pytest.fixture
+def draft(factory):
+    """A template, a document from it and a run with three steps of 12 tokens."""
+    from storage import repository as repo
+    from storage.db import transaction
+
+    with transaction(factory) as s:
+        t = repo.create_template(s, actor="maya", name="inspection", body="Finding: {{slot:12}}")
+        d = repo.create_document(s, actor="olga", title="Pump 7", template_id=t.id, text="The pump leaks oil.")
+        r = repo.create_run(s, document_id=d.id, actor="olga", model_id="sfdlm-tiny", model_checksum="ab" * 32,
+                            seed=7, sampler_settings={"steps": 3, "schedule": "cosine"})
+        for i in range(3):
+            repo.record_step(s, r.id, i, [100 + i] * 12, [0.25 * i] * 12, t=1 - i / 3)
+        return {"template": t.id, "document": d.id, "run": r.id}
 
 
 # ---------------------------------------------------------------- app fixtures (added by the app issue)

@@ -72,3 +72,31 @@ def test_admin_password_from_the_environment(app_services, monkeypatch, tmp_path
 @pytest.mark.parametrize("path", ["shift_handover.txt"])
 def test_template_names(path):
     assert services.template_name(Path(path)) == "Shift handover"
+
+
+def test_admin_password_from_the_environment_must_keep_the_rules(app_services, monkeypatch, tmp_path):
+    from storage import repository as repo
+    from storage.errors import ValidationError
+
+    monkeypatch.setenv(services.ADMIN_PASSWORD_ENV, "        ")
+    fresh = services.build_services(app_services.model_dir, data_dir=tmp_path / "weak", login_delay_s=0.0)
+    try:
+        with pytest.raises(ValidationError, match=f"\\${services.ADMIN_PASSWORD_ENV} cannot be the admin's "
+                                                  "password: the password is 8 characters long; at least 12"):
+            services.ensure_admin(fresh)
+        with fresh.reader() as s:
+            assert repo.list_users(s) == []
+    finally:
+        fresh.close()
+
+
+def test_weak_admin_password_at_start_is_one_clear_line(app_services, monkeypatch, tmp_path, capsys):
+    from app.__main__ import main
+
+    monkeypatch.setenv(services.ADMIN_PASSWORD_ENV, "admin")
+    for name in ("GRADIO_ANALYTICS_ENABLED", "HF_HUB_OFFLINE", "GRADIO_TEMP_DIR", "NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(name, "")  # main() sets these for the server; restored after the test
+    assert main(["--model", str(app_services.model_dir), "--data-dir", str(tmp_path / "start")]) == 2
+    err = capsys.readouterr().err
+    assert f"error: ${services.ADMIN_PASSWORD_ENV} cannot be the admin's password" in err
+    assert "Traceback" not in err and err.count("\n") == 1

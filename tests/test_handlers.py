@@ -250,6 +250,23 @@ def test_accept_review_sign_and_audit(app_services):
         assert a in acts
 
 
+def test_review_screen_refuses_own_drafts_and_drafts_not_accepted(app_services):
+    svc = app_services
+    own = run_to_end(start(svc, user="alice", steps=3))[-1].state
+    pending = run_to_end(start(svc, user="olga", steps=3, seed=2))[-1].state  # complete, never accepted
+    assert draft.accept(svc, "alice", own).kind == "ok"
+    for doc_id, words in ((own.document_id, f"alice may not review document {own.document_id}: they created it"),
+                          (pending.document_id, f"document {pending.document_id} is a draft: its author must accept")):
+        opened = review.open_review(svc, "alice", doc_id)
+        refused = review.sign_review(svc, "alice", opened.state, "approve", "", sf.PASSWORD)
+        assert refused.kind == "error" and words in refused.message and "Traceback" not in refused.message
+    assert actions(svc).count("review.refused") == 2
+    with svc.reader() as s:
+        assert repo.list_reviews(s, own.document_id) == [] and repo.list_reviews(s, pending.document_id) == []
+    opened = review.open_review(svc, "bob", own.document_id)
+    assert review.sign_review(svc, "bob", opened.state, "approve", "", sf.PASSWORD).kind == "ok"
+
+
 def test_audit_screen_is_for_managers(app_services, tmp_path):
     from storage.export import read_frame
 

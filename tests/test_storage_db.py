@@ -217,7 +217,7 @@ def test_concurrent_migrations_on_postgres(postgres_url):
 
 def test_storage_does_not_import_engine_or_gradio():
     code = ("import sys, storage.db, storage.models, storage.repository, storage.audit, storage.export, "
-            "storage.users, storage.migrations, storage.__main__; "
+            "storage.users, storage.migrations, storage.signoff, storage.__main__; "
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('engine', 'gradio', 'torch')); "
             "print(bad); sys.exit(1 if bad else 0)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
@@ -279,18 +279,19 @@ def test_a_database_at_0001_is_upgraded_with_its_rows(empty_db_url, cheap_argon2
                 " VALUES (:d, 1, 'reject', 'no location', 2, :ts)"), {"d": doc_id, "ts": ts})
         capsys.readouterr()
         assert main(["migrate", "--db-url", url]) == 0
-        assert "schema 0001 -> 0002" in capsys.readouterr().out
-        assert current_revision(engine) == head_revision() == "0002"
+        assert f"schema 0001 -> {head_revision()}" in capsys.readouterr().out
+        assert current_revision(engine) == head_revision()
         require_current(engine)
         with engine.connect() as conn:
             assert compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata) == []
         with transaction(factory) as s:
             (old,) = repo.list_reviews(s, doc_id)
+            assert repo.get_setting(s, repo.ALLOW_SELF_REVIEW) is False  # 0003: no settings row, the default
             assert (old.decision, old.reason, old.signature_meaning, old.signed_by, old.signed_at) == (
                 "reject", "no location", None, None, None)
             assert [p.text for p in repo.active_pins(s, run_id=run_id)] == ["kept"]
-            repo.update_document(s, doc_id, actor="olga", expected_version=1, status="draft", text="new")
-            repo.record_run_edit(s, document_id=doc_id, actor="bob", run_id=run_id, step_index=0, span_start=0,
+            repo.update_document(s, doc_id, actor="olga", expected_version=1, status="awaiting_review", text="new")
+            repo.record_run_edit(s, document_id=doc_id, actor="alice", run_id=run_id, step_index=0, span_start=0,
                                  span_end=1, old_text="a", new_text="a b c", new_n_tokens=3, reason="longer")
             review = repo.record_review(s, document_id=doc_id, actor="bob", decision="approve", expected_version=2,
                                         signature_meaning="approved as reviewed and correct")

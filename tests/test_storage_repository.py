@@ -1,5 +1,6 @@
-"""repository.py: users and logins, templates, documents with optimistic locking, runs and
-steps (compact, branchable), pins, edits, reviews, QA feedback. SQLite and PostgreSQL."""
+"""repository: templates, documents with optimistic locking, runs and steps (compact,
+branchable), pins, edits, QA feedback. Users are in test_storage_accounts.py, reviews in
+test_storage_reviews.py. SQLite and PostgreSQL. The `draft` fixture is in conftest.py."""
 
 from __future__ import annotations
 
@@ -14,11 +15,10 @@ from sqlalchemy import func, select
 
 import storage_fixtures as sf
 from storage import repository as repo
-from storage.repository import accounts
 from storage.audit import verify_chain
 from storage.db import transaction
 from storage.errors import NotFound, PermissionDenied, StaleWrite, ValidationError
-from storage.models import AuditEvent, Edit, Pin, Review, Step, User, utcnow
+from storage.models import AuditEvent, Edit, Pin, Step, utcnow
 
 
 APPROVED = "approved as reviewed and correct"
@@ -32,97 +32,6 @@ def _n_events(factory) -> int:
 def _rows(factory, table) -> int:
     with sf.reader(factory)() as s:
         return s.scalar(select(func.count()).select_from(table))
-
-
-@pytest.fixture
-def draft(factory):
-    """A template, a document from it and a run with three steps of 12 tokens."""
-    with transaction(factory) as s:
-        t = repo.create_template(s, actor="maya", name="inspection", body="Finding: {{slot:12}}")
-        d = repo.create_document(s, actor="olga", title="Pump 7", template_id=t.id, text="The pump leaks oil.")
-        r = repo.create_run(s, document_id=d.id, actor="olga", model_id="sfdlm-tiny", model_checksum="ab" * 32,
-                            seed=7, sampler_settings={"steps": 3, "schedule": "cosine"})
-        for i in range(3):
-            repo.record_step(s, r.id, i, [100 + i] * 12, [0.25 * i] * 12, t=1 - i / 3)
-        return {"template": t.id, "document": d.id, "run": r.id}
-
-
-# ---------------------------------------------------------------- users
-
-
-def test_users_passwords_and_logins(factory):
-    with sf.reader(factory)() as s:
-        alice = repo.get_user(s, "alice")
-        assert alice.password_hash.startswith("$argon2id$") and sf.PASSWORD not in alice.password_hash
-    with transaction(factory) as s:
-        assert repo.authenticate(s, "alice", "wrong password") is None
-        assert repo.authenticate(s, "alice", "wrong again!") is None
-    with sf.reader(factory)() as s:
-        alice = repo.get_user(s, "alice")
-        assert alice.failed_logins == 2 and alice.last_failed_login_at is not None
-    with transaction(factory) as s:
-        user = repo.authenticate(s, "alice", sf.PASSWORD)
-        assert user is not None and user.name == "alice" and user.failed_logins == 0
-        assert repo.authenticate(s, "nobody", sf.PASSWORD) is None
-        assert repo.authenticate(s, "", "") is None and repo.authenticate(s, "alice", None) is None
-        repo.disable_user(s, "bob", actor="adam", reason="left the company")
-        assert repo.authenticate(s, "bob", sf.PASSWORD) is None
-    with sf.reader(factory)() as s:
-        actions = list(s.scalars(select(AuditEvent.action).where(AuditEvent.action.like("login%")).order_by(AuditEvent.seq)))
-        assert actions == ["login.failed", "login.failed", "login", "login.failed", "login.failed", "login.failed",
-                           "login.failed"]
-
-
-def test_default_hasher_is_argon2id():
-    from argon2 import Type
-
-    assert accounts._hasher.type is Type.ID and accounts._hasher.memory_cost >= 64 * 1024  # KiB
-
-
-@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # pure input checks: PostgreSQL adds nothing
-@pytest.mark.parametrize(
-    "name, role, password, error, words",
-    [
-        ("carl", "wizard", "long enough", ValidationError, "unknown role 'wizard'"),
-        ("", "operator", "long enough", ValidationError, "user name is required"),
-        ("x" * 65, "operator", "long enough", ValidationError, "at most 64"),
-        ("bad name", "operator", "long enough", ValidationError, "may hold only"),
-        ("system", "operator", "long enough", ValidationError, "reserved"),
-        ("alice", "operator", "long enough", ValidationError, "already exists"),
-        ("carl", "operator", "short", ValidationError, "at least 8"),
-    ],
-)
-def test_bad_users_are_refused(factory, name, role, password, error, words):
-    before = (_rows(factory, User), _n_events(factory))
-    with pytest.raises(error, match=words), transaction(factory) as s:
-        repo.create_user(s, name, role, password)
-    assert (_rows(factory, User), _n_events(factory)) == before
-
-
-def test_roles_and_permissions(factory, draft):
-    with transaction(factory) as s:
-        repo.set_role(s, "bob", "manager", actor="adam", reason="promoted")
-    cases = [
-        ("olga", lambda s: repo.add_pin(s, document_id=draft["document"], actor="olga", run_id=draft["run"],
-                                        step_index=0, span_start=0, span_end=1, text="x"), "operator and may not pin"),
-        ("alice", lambda s: repo.set_role(s, "olga", "admin", actor="alice", reason="why not"), "may not manage users"),
-        ("nobody", lambda s: repo.create_document(s, actor="nobody", title="t"), "unknown user 'nobody'"),
-        ("system", lambda s: repo.create_document(s, actor="system", title="t"), "system actor may not"),
-    ]
-    for _, call, words in cases:
-        with pytest.raises((PermissionDenied, NotFound), match=words), transaction(factory) as s:
-            call(s)
-    with transaction(factory) as s:
-        repo.disable_user(s, "alice", actor="adam", reason="on leave")
-    with pytest.raises(PermissionDenied, match="disabled"), transaction(factory) as s:
-        repo.create_document(s, actor="alice", title="t")
-    for bad_reason in ("", " ", "r" * 2001):
-        with pytest.raises(ValidationError), transaction(factory) as s:
-            repo.set_role(s, "olga", "reviewer", actor="adam", reason=bad_reason)
-    with sf.reader(factory)() as s:
-        assert repo.get_user(s, "olga").role == "operator"
-        assert repo.get_user(s, "bob").role == "manager"
-        assert verify_chain(s).ok
 
 
 # ---------------------------------------------------------------- documents and optimistic locking
@@ -498,62 +407,6 @@ def test_text_edits_change_the_document_with_a_version_check(factory, draft):
     assert (_rows(factory, Edit), _n_events(factory)) == before
     with sf.reader(factory)() as s:
         assert repo.get_document(s, doc_id).text == "The valve leaks oil."
-
-
-# ---------------------------------------------------------------- reviews
-
-
-def test_reviews(factory, draft):
-    doc_id = draft["document"]
-    with pytest.raises(ValidationError, match="reason for rejecting is required"), transaction(factory) as s:
-        repo.record_review(s, document_id=doc_id, actor="alice", decision="reject", expected_version=1,
-                           signature_meaning=APPROVED)
-    with pytest.raises(ValidationError, match="approve or reject"), transaction(factory) as s:
-        repo.record_review(s, document_id=doc_id, actor="alice", decision="maybe", expected_version=1,
-                           signature_meaning=APPROVED)
-    with pytest.raises(PermissionDenied, match="may not approve"), transaction(factory) as s:
-        repo.record_review(s, document_id=doc_id, actor="olga", decision="approve", expected_version=1,
-                           signature_meaning=APPROVED)
-    assert _rows(factory, Review) == 0
-    with transaction(factory) as s:
-        repo.record_review(s, document_id=doc_id, actor="alice", decision="reject", expected_version=1,
-                           reason="the finding lacks a location", signature_meaning="rejected")
-    with pytest.raises(ValidationError, match="is rejected"), transaction(factory) as s:
-        repo.record_review(s, document_id=doc_id, actor="bob", decision="approve", expected_version=2,
-                           signature_meaning=APPROVED)
-    with sf.reader(factory)() as s:
-        doc = repo.get_document(s, doc_id)
-        (review,) = repo.list_reviews(s, doc_id)
-        assert (doc.status, review.decision, review.document_version) == ("rejected", "reject", 1)
-        ev = s.scalars(select(AuditEvent).where(AuditEvent.action == "review.reject")).one()
-        assert ev.reason == "the finding lacks a location" and ev.actor == "alice"
-
-
-def test_reviews_carry_an_electronic_signature(factory, draft):
-    doc_id = draft["document"]
-    for meaning, method, words in (("", "password re-entry", "meaning of the signature is empty"),
-                                   (None, "password re-entry", "meaning of the signature is required"),
-                                   (APPROVED, "", "signature method is empty"),
-                                   (APPROVED, "x" * 65, "at most 64")):
-        with pytest.raises(ValidationError, match=words), transaction(factory) as s:
-            repo.record_review(s, document_id=doc_id, actor="bob", decision="approve", expected_version=1,
-                               signature_meaning=meaning, signature_method=method)
-    assert _rows(factory, Review) == 0
-    before = utcnow()
-    with transaction(factory) as s:
-        repo.record_review(s, document_id=doc_id, actor="bob", decision="approve", expected_version=1,
-                           reason="checked against the photos", signature_meaning=APPROVED)
-    with sf.reader(factory)() as s:
-        (review,) = repo.list_reviews(s, doc_id)
-        assert (review.reason, review.signature_meaning, review.signed_by, review.signature_method) == (
-            "checked against the photos", APPROVED, "bob", "password re-entry")
-        assert review.signed_at.tzinfo is not None and before <= review.signed_at <= utcnow()
-        ev = s.scalars(select(AuditEvent).where(AuditEvent.action == "review.approve")).one()
-        assert ev.reason == "checked against the photos"
-        signature = json.loads(ev.new_value)["signature"]
-        assert signature == {"meaning": APPROVED, "signed_by": "bob", "method": "password re-entry",
-                             "signed_at": review.signed_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")}
-        assert verify_chain(s).ok
 
 
 # ---------------------------------------------------------------- QA feedback

@@ -94,10 +94,16 @@ def test_password_comes_from_a_prompt_never_the_command_line(url, capsys, monkey
         (["add", "bad name", "--role", "operator"], "may hold only"),
         (["set-role", "ann", "reviewer", "--reason", "r", "--actor", "ann"], "may not manage users"),
         (["set-role", "ann", "reviewer", "--reason", "r", "--actor", "nobody"], "unknown user 'nobody'"),
+        (["add", "zoe", "--role", "operator", "--password-env", "SPACES_PW"], "8 characters long; at least 12"),
+        (["add", "zoe", "--role", "operator", "--password-env", "BLANK_PW"], "only spaces"),
+        (["passwd", "ann", "--password-env", "SPACES_PW"], "at least 12"),
+        (["add", "z" * 65, "--role", "operator"], "65 characters long; at most 64"),
     ],
 )
 def test_bad_requests_exit_2_with_a_message_and_change_nothing(url, capsys, monkeypatch, argv, words):
     monkeypatch.setenv("DIFFDRAFT_PASSWORD", "ann's password")
+    monkeypatch.setenv("SPACES_PW", " " * 8)
+    monkeypatch.setenv("BLANK_PW", " " * 12)
     assert main(["add", "ann", "--role", "operator", "--db-url", url]) == 0
     capsys.readouterr()
     assert main([*argv, "--db-url", url]) == 2

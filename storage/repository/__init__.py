@@ -10,17 +10,17 @@ Glossary
   span        [span_start, span_end): token positions in a run's step, or character positions in a
               document's text (edit unit "char")
   step bytes  token ids as little-endian int32, confidences as little-endian float16  # (L,) each
-Errors: NotFound, ValidationError, PermissionDenied, StaleWrite (all StorageError).
+Errors: NotFound, ValidationError, PermissionDenied, StaleWrite, ReviewRefused (all StorageError).
 
 One module per concept: roles, accounts (users and passwords), templates, documents, runs (and
-their steps), pins, edits, reviews, feedback; positions holds the rule for where positions and
+their steps), pins, edits, reviews, settings, feedback; positions holds the rule for where positions and
 pins go after a length-changing edit. Import the names from here:
 `from storage import repository as repo; repo.create_run(...)`.
 """
 
 from __future__ import annotations
 
-from storage.errors import NotFound, PermissionDenied, StaleWrite, StorageError, ValidationError
+from storage.errors import NotFound, PermissionDenied, ReviewRefused, StaleWrite, StorageError, ValidationError
 from storage.repository.roles import PERMISSIONS, ActorRef, can, require
 from storage.repository.accounts import (
     hash_password,
@@ -61,7 +61,8 @@ from storage.repository.runs import (
 )
 from storage.repository.pins import add_pin, add_term_pins, remove_pin, active_pins
 from storage.repository.edits import record_run_edit, record_text_edit, list_edits
-from storage.repository.reviews import SIGNATURE_METHOD, record_review, list_reviews
+from storage.repository.reviews import SIGNATURE_METHOD, authorship, record_review, record_refusal, list_reviews
+from storage.repository.settings import ALLOW_SELF_REVIEW, SETTINGS, get_setting, set_setting
 from storage.repository.feedback import (
     NO_RUN,
     NO_TEMPLATE,
@@ -73,7 +74,7 @@ from storage.repository.feedback import (
 )
 
 __all__ = [
-    "StorageError", "NotFound", "ValidationError", "PermissionDenied", "StaleWrite", "PERMISSIONS",
+    "StorageError", "NotFound", "ValidationError", "PermissionDenied", "StaleWrite", "ReviewRefused", "PERMISSIONS",
     "ActorRef", "can", "require", "hash_password", "verify_password", "set_password_hasher", "create_user",
     "get_user", "find_user", "list_users", "set_role", "disable_user", "enable_user", "set_password",
     "authenticate", "create_template", "get_template", "get_template_by_name", "list_templates",
@@ -81,6 +82,8 @@ __all__ = [
     "StepData", "encode_token_ids", "encode_confidences", "decode_token_ids", "decode_confidences",
     "create_run", "get_run", "list_runs", "set_run_status", "record_step", "get_step", "list_steps",
     "last_step", "add_pin", "add_term_pins", "remove_pin", "active_pins", "record_run_edit",
-    "record_text_edit", "list_edits", "SIGNATURE_METHOD", "record_review", "list_reviews", "FeedbackCount",
-    "FeedbackGroup", "feedback_counts", "EditPair", "edit_pairs", "NO_RUN", "NO_TEMPLATE",
+    "record_text_edit", "list_edits", "SIGNATURE_METHOD", "record_review", "record_refusal", "authorship",
+    "list_reviews", "FeedbackCount",
+    "FeedbackGroup", "feedback_counts", "EditPair", "edit_pairs", "NO_RUN", "NO_TEMPLATE", "ALLOW_SELF_REVIEW",
+    "SETTINGS", "get_setting", "set_setting",
 ]

@@ -41,13 +41,14 @@ def verify_password(password_hash: str, password: str) -> bool:
 
 def create_user(session: Session, name: str, role: str, password: str, *, actor: ActorRef = SYSTEM_ACTOR,
                 reason: str | None = None) -> User:
-    """A new enabled user with an Argon2id password hash."""
+    """A new enabled user with an Argon2id password hash; the password keeps validate.PASSWORD_RULES."""
     by = require(session, actor, "user.manage")
     validate.user_name(name)
     validate.role(role)
     reason = validate.reason(reason, required=False)
     if find_user(session, name) is not None:
         raise ValidationError(f"user {name!r} already exists")
+    validate.password(password, name)
     user = User(name=name, role=role, password_hash=hash_password(password), disabled=False, failed_logins=0)
     session.add(user)
     session.flush()
@@ -116,6 +117,7 @@ def set_password(session: Session, name: str, password: str, *, actor: ActorRef,
     acting_name = actor.name if isinstance(actor, User) else actor
     by = require(session, actor, "user.manage") if acting_name != name else get_user(session, name)
     user = get_user(session, name)
+    validate.password(password, name)
     user.password_hash = hash_password(password)
     user.failed_logins = 0
     session.flush()

@@ -1,6 +1,11 @@
-"""Reviews: a signed approve / reject decision on a document.
+"""Reviews: a signed approve / reject decision on a document, and the sign-off rules.
 
 Part of storage.repository (see its docstring for the glossary); Session first, never commits.
+
+Sign-off rules (each refusal raises ReviewRefused, which record_refusal turns into an audit event)
+  status  only a document awaiting review (accepted by its author) can be approved or rejected
+  author  nobody reviews a document they created, or one in which they started a run, edited or
+          pinned, unless the admin setting allow_self_review is on
 """
 
 from __future__ import annotations
@@ -10,13 +15,55 @@ from sqlalchemy.orm import Session
 
 from storage import validate
 from storage.audit import append_event
-from storage.errors import ValidationError
-from storage.models import REVIEW_DECISIONS, Review, utcnow
-from storage.repository.roles import ActorRef, _who, require
+from storage.errors import ReviewRefused, ValidationError
+from storage.models import REVIEW_DECISIONS, Document, Edit, Pin, Review, Run, User, utcnow
 from storage.repository.documents import _lock_document
+from storage.repository.roles import ActorRef, _who, require
+from storage.repository.settings import ALLOW_SELF_REVIEW, get_setting
 
 
 SIGNATURE_METHOD = "password re-entry"
+
+
+def authorship(session: Session, doc: Document, user: User) -> list[str]:
+    """What `user` did to the document that makes them one of its authors ([] when nothing):
+    "created it", "started run 3" (or "runs 3, 5"), "edited it", "pinned text in it"."""
+    done = ["created it"] if doc.created_by_id == user.id else []
+    runs = list(session.scalars(select(Run.id).where(Run.document_id == doc.id, Run.started_by_id == user.id)
+                                .order_by(Run.id).limit(6)))
+    if runs:
+        listed = ", ".join(str(r) for r in runs[:5]) + (", ..." if len(runs) > 5 else "")
+        done.append(f"started run{'s' if len(runs) > 1 else ''} {listed}")
+    for table, what in ((Edit, "edited it"), (Pin, "pinned text in it")):
+        hit = session.scalar(select(table.id).where(table.document_id == doc.id, table.created_by_id == user.id)
+                             .limit(1))
+        if hit is not None:
+            done.append(what)
+    return done
+
+
+def _check_sign_off(session: Session, doc: Document, by: User, decision: str, version: int) -> bool:
+    """ReviewRefused unless the sign-off rules allow `by` to review `doc`; True when `by` is one of
+    its authors and allow_self_review let them review it."""
+
+    def refuse(rule: str, message: str) -> ReviewRefused:
+        return ReviewRefused(message, rule=rule, document_id=doc.id, version=version, decision=decision,
+                             actor=by.name, role=by.role, status=doc.status)
+
+    if doc.status == "draft":
+        raise refuse("status", f"document {doc.id} is a draft: its author must accept it before it can be "
+                               "reviewed")
+    if doc.status != "awaiting_review":
+        raise refuse("status", f"document {doc.id} is {doc.status.replace('_', ' ')}: only documents awaiting "
+                               "review can be approved or rejected")
+    done = authorship(session, doc, by)
+    if not done:
+        return False
+    if get_setting(session, ALLOW_SELF_REVIEW):
+        return True
+    raise refuse("author", f"{by.name} may not review document {doc.id}: they {', '.join(done)}. Another "
+                           "reviewer must sign it off (an admin can allow reviewers to review drafts they "
+                           "wrote or edited)")
 
 
 def record_review(session: Session, *, document_id: int, actor: ActorRef, decision: str, expected_version: int,
@@ -24,8 +71,9 @@ def record_review(session: Session, *, document_id: int, actor: ActorRef, decisi
                   reason: str | None = None) -> Review:
     """Approve or reject (reason required) the version the reviewer read, signed: the review row and
     its audit event carry what the signature means (e.g. "approved as reviewed and correct"), who
-    signed (the actor), when (UTC) and how (e.g. "password re-entry"; the caller checks it).
-    StaleWrite if the document changed."""
+    signed (the actor), when (UTC) and how (e.g. "password re-entry"; the caller checks it), each in
+    its own field; the reason holds only the reviewer's words. StaleWrite if the document changed;
+    ReviewRefused if a sign-off rule (see the module docstring) refuses it."""
     by = require(session, actor, "review")
     assert by is not None
     if decision not in REVIEW_DECISIONS:
@@ -38,9 +86,7 @@ def record_review(session: Session, *, document_id: int, actor: ActorRef, decisi
     if len(method) > 64:
         raise ValidationError(f"the signature method is {len(method)} characters long; at most 64 are allowed")
     doc = _lock_document(session, document_id, expected_version)
-    if doc.status not in ("draft", "awaiting_review"):
-        raise ValidationError(f"document {doc.id} is {doc.status}: only drafts and documents awaiting review "
-                              "can be reviewed")
+    self_review = _check_sign_off(session, doc, by, decision, expected_version)
     old_status = doc.status
     now = utcnow()
     doc.status = "approved" if decision == "approve" else "rejected"
@@ -50,12 +96,22 @@ def record_review(session: Session, *, document_id: int, actor: ActorRef, decisi
                     signature_method=method)
     session.add(review)
     session.flush()
+    new = {"status": doc.status, "version": doc.version, "review_id": review.id,
+           "signature": {"meaning": meaning, "signed_by": by.name, "signed_at": now, "method": method}}
+    if self_review:
+        new["self_review"] = True
     append_event(session, *_who(by), f"review.{decision}", "document", doc.id,
-                 old={"status": old_status, "version": expected_version},
-                 new={"status": doc.status, "version": doc.version, "review_id": review.id,
-                      "signature": {"meaning": meaning, "signed_by": by.name, "signed_at": now, "method": method}},
-                 reason=reason)
+                 old={"status": old_status, "version": expected_version}, new=new, reason=reason)
     return review
+
+
+def record_refusal(session: Session, refused: ReviewRefused) -> None:
+    """The audit event of a refused review (review.refused): the rule in new, its message as reason.
+    Write it in a transaction of its own: the one that tried the review is rolled back."""
+    append_event(session, refused.actor, refused.role, "review.refused", "document", refused.document_id,
+                 new={"decision": refused.decision, "rule": refused.rule, "status": refused.status,
+                      "version": refused.version},
+                 reason=str(refused))
 
 
 def list_reviews(session: Session, document_id: int) -> list[Review]:

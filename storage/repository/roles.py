@@ -22,7 +22,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "reviewer": _DRAFTING | {"pin", "edit", "review"},
     "manager": frozenset({"template.create", "audit.read", "export", "feedback.read"}),
     "admin": _DRAFTING | {"pin", "edit", "review", "template.create", "audit.read", "export", "feedback.read",
-                          "user.manage"},
+                          "user.manage", "settings.manage"},
 }
 if set(PERMISSIONS) != set(ROLES):  # one list of roles: storage.models.ROLES
     raise RuntimeError(f"PERMISSIONS covers {sorted(PERMISSIONS)}, storage.models.ROLES is {sorted(ROLES)}")
@@ -32,7 +32,7 @@ _WHAT = {
     "run.step": "record steps", "run.status": "pause, finish or discard runs", "pin": "pin tokens",
     "edit": "edit drafts", "review": "approve or reject drafts", "template.create": "create templates",
     "audit.read": "read the audit trail", "export": "export the audit trail", "feedback.read": "read QA feedback",
-    "user.manage": "manage users",
+    "user.manage": "manage users", "settings.manage": "change settings",
 }
 
 
