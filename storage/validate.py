@@ -25,6 +25,13 @@ _IDENT = re.compile(r"^[a-z][a-z0-9_.]*$")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # all C0 controls except \t \n \r
 
 
+def _no_surrogate(value: str, what: str) -> None:
+    """Text the database and the audit hash can encode: no unpaired surrogate (U+D800..U+DFFF)."""
+    bad = next((c for c in value if 0xD800 <= ord(c) <= 0xDFFF), None)
+    if bad is not None:
+        raise ValidationError(f"{what} holds an unpaired surrogate (U+{ord(bad):04X}), which is not a character")
+
+
 def reason(value: str | None, *, required: bool, what: str = "reason") -> str | None:
     """None (when not required) or a non-blank string of at most MAX_REASON_CHARS."""
     if value is None:
@@ -38,6 +45,7 @@ def reason(value: str | None, *, required: bool, what: str = "reason") -> str | 
         raise ValidationError(f"the {what} is empty: say why (or leave it out where it is optional)")
     if len(stripped) > MAX_REASON_CHARS:
         raise ValidationError(f"the {what} is {len(stripped)} characters long; at most {MAX_REASON_CHARS} are allowed")
+    _no_surrogate(stripped, f"the {what}")
     if _CONTROL.search(stripped):
         raise ValidationError(f"the {what} contains control characters")
     return stripped
@@ -81,6 +89,7 @@ def text(value: str, what: str, *, max_chars: int, allow_empty: bool = False) ->
         raise ValidationError(f"{what} is {len(value)} characters long; at most {max_chars} are allowed")
     if "\x00" in value:
         raise ValidationError(f"{what} contains a NUL character")
+    _no_surrogate(value, what)
     return value
 
 
