@@ -31,7 +31,7 @@ class AdminTab:
                                         filterable=False, elem_id="dd-admin-role")
                 self.password = gr.Textbox(label="Password (new users)", type="password", info=admin.PASSWORD_RULES,
                                            elem_id="dd-admin-password")
-                self.reason = gr.Textbox(label="Reason (role changes, disabling)", max_length=500)
+                self.reason = gr.Textbox(label="Reason (role changes, disabling; at most 2,000 characters)")
             with gr.Row():
                 self.add_btn = gr.Button("Add user", size="sm", variant="primary", elem_id="dd-admin-add")
                 self.role_btn = gr.Button("Change role", size="sm")

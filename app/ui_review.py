@@ -33,7 +33,7 @@ class ReviewTab:
                 self.history = gr.HTML("")
             with gr.Row():
                 self.decision = gr.Radio(["approve", "reject"], value="approve", label="Decision")
-                self.reason = gr.Textbox(label="Reason (required to reject)", scale=2, max_length=2000)
+                self.reason = gr.Textbox(label="Reason (required to reject; at most 2,000 characters)", scale=2)
                 self.password = gr.Textbox(label="Password (signs the decision)", type="password",
                                            elem_id="dd-review-password")
             gr.Markdown("**Meaning of the signature.** Approve: *" + review.SIGNATURE_MEANINGS["approve"] +
