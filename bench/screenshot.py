@@ -3,8 +3,8 @@
     python -m bench.screenshot [--model DIR] [--out docs/screenshot.png] [--template NAME] [--seed N]
 
 Launches the app on a temporary data folder, logs in as a reviewer, starts a template draft at
-the page's default (watch) pace, pins two tokens and locks a term while it streams, and saves the
-page when the draft has a few steps left. Needs Debian's chromium (/usr/bin/chromium).
+the page's default (watch) pace, pins two tokens a third of the way and locks a term two thirds
+of the way while it streams, and saves the page when the draft has a few steps left. Needs Debian's chromium (/usr/bin/chromium).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.screenshot", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="assets/model", help="model folder (default assets/model)")
     p.add_argument("--out", default="docs/screenshot.png", help="PNG to write (default docs/screenshot.png)")
-    p.add_argument("--template", default="Service difficulty report", help="template to draft")
-    p.add_argument("--seed", type=int, default=4, help="seed of the draft (default 4)")
-    p.add_argument("--term", default="corrosion", help="term to lock while it streams (default corrosion)")
+    p.add_argument("--template", default="Corrective action", help="template to draft (default Corrective action)")
+    p.add_argument("--seed", type=int, default=1, help="seed of the draft (default 1)")
+    p.add_argument("--term", default="iaw amm", help="term to lock while it streams (default \"iaw amm\")")
     args = p.parse_args(argv)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             for k in (6, 20):
                 page.locator(FREE).nth(k).element_handle().click()
                 time.sleep(0.3)
+            _wait_step(page, 2 * total // 3)  # the term is written by then
             page.locator("#dd-term input, #dd-term textarea").first.fill(args.term)
             page.locator("#dd-lock").click()
             _wait_step(page, total - 6)

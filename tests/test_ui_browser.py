@@ -1,7 +1,8 @@
 """A real browser (Debian's chromium through Playwright) on the launched app: log in, generate,
-pause, click a token to pin it and see it marked, type an edit, resume, save a screenshot.
+pause, click a token to pin it and see it marked, type an edit, resume, take a screenshot of the
+page (tiny model; the README's screenshot of the shipped model is python -m bench.screenshot).
 
-DIFFDRAFT_SCREENSHOT=docs/screenshot.png also writes the screenshot there (the README shows it)."""
+DIFFDRAFT_SCREENSHOT=FILE also writes the screenshot there."""
 
 from __future__ import annotations
 
