@@ -23,6 +23,8 @@ from storage.export import export_audit as write_export
 from storage.models import ROLES
 
 FORMATS = ("csv", "xlsx", "parquet", "json")
+CHART_DAYS = 30  # the QA charts cover this many days back
+NO_DATA = "No data yet"
 AUDIT_HEADERS = ["seq", "when (UTC)", "user", "role", "action", "object", "document", "template", "old", "new",
                  "reason"]
 
@@ -44,6 +46,7 @@ class AuditUpdate:
     kind: str = "info"
     rows: list[list[Any]] | None = None
     charts: dict[str, Any] | None = None
+    chart_notes: dict[str, str] | None = None  # per chart: why it is empty, or "" when it has bars
     file: str | None = None
 
 
@@ -75,7 +78,7 @@ def audit_filter(svc: Services, q: AuditQuery) -> AuditFilter:
     if role is not None and role not in ROLES:
         raise Refused(f"unknown role {role!r}")
     doc = None
-    if q.document not in (None, ""):
+    if q.document not in (None, "", 0, "0"):  # empty or 0: every document
         doc = as_int(q.document, "document", 1, 2**62)
     since = _parse_day(q.since, "from")
     until = _parse_day(q.until, "until")
@@ -100,14 +103,20 @@ def audit_table(svc: Services, username: str | None, q: AuditQuery, limit: int =
 
 
 @safe(_audit_error)
-def feedback_charts(svc: Services, username: str | None, days: int = 30) -> AuditUpdate:
-    """Frames for the QA charts: events per day, edits per template, edits per term, pin rate per model."""
+def feedback_charts(svc: Services, username: str | None, days: int = CHART_DAYS) -> AuditUpdate:
+    """Frames for the QA charts: events per day, edits per template, edits per term, pin rate per
+    model; a chart without rows gets a note saying so (NO_DATA), the others an empty note."""
     require_permission(svc, username, "feedback.read", "read QA feedback")
     require_screen(svc, username, "audit")
     since = datetime.now(timezone.utc) - timedelta(days=days)
     with svc.reader() as s:
         charts = reports.feedback_frames(s, since=since)
-    return AuditUpdate(message="QA feedback updated", charts=charts)
+    empty = {"per_day": f"{NO_DATA}: no audit events in the last {days} days",
+             "per_template": f"{NO_DATA}: nobody has pinned or edited a draft",
+             "per_term": f"{NO_DATA}: nobody has pinned or edited a term",
+             "pin_rate": f"{NO_DATA}: no runs"}
+    notes = {name: empty[name] if len(frame) == 0 else "" for name, frame in charts.items()}
+    return AuditUpdate(message="QA feedback updated", charts=charts, chart_notes=notes)
 
 
 @safe(_audit_error)
