@@ -2,18 +2,31 @@
 
 from __future__ import annotations
 
+import html
 from typing import Any
 
 import gradio as gr
 
 from app import audit
 from app.audit import AuditQuery
+from app.export_links import LINK_TTL, Link
 from app.services import Services
 from app.ui_common import UNDOCUMENTED, keep, message, user_of
 
 # the trail's columns (audit.AUDIT_HEADERS), in pixels: 1360 in all, the page's width less its padding
 TRAIL_WIDTHS = [60, 150, 90, 90, 130, 110, 95, 95, 200, 200, 140]
 CHARTS = ("per_day", "per_template", "per_term", "pin_rate")
+
+
+def export_link_html(link: Link | None) -> str:
+    """The export's download link, its file name and how long it works; "" without a link."""
+    if link is None:
+        return ""
+    name = html.escape(link.filename)
+    minutes = int(LINK_TTL.total_seconds() // 60)
+    return (f'<div class="dd-export-link"><a href="{html.escape(link.url)}" download="{name}">⤓ {name}</a> '
+            f'<span class="dd-export-note">works for {minutes} minutes (until {link.expires:%H:%M} UTC), '
+            'for you and admins only</span></div>')
 
 
 def _chart(frame: Any, note: str | None) -> Any:
@@ -48,7 +61,10 @@ class AuditTab:
                 self.verify_btn = gr.Button("Verify trail", size="sm")
                 self.fmt = gr.Radio(list(audit.FORMATS), value="csv", label="Export as", min_width=240)
                 self.export_btn = gr.Button("Export", size="sm", elem_id="dd-audit-export-btn")
-                self.export_file = gr.File(label="Export", interactive=False, height=60)
+            minutes = int(LINK_TTL.total_seconds() // 60)
+            self.export_link = gr.HTML(f'<span class="dd-export-note">An export is a file for you (and admins) '
+                                       f'only; its link works for {minutes} minutes.</span>',
+                                       elem_id="dd-audit-export")
             self.verify_out = gr.HTML("")
             self.trail = gr.Dataframe(headers=audit.AUDIT_HEADERS, interactive=False, wrap=True, label="Audit trail",
                                       max_height=420, column_widths=TRAIL_WIDTHS, elem_id="dd-audit-trail")
@@ -83,9 +99,9 @@ class AuditTab:
         def do_export(u: Any, r: Any, a: Any, d: Any, t: Any, s: Any, e: Any, f: str,
                       request: gr.Request) -> list[Any]:
             up = audit.export_audit(svc, user_of(request), _query(u, r, a, d, t, s, e), f)
-            return [message(up.message, up.kind), up.file]
+            return [message(up.message, up.kind), export_link_html(up.link)]
 
-        self.export_btn.click(do_export, self.filters + [self.fmt], [self.msg, self.export_file], api_name="export",
+        self.export_btn.click(do_export, self.filters + [self.fmt], [self.msg, self.export_link], api_name="export",
                               **UNDOCUMENTED)
 
         def do_verify(request: gr.Request) -> str:
