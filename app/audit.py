@@ -6,7 +6,6 @@ storage.reports.
 from __future__ import annotations
 
 import secrets
-import shutil
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 
 from app.auth import require_permission, require_screen
 from app.common import Refused, as_int, safe, short
+from app.export_links import Link, link_for
 from app.services import Services
 from storage import reports
 from storage import repository as repo
@@ -23,6 +23,8 @@ from storage.export import export_audit as write_export
 from storage.models import ROLES
 
 FORMATS = ("csv", "xlsx", "parquet", "json")
+CHART_DAYS = 30  # the QA charts cover this many days back
+NO_DATA = "No data yet"
 AUDIT_HEADERS = ["seq", "when (UTC)", "user", "role", "action", "object", "document", "template", "old", "new",
                  "reason"]
 
@@ -44,7 +46,9 @@ class AuditUpdate:
     kind: str = "info"
     rows: list[list[Any]] | None = None
     charts: dict[str, Any] | None = None
-    file: str | None = None
+    chart_notes: dict[str, str] | None = None  # per chart: why it is empty, or "" when it has bars
+    file: str | None = None  # the export on the server (private: fetched through `link`)
+    link: Link | None = None
 
 
 def _audit_error(message: str) -> AuditUpdate:
@@ -75,7 +79,7 @@ def audit_filter(svc: Services, q: AuditQuery) -> AuditFilter:
     if role is not None and role not in ROLES:
         raise Refused(f"unknown role {role!r}")
     doc = None
-    if q.document not in (None, ""):
+    if q.document not in (None, "", 0, "0"):  # empty or 0: every document
         doc = as_int(q.document, "document", 1, 2**62)
     since = _parse_day(q.since, "from")
     until = _parse_day(q.until, "until")
@@ -100,40 +104,49 @@ def audit_table(svc: Services, username: str | None, q: AuditQuery, limit: int =
 
 
 @safe(_audit_error)
-def feedback_charts(svc: Services, username: str | None, days: int = 30) -> AuditUpdate:
-    """Frames for the QA charts: events per day, edits per template, edits per term, pin rate per model."""
+def feedback_charts(svc: Services, username: str | None, days: int = CHART_DAYS) -> AuditUpdate:
+    """Frames for the QA charts: events per day, edits per template, edits per term, pin rate per
+    model; a chart without rows gets a note saying so (NO_DATA), the others an empty note."""
     require_permission(svc, username, "feedback.read", "read QA feedback")
     require_screen(svc, username, "audit")
     since = datetime.now(timezone.utc) - timedelta(days=days)
     with svc.reader() as s:
         charts = reports.feedback_frames(s, since=since)
-    return AuditUpdate(message="QA feedback updated", charts=charts)
+    empty = {"per_day": f"{NO_DATA}: no audit events in the last {days} days",
+             "per_template": f"{NO_DATA}: nobody has pinned or edited a draft",
+             "per_term": f"{NO_DATA}: nobody has pinned or edited a term",
+             "pin_rate": f"{NO_DATA}: no runs"}
+    notes = {name: empty[name] if len(frame) == 0 else "" for name, frame in charts.items()}
+    return AuditUpdate(message="QA feedback updated", charts=charts, chart_notes=notes)
+
+
+def export_name(fmt: str, now: datetime) -> str:
+    """audit-2026-12-05T1412Z-3fa9c1.csv: what, when (UTC, to the minute), a random part, format."""
+    return f"audit-{now.astimezone(timezone.utc):%Y-%m-%dT%H%MZ}-{secrets.token_hex(3)}.{fmt}"
 
 
 @safe(_audit_error)
 def export_audit(svc: Services, username: str | None, q: AuditQuery, fmt: str) -> AuditUpdate:
-    """Write the filtered trail (role-checked; the export is itself an audit event) and hand back a copy."""
+    """Write the filtered trail to the private exports folder (role-checked; the export is itself an
+    audit event) and hand back a download link only its maker and admins can use, for LINK_TTL."""
     actor = require_permission(svc, username, "export", "export the audit trail")
     require_screen(svc, username, "audit")
     if fmt not in FORMATS:
         raise Refused(f"choose one of {', '.join(FORMATS)}")
     f = audit_filter(svc, q)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    target = svc.exports_dir / f"audit-{stamp}-{secrets.token_hex(3)}.{fmt}"
+    now = datetime.now(timezone.utc)
+    target = svc.exports_dir / export_name(fmt, now)
     record = None
     try:
         with transaction(svc.factory) as s:
             record = write_export(s, target, fmt, actor=actor.name, filters=f)
-            rows = record.row_count
+            rows, export_id, path = record.row_count, record.id, record.path
     except BaseException:
         if record is not None:
             Path(record.path).unlink(missing_ok=True)
         raise
-    folder = svc.temp_dir / secrets.token_hex(8)
-    folder.mkdir(parents=True)
-    copy = folder / target.name
-    shutil.copyfile(target, copy)
-    return AuditUpdate(message=f"exported {rows} event(s) as {fmt.upper()}", kind="ok", file=str(copy))
+    return AuditUpdate(message=f"exported {rows} event(s) as {fmt.upper()}", kind="ok", file=path,
+                       link=link_for(export_id, path, now=now))
 
 
 @safe(_audit_error)

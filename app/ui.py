@@ -14,6 +14,7 @@ import gradio as gr
 from app import audit, draft
 from app.auth import gradio_auth
 from app.common import whoami
+from app.export_links import export_route
 from app.services import Services
 from app.state import DraftState, ReviewState
 from app.ui_admin import AdminTab
@@ -65,7 +66,9 @@ def build_ui(svc: Services) -> gr.Blocks:
 
 def launch_kwargs(svc: Services, *, host: str = "127.0.0.1", port: int | None = 7860) -> dict[str, Any]:
     """Blocks.launch arguments of a hardened server: no share link, no monitoring, no API page,
-    no run history, a small upload limit, login against the storage users."""
+    no run history, a small upload limit, login against the storage users. The exports folder is
+    blocked for Gradio's file route; exports are fetched through the app's own route,
+    `GET /exports/{token}` (app.export_links), which checks who is asking."""
     css = CSS_PATH.read_text(encoding="utf-8") if CSS_PATH.is_file() else None
     return dict(
         server_name=host,
@@ -86,4 +89,5 @@ def launch_kwargs(svc: Services, *, host: str = "127.0.0.1", port: int | None = 
         theme=gr.themes.Soft(primary_hue="indigo", neutral_hue="slate", font=["system-ui", "sans-serif"]),
         allowed_paths=[],
         blocked_paths=[str(svc.exports_dir)],
+        app_kwargs={"routes": [export_route(svc)]},
     )

@@ -25,12 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from storage import validate
 from storage.audit import AuditFilter, add_db_args, append_event, filtered, format_ts
 from storage.errors import StorageError, ValidationError
-from storage.models import EXPORT_FORMATS, AuditEvent, Export
+from storage.models import EXPORT_FORMATS, AuditEvent, Export, User
 from storage.repository import edit_pairs, feedback_counts, require
 
 AUDIT_COLUMNS: tuple[str, ...] = (
@@ -201,6 +202,13 @@ def export_audit(session: Session, path: str | os.PathLike[str], fmt: str | None
     finally:
         tmp.unlink(missing_ok=True)
     return record
+
+
+def find_export(session: Session, export_id: int) -> tuple[Export, str] | None:
+    """An export row and the name of the user who made it; None if there is no such export."""
+    row = session.execute(select(Export, User.name).join(User, User.id == Export.actor_id)
+                          .where(Export.id == export_id)).first()
+    return (row[0], row[1]) if row is not None else None
 
 
 # ---------------------------------------------------------------- CLI

@@ -1,5 +1,5 @@
 """What the QA charts and the audit screen's filter lists read: Session-first queries, the charts
-as pandas frames (the columns gr.BarPlot draws).
+as pandas frames (the columns gr.BarPlot draws: the first is text, the others numbers).
 
 Glossary
   per_day       audit events per calendar day (the database's date of the UTC timestamp)
@@ -11,6 +11,7 @@ Glossary
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import pandas as pd
 from sqlalchemy import func, select
@@ -48,13 +49,20 @@ def feedback_frames(session: Session, *, since: datetime, top_terms: int = TOP_T
     runs = runs_per_model(session)
     pins = pins_per_model(session)
     return {
-        "per_day": pd.DataFrame(per_day, columns=["day", "events"]),
-        "per_template": pd.DataFrame([(r.key, r.edits, r.pins) for r in by_template],
-                                     columns=["template", "edits", "pins"]),
-        "per_term": pd.DataFrame([(r.key, r.edits, r.pins) for r in by_term], columns=["term", "edits", "pins"]),
-        "pin_rate": pd.DataFrame([(m, pins.get(m, 0) / n if n else 0.0, n) for m, n in runs.items()],
-                                 columns=["model", "pins per run", "runs"]),
+        "per_day": _frame(per_day, {"day": "string", "events": "int64"}),
+        "per_template": _frame([(r.key, r.edits, r.pins) for r in by_template],
+                               {"template": "string", "edits": "int64", "pins": "int64"}),
+        "per_term": _frame([(r.key, r.edits, r.pins) for r in by_term],
+                           {"term": "string", "edits": "int64", "pins": "int64"}),
+        "pin_rate": _frame([(m, pins.get(m, 0) / n if n else 0.0, n) for m, n in runs.items()],
+                           {"model": "string", "pins per run": "float64", "runs": "int64"}),
     }
+
+
+def _frame(rows: list[tuple[Any, ...]], dtypes: dict[str, str]) -> pd.DataFrame:
+    """Rows as a frame with these columns and dtypes, also when there are no rows: the first column
+    is text (a chart draws it as categories, even a day or a number-like term), the others numbers."""
+    return pd.DataFrame(rows, columns=list(dtypes)).astype(dtypes)
 
 
 def audit_actions(session: Session) -> list[str]:

@@ -3,8 +3,10 @@ resume, accept, export as a manager (and be refused as a reviewer)."""
 
 from __future__ import annotations
 
+import re
 import time
 
+import httpx
 import pytest
 import storage_fixtures as sf
 
@@ -76,11 +78,18 @@ def test_draft_pin_edit_resume_accept_export(live_app, tmp_path):
     assert "awaits review" in out[0]
 
     refused = alice.predict(None, None, None, None, None, "", "", "csv", api_name="/export")
-    assert "may not export" in refused[0] and refused[1] is None
+    assert "may not export" in refused[0] and "href" not in refused[1]
 
     maya = client(url, "maya")
-    msg, path = maya.predict(None, None, None, None, None, "", "", "xlsx", api_name="/export")
+    msg, link = maya.predict(None, None, None, None, None, "", "", "xlsx", api_name="/export")
     assert "exported" in msg, msg
+    href = re.search(r'href="(exports/[^"]+)"', link).group(1)
+    with httpx.Client(base_url=url, timeout=30, trust_env=False) as web:
+        assert web.post("login", data={"username": "maya", "password": sf.PASSWORD}).status_code == 200
+        got = web.get(href)
+    assert got.status_code == 200, got.text
+    path = tmp_path / "export.xlsx"
+    path.write_bytes(got.content)
     df = read_frame(path, "xlsx")
     acts = set(df["action"])
     assert {"login", "run.start", "pin.add", "edit", "run.paused", "run.running", "document.update"} <= acts
