@@ -27,7 +27,10 @@ TOKEN_JS = r"""
 const FLAG = {p: 'pinned', m: 'template', e: 'edited', c: 'changed', s: 'special'};
 let shown = {step: 0, layout: 0};
 let press = null;
+let held = false, pending = false;  // while a button is down over the draft, the text holds still
 function draw() {
+  if (held) { pending = true; return; }
+  pending = false;
   const v = props.value || {};
   const root = element.querySelector('.dd-tokens');
   const cap = element.querySelector('.dd-caption');
@@ -59,7 +62,13 @@ function posOf(node) {
 }
 // a press names the token under the pointer as it was shown then (position, step, layout);
 // the server pins that token even if the draft moved on before the button came up
+function release() {
+  held = false;
+  if (pending) draw();
+}
+document.addEventListener('mouseup', () => setTimeout(release, 0));
 element.addEventListener('mousedown', (ev) => {
+  held = true;
   const s = ev.target.closest ? ev.target.closest('span[data-pos]') : null;
   press = s && element.contains(s) ? {pos: Number(s.dataset.pos), step: shown.step, layout: shown.layout,
                                       x: ev.clientX, y: ev.clientY} : null;

@@ -164,20 +164,13 @@ def main(argv: list[str] | None = None) -> int:
 
     server_first: list[float] = []
     if args.server:
-        import socket
-
         from gradio_client import Client
 
-        from app.ui import build_ui, launch_kwargs
+        from bench.live_app import launch
 
-        demo = build_ui(svc)
-        demo.queue()
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        demo.launch(prevent_thread_lock=True, **launch_kwargs(svc, port=port))
+        demo, url = launch(svc)
         try:
-            c = Client(f"http://127.0.0.1:{port}/", auth=("bench", "bench password 123"), analytics_enabled=False,
+            c = Client(url, auth=("bench", "bench password 123"), analytics_enabled=False,
                        verbose=False)
             for r in range(args.runs + 1):
                 t0 = time.perf_counter()

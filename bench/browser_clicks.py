@@ -10,8 +10,6 @@ shows a pin within 15 s counts as lost.
 
 from __future__ import annotations
 
-import re
-import socket
 import time
 from typing import Any
 
@@ -43,14 +41,9 @@ def measure(svc: Any, user: tuple[str, str], runs: int, clicks: int) -> dict[str
     in each of `runs` template drafts at the default pace; returns the latencies (ms) and counts."""
     from playwright.sync_api import sync_playwright
 
-    from app.ui import build_ui, launch_kwargs
+    from bench.live_app import launch, login
 
-    demo = build_ui(svc)
-    demo.queue()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    demo.launch(prevent_thread_lock=True, **launch_kwargs(svc, port=port))
+    demo, url = launch(svc)
     latencies: list[float] = []
     pressed = shown = 0
     try:
@@ -58,11 +51,7 @@ def measure(svc: Any, user: tuple[str, str], runs: int, clicks: int) -> dict[str
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1050})
             page.set_default_timeout(60_000)
-            page.goto(f"http://127.0.0.1:{port}/")
-            page.get_by_label(re.compile("username", re.I)).fill(user[0])
-            page.get_by_label(re.compile("password", re.I)).fill(user[1])
-            page.get_by_role("button", name=re.compile("login", re.I)).click()
-            page.locator("#dd-generate").wait_for()
+            login(page, url, *user)
             page.evaluate(INSTALL)
             for r in range(runs):
                 page.locator("#dd-view input, #dd-generate").first.wait_for()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import tempfile
 import time
@@ -34,12 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     if not available():
         print(f"python -m bench.screenshot: error: {CHROMIUM} is missing (apt-get install chromium)", file=sys.stderr)
         return 2
-    import socket
-
     from playwright.sync_api import sync_playwright
 
     from app.services import build_services
-    from app.ui import build_ui, launch_kwargs
+    from bench.live_app import launch, login
     from storage import repository as repo
     from storage.db import transaction
 
@@ -47,22 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     svc = build_services(Path(args.model), data_dir=tmp / "data", login_delay_s=0.0)
     with transaction(svc.factory) as s:
         repo.create_user(s, "rita", "reviewer", "screenshot password 1")
-    demo = build_ui(svc)
-    demo.queue()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    demo.launch(prevent_thread_lock=True, **launch_kwargs(svc, port=port))
+    demo, url = launch(svc)
     try:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.set_default_timeout(60_000)
-            page.goto(f"http://127.0.0.1:{port}/")
-            page.get_by_label(re.compile("username", re.I)).fill("rita")
-            page.get_by_label(re.compile("password", re.I)).fill("screenshot password 1")
-            page.get_by_role("button", name=re.compile("login", re.I)).click()
-            page.locator("#dd-generate").wait_for()
+            login(page, url, "rita", "screenshot password 1")
             page.get_by_label("Template").fill(args.template)
             page.get_by_label("Template").press("Enter")
             page.get_by_label("Seed").fill(str(args.seed))

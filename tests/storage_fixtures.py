@@ -190,3 +190,11 @@ def reader(factory: sessionmaker[Session]) -> sessionmaker[Session]:
     from storage.db import make_session_factory
 
     return make_session_factory(factory.kw["bind"], reads_only=True)
+
+
+def count_rows(factory: sessionmaker[Session], table: Any) -> int:
+    """How many rows `table` (a model class) holds, read through a read-only session."""
+    from sqlalchemy import func, select
+
+    with reader(factory)() as s:
+        return s.scalar(select(func.count()).select_from(table))

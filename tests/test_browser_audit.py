@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from browser_fixtures import login, page  # noqa: F401  (page is a fixture)
 
-from app import draft, export_links
+from app import draft, export_links, steering
 from app.state import DraftState
 
 pytestmark = pytest.mark.browser
@@ -27,8 +27,8 @@ def drafted_pinned_and_edited(svc) -> None:
     ups = [next(gen), next(gen)]  # mid-run: pins and edits apply to the next steps
     st = ups[-1].state
     free = [c["i"] for c in ups[-1].payload["cells"] if "m" not in c["k"]]
-    assert draft.toggle_pin(svc, "alice", st, free[0]).kind == "ok"
-    edited = draft.edit_span(svc, "alice", st, free[3], free[5], " hydraulic pump", "wrong part")
+    assert steering.toggle_pin(svc, "alice", st, free[0]).kind == "ok"
+    edited = steering.edit_span(svc, "alice", st, free[3], free[5], " hydraulic pump", "wrong part")
     assert edited.kind == "ok", edited.message
     assert list(gen)[-1].kind == "ok"
 

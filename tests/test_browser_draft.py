@@ -25,6 +25,12 @@ RECORD_PRESSES = """() => {
     if (s) window.__presses.push({pos: Number(s.dataset.pos), text: s.textContent});
   }, true);
 }"""
+RECORD_DRAG = """() => {
+  const at = (ev) => { const s = document.elementFromPoint(ev.clientX, ev.clientY);
+                       const t = s && s.closest('#dd-view span[data-pos]'); return t ? Number(t.dataset.pos) : null; };
+  document.addEventListener('mousedown', (ev) => { window.__drag = [at(ev)]; }, true);
+  document.addEventListener('mouseup', (ev) => { window.__drag.push(at(ev)); }, true);
+}"""
 FREE = "#dd-view .dd-tokens span.tok:not(.template):not(.pinned):not(.special):not(:empty)"
 
 
@@ -95,15 +101,17 @@ def test_a_selection_during_a_stream_fills_the_span_it_covers(live_app, page):
     svc.step_delay_s = 0.0
     login(page, url, "alice")
     _steps(page, 40)
+    page.evaluate(RECORD_DRAG)
     page.locator("#dd-generate").click()
     page.locator(FREE).nth(10).wait_for()
     a, b = page.locator(FREE).nth(4).element_handle(), page.locator(FREE).nth(6).element_handle()
-    pa, pb = int(a.get_attribute("data-pos")), int(b.get_attribute("data-pos"))
     ba, bb = a.bounding_box(), b.bounding_box()
     page.mouse.move(ba["x"] + 1, ba["y"] + ba["height"] / 2)
     page.mouse.down()
     page.mouse.move(bb["x"] + bb["width"] - 1, bb["y"] + bb["height"] / 2, steps=4)
     page.mouse.up()
+    drag = page.evaluate("window.__drag")
+    pa, pb = min(drag), max(drag)  # the tokens under the pointer at press and at release
     start, end = page.locator("#dd-span-start input"), page.locator("#dd-span-end input")
     try:
         page.wait_for_function("([s, e]) => document.querySelector('#dd-span-start input').value === String(s) && "

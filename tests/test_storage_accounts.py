@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 import storage_fixtures as sf
 from storage import repository as repo
@@ -15,13 +15,11 @@ from storage.models import AuditEvent, User
 
 
 def _n_events(factory) -> int:
-    with sf.reader(factory)() as s:
-        return s.scalar(select(func.count()).select_from(AuditEvent))
+    return sf.count_rows(factory, AuditEvent)
 
 
 def _rows(factory, table) -> int:
-    with sf.reader(factory)() as s:
-        return s.scalar(select(func.count()).select_from(table))
+    return sf.count_rows(factory, table)
 
 
 # ---------------------------------------------------------------- users

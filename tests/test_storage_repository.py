@@ -11,7 +11,7 @@ from datetime import timedelta
 
 import numpy as np
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 import storage_fixtures as sf
 from storage import repository as repo
@@ -25,13 +25,11 @@ APPROVED = "approved as reviewed and correct"
 
 
 def _n_events(factory) -> int:
-    with sf.reader(factory)() as s:
-        return s.scalar(select(func.count()).select_from(AuditEvent))
+    return sf.count_rows(factory, AuditEvent)
 
 
 def _rows(factory, table) -> int:
-    with sf.reader(factory)() as s:
-        return s.scalar(select(func.count()).select_from(table))
+    return sf.count_rows(factory, table)
 
 
 # ---------------------------------------------------------------- documents and optimistic locking

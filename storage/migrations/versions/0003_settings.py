@@ -5,7 +5,7 @@ settings: key (primary key), value, updated_by_id (-> users.id), updated_at
 
 Revision ID: 0003
 Revises: 0002
-Create Date: 2026-12-09
+Create Date: 2026-12-05
 """
 
 from __future__ import annotations
