@@ -44,6 +44,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"python -m app: error: --port must be 0..65535, got {args.port}", file=sys.stderr)
         return 2
     data_dir = Path(args.data_dir).expanduser().resolve()
+    # files the app writes (the SQLite database, exports, temporary files) are for its own user only
+    os.umask(0o077)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.chmod(0o700)
     # before gradio is imported: no telemetry, no hub, temporary files in the data folder
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     os.environ["HF_HUB_OFFLINE"] = "1"
@@ -54,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
-    from app.services import build_services, default_model_dir, ensure_admin
+    from app.services import ADMIN_PASSWORD_ENV, build_services, default_model_dir, ensure_admin
     from engine.checkpoint import CheckpointError
     from storage.errors import StorageError
 
@@ -76,6 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         svc.close()
         print(f"python -m app: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        os.environ.pop(ADMIN_PASSWORD_ENV, None)  # not left for the rest of the process to read
     if one_time:
         print(f"\nFirst start: created user 'admin' with the one-time password\n\n    {one_time}\n\n"
               "Log in and set a new password for it (python -m storage.users passwd admin); "

@@ -4,6 +4,7 @@ message that says what was wrong and what is allowed."""
 from __future__ import annotations
 
 import re
+import unicodedata
 
 from storage.errors import ValidationError
 from storage.models import ROLES
@@ -32,6 +33,12 @@ def _no_surrogate(value: str, what: str) -> None:
         raise ValidationError(f"{what} holds an unpaired surrogate (U+{ord(bad):04X}), which is not a character")
 
 
+def _visible(value: str) -> bool:
+    """Whether any character would show: not only format characters (zero-width spaces,
+    direction marks such as U+200B, U+202E) and whitespace."""
+    return any(not c.isspace() and unicodedata.category(c) != "Cf" for c in value)
+
+
 def reason(value: str | None, *, required: bool, what: str = "reason") -> str | None:
     """None (when not required) or a non-blank string of at most MAX_REASON_CHARS."""
     if value is None:
@@ -41,8 +48,9 @@ def reason(value: str | None, *, required: bool, what: str = "reason") -> str | 
     if not isinstance(value, str):
         raise ValidationError(f"the {what} must be text")
     stripped = value.strip()
-    if not stripped:
-        raise ValidationError(f"the {what} is empty: say why (or leave it out where it is optional)")
+    if not stripped or not _visible(stripped):
+        raise ValidationError(f"the {what} is empty or invisible: say why in words (or leave it out where it is "
+                              "optional)")
     if len(stripped) > MAX_REASON_CHARS:
         raise ValidationError(f"the {what} is {len(stripped)} characters long; at most {MAX_REASON_CHARS} are allowed")
     _no_surrogate(stripped, f"the {what}")

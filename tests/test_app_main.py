@@ -100,3 +100,11 @@ def test_weak_admin_password_at_start_is_one_clear_line(app_services, monkeypatc
     err = capsys.readouterr().err
     assert f"error: ${services.ADMIN_PASSWORD_ENV} cannot be the admin's password" in err
     assert "Traceback" not in err and err.count("\n") == 1
+    # the password is not left in the environment, and the data folder is for this user only
+    import os
+    import stat
+
+    assert services.ADMIN_PASSWORD_ENV not in os.environ
+    assert stat.S_IMODE((tmp_path / "start").stat().st_mode) == 0o700
+    db = next((tmp_path / "start").glob("*.sqlite3"))
+    assert stat.S_IMODE(db.stat().st_mode) & 0o077 == 0

@@ -105,3 +105,27 @@ def test_roles_and_permissions(factory, draft):
         assert repo.get_user(s, "olga").role == "operator"
         assert repo.get_user(s, "bob").role == "manager"
         assert verify_chain(s).ok
+
+
+def test_the_last_user_manager_cannot_be_demoted_or_disabled(factory):
+    with transaction(factory) as s:
+        with pytest.raises(ValidationError, match="last enabled user who can manage users"):
+            repo.set_role(s, "adam", "reviewer", actor="adam", reason="oops")
+    with transaction(factory) as s:
+        repo.create_user(s, "ada", "admin", sf.PASSWORD + "!", actor="adam", reason="second admin")
+    with transaction(factory) as s:
+        with pytest.raises(ValidationError, match="yourself"):
+            repo.disable_user(s, "adam", actor="adam", reason="leaving")
+        repo.disable_user(s, "adam", actor="ada", reason="leaving")
+    with transaction(factory) as s:
+        with pytest.raises(ValidationError, match="last enabled user"):
+            repo.set_role(s, "ada", "manager", actor="ada", reason="stepping down")
+    with sf.reader(factory)() as s:
+        assert repo.get_user(s, "ada").role == "admin"
+
+
+@pytest.mark.parametrize("reason", ["\u200b", "\u202e\u200b ", " \u2060 "])
+def test_a_reason_of_invisible_characters_is_refused(factory, reason):
+    with transaction(factory) as s:
+        with pytest.raises(ValidationError, match="empty or invisible"):
+            repo.disable_user(s, "olga", actor="adam", reason=reason)

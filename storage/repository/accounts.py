@@ -15,7 +15,7 @@ from storage.audit import append_event
 from storage.errors import NotFound, ValidationError
 from storage.models import User, utcnow
 from storage.validate import SYSTEM_ACTOR
-from storage.repository.roles import ActorRef, _who, require
+from storage.repository.roles import ActorRef, _who, can, require
 
 
 _hasher = PasswordHasher()  # Argon2id with argon2-cffi's defaults (RFC 9106 low-memory profile)
@@ -81,11 +81,22 @@ def set_role(session: Session, name: str, role: str, *, actor: ActorRef, reason:
     user = get_user(session, name)
     if user.role == role:
         raise ValidationError(f"user {name!r} already has role {role!r}")
+    _keep_an_admin(session, user, f"the role of {name!r} cannot change")
     old = user.role
     user.role = role
     session.flush()
     append_event(session, *_who(by), "user.set_role", "user", name, old={"role": old}, new={"role": role}, reason=reason)
     return user
+
+
+def _keep_an_admin(session: Session, user: User, what: str) -> None:
+    """Refuse to take away the last enabled user who may manage users (nobody could add or
+    restore one from the app afterwards)."""
+    if not can(user.role, "user.manage") or user.disabled:
+        return
+    managers = [u for u in list_users(session) if can(u.role, "user.manage") and not u.disabled]
+    if len(managers) <= 1:
+        raise ValidationError(f"{what}: {user.name!r} is the last enabled user who can manage users")
 
 
 def disable_user(session: Session, name: str, *, actor: ActorRef, reason: str) -> User:
@@ -104,6 +115,8 @@ def _set_disabled(session: Session, name: str, disabled: bool, actor: ActorRef, 
         raise ValidationError("you cannot disable yourself")
     if user.disabled == disabled:
         raise ValidationError(f"user {name!r} is already {'disabled' if disabled else 'enabled'}")
+    if disabled:
+        _keep_an_admin(session, user, f"{name!r} cannot be disabled")
     user.disabled = disabled
     session.flush()
     action = "user.disable" if disabled else "user.enable"
