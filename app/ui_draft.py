@@ -73,10 +73,21 @@ element.addEventListener('mousedown', (ev) => {
   press = s && element.contains(s) ? {pos: Number(s.dataset.pos), step: shown.step, layout: shown.layout,
                                       x: ev.clientX, y: ev.clientY} : null;
 });
+function posAt(ev) {
+  const n = document.elementFromPoint(ev.clientX, ev.clientY);
+  const s = n && n.closest ? n.closest('span[data-pos]') : null;
+  return s && element.contains(s) ? Number(s.dataset.pos) : null;
+}
 element.addEventListener('mouseup', (ev) => {
   const sel = window.getSelection();
   const p = press;
   press = null;
+  const moved = p && (Math.abs(ev.clientX - p.x) >= 8 || Math.abs(ev.clientY - p.y) >= 8);
+  const q = moved ? posAt(ev) : null;
+  if (moved && q !== null) {  // a drag: the tokens under the pointer at press and at release
+    trigger('select_span', {start: Math.min(p.pos, q), end: Math.max(p.pos, q) + 1, layout: p.layout});
+    return;
+  }
   if (sel && !sel.isCollapsed) {
     const a = posOf(sel.anchorNode), b = posOf(sel.focusNode);
     if (a !== null && b !== null) {
