@@ -20,6 +20,7 @@ from app.auth import SCREENS, AccessDenied, actor_for
 from engine.sampler import ConstraintError
 from engine.template import TemplateError
 from storage.errors import StorageError
+from storage.validate import unpaired_surrogate
 
 if TYPE_CHECKING:  # app.services builds the run registry (app.runs), which uses this module
     from app.services import Services
@@ -93,7 +94,7 @@ def as_text(value: Any, what: str, max_chars: int, *, strip: bool = True) -> str
         return ""
     if not isinstance(value, str):
         raise Refused(f"{what} must be text")
-    bad = next((c for c in value if 0xD800 <= ord(c) <= 0xDFFF), None)
+    bad = unpaired_surrogate(value)
     if bad is not None:
         raise Refused(f"{what} holds an unpaired surrogate (U+{ord(bad):04X}), which is not a character: "
                       "retype or paste it again")

@@ -219,7 +219,7 @@ def accept(svc: Services, username: str | None, state: DraftState | None) -> Dra
     with ctrl.lock:
         _finish_checks(ctrl)
         base = ctrl.base
-        if base is None or base.index < ctrl.total or (ctrl.branch_from is not None and ctrl.branch_from < ctrl.total):
+        if base is None or base.index < ctrl.total or (ctrl.branch_from is not None and not ctrl.refining):
             raise Refused("the draft is not complete: resume it to the last step first")
         text = _clean(svc.tokenizer.decode(base.tokens.tolist()))
         with transaction(svc.factory) as s:

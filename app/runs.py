@@ -108,6 +108,11 @@ class RunControl:
         self.generation += 1
 
     @property
+    def refining(self) -> bool:
+        """A complete draft was changed: Resume refines it, Accept takes it as it is."""
+        return self.branch_from is not None and self.branch_from >= self.total
+
+    @property
     def complete(self) -> bool:
         """The last step is on screen and no change waits for a refinement."""
         return self.base is not None and self.base.index >= self.total and self.branch_from is None
@@ -341,7 +346,7 @@ def branch(svc: Services, actor: Actor, old: RunControl) -> RunControl:
     k = old.branch_from
     assert k is not None and old.base is not None
     settings, base = dict(old.settings), old.base
-    if k >= old.total:
+    if old.refining:
         base = refine_start(old.base, old.held, max(1, round(old.total * REFINE_SHARE)))
         settings["refined_from_step"] = k
         k = base.index

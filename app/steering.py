@@ -40,7 +40,7 @@ def _editable(ctrl: RunControl) -> Step:
 def _when(ctrl: RunControl) -> str:
     if ctrl.streaming:
         return "in effect from the next step"
-    if ctrl.branch_from is not None and ctrl.branch_from >= ctrl.total:
+    if ctrl.refining:
         return "Resume refines the draft around it, or Accept takes it as it is"
     return "in effect when you resume"
 

@@ -26,9 +26,14 @@ _IDENT = re.compile(r"^[a-z][a-z0-9_.]*$")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # all C0 controls except \t \n \r
 
 
+def unpaired_surrogate(value: str) -> str | None:
+    """The first unpaired surrogate (U+D800..U+DFFF) in `value`, which neither the database nor the
+    audit hash can encode; None when there is none."""
+    return next((c for c in value if 0xD800 <= ord(c) <= 0xDFFF), None)
+
+
 def _no_surrogate(value: str, what: str) -> None:
-    """Text the database and the audit hash can encode: no unpaired surrogate (U+D800..U+DFFF)."""
-    bad = next((c for c in value if 0xD800 <= ord(c) <= 0xDFFF), None)
+    bad = unpaired_surrogate(value)
     if bad is not None:
         raise ValidationError(f"{what} holds an unpaired surrogate (U+{ord(bad):04X}), which is not a character")
 
