@@ -13,10 +13,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
-FREE = "#dd-view .dd-tokens span.tok:not(.template):not(.pinned):not(.special):not(:empty)"
+from bench.live_app import ARGS, CHROMIUM, FREE
 
 INSTALL = """() => {
   window.__clicks = [];

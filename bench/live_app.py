@@ -7,6 +7,14 @@ import re
 import socket
 from typing import Any
 
+# Debian's chromium (browsers cannot be downloaded); as root it needs --no-sandbox, and the rest keep
+# it from reaching for the network. The browser tests use the same (tests/browser_fixtures.py).
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+# free tokens of the draft view that can be pinned: not template text, not pinned, not noise, not empty
+FREE = "#dd-view .dd-tokens span.tok:not(.template):not(.pinned):not(.special):not(:empty)"
+
 
 def launch(svc: Any) -> tuple[Any, str]:
     """(the running gr.Blocks, its URL); call .close() on the first when done."""

@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
-    from bench.browser_clicks import ARGS, CHROMIUM, FREE, available
+    from bench.browser_clicks import available
+    from bench.live_app import ARGS, CHROMIUM, FREE
 
     if not available():
         print(f"python -m bench.screenshot: error: {CHROMIUM} is missing (apt-get install chromium)", file=sys.stderr)

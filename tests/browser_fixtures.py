@@ -9,9 +9,7 @@ import re
 import pytest
 import storage_fixtures as sf
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
+from bench.live_app import ARGS, CHROMIUM  # one set of browser flags for tests and benches
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from browser_fixtures import login, page  # noqa: F401  (page is a fixture)
 
 from sqlalchemy import func, select
 
+from bench.live_app import FREE
 from storage import repository as repo
 from storage.models import Run
 
@@ -31,7 +32,6 @@ RECORD_DRAG = """() => {
   document.addEventListener('mousedown', (ev) => { window.__drag = [at(ev)]; }, true);
   document.addEventListener('mouseup', (ev) => { window.__drag.push(at(ev)); }, true);
 }"""
-FREE = "#dd-view .dd-tokens span.tok:not(.template):not(.pinned):not(.special):not(:empty)"
 
 
 def _steps(page, n: int) -> None:
