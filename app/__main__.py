@@ -87,6 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               "Log in and set a new password for it (python -m storage.users passwd admin); "
               "it is not shown again.\n", flush=True)
 
+    from app.leases import LeaseKeeper
     from app.ui import build_ui, launch_kwargs
 
     demo = build_ui(svc)
@@ -94,9 +95,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     kwargs = launch_kwargs(svc, host=args.host, port=args.port or None)
     print(f"DiffDraft on http://{args.host}:{args.port or '(free port)'}  model {svc.model_id}  data {data_dir}",
           flush=True)
+    keeper = LeaseKeeper(svc).start()
     try:
         demo.launch(**kwargs)
     finally:
+        keeper.stop()
         svc.close()
     return 0
 

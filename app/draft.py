@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any
 
-from app import draft_view, render, runs
+from app import draft_view, render, run_store, runs
 from app.auth import require_permission, require_screen
 from app.common import Refused, as_float, as_int, as_text, explain, safe
 from app.draft_view import DraftUpdate, error_update
@@ -86,8 +86,9 @@ def generate(svc: Services, username: str | None, state: DraftState | None, *, t
             run = repo.create_run(s, document_id=doc.id, actor=actor.name, model_id=svc.model_id,
                                   model_checksum=svc.ckpt.checksum, seed=seed_v, sampler_settings=settings)
             doc_id, run_id = doc.id, run.id
-        ctrl = RunControl(run_id=run_id, document_id=doc_id, template_id=tpl_id, user=actor.name,
-                          settings=settings, held=held, kinds=kinds, pace_s=pace_s)
+            ctrl = RunControl(run_id=run_id, document_id=doc_id, template_id=tpl_id, user=actor.name,
+                              settings=settings, held=held, kinds=kinds, pace_s=pace_s)
+            run_store.save(s, svc, ctrl)
         svc.runs.put(ctrl)
     except Exception as exc:  # noqa: BLE001
         yield error_update(explain(exc))
@@ -174,10 +175,12 @@ def view_step(svc: Services, username: str | None, state: DraftState | None, ind
         last = ctrl.last_index
         if k == last:
             if ctrl.branch_from is not None:
-                ctrl.restore_live()
+                with runs.act(svc, ctrl):
+                    ctrl.restore_live()
             up = draft_view.view(svc, ctrl, "complete" if k >= ctrl.total else "paused")
             return dataclasses.replace(up, message=f"step {k}, the latest of run {ctrl.run_id}")
-        ctrl.go_back(k)
+        with runs.act(svc, ctrl):
+            ctrl.go_back(k)
         up = draft_view.view(svc, ctrl, "earlier step")
     return dataclasses.replace(up, message=f"step {k}: change pins or edit, then Resume continues from here as a new "
                                "branch (this run is kept)")
@@ -245,9 +248,9 @@ def reject(svc: Services, username: str | None, state: DraftState | None, reason
     ctrl = runs.control_for(svc, state)
     with ctrl.lock:
         _finish_checks(ctrl)
-        with transaction(svc.factory) as s:
+        with runs.act(svc, ctrl) as s:
             repo.set_run_status(s, ctrl.run_id, actor=actor.name, status="discarded", reason=reason.strip())
-        ctrl.done = True
+            ctrl.done = True
     return DraftUpdate(message=f"run {ctrl.run_id} rejected; generate again or reopen another branch", kind="ok",
                        runs=draft_view.runs_of(svc, ctrl.document_id, ctrl.run_id))
 
@@ -259,11 +262,11 @@ def discard(svc: Services, username: str | None, state: DraftState | None) -> Dr
     ctrl = runs.control_for(svc, state)
     with ctrl.lock:
         _finish_checks(ctrl)
-        with transaction(svc.factory) as s:
+        with runs.act(svc, ctrl) as s:
             doc = repo.get_document(s, ctrl.document_id)
             repo.update_document(s, doc.id, actor=actor.name, expected_version=doc.version, status="discarded",
                                  reason="discarded in the draft screen")
-        ctrl.done = True
+            ctrl.done = True
     return DraftUpdate(message=f"document {ctrl.document_id} discarded", kind="ok", payload=render.EMPTY_PAYLOAD,
                        step=0, total=1, state=DraftState(), runs=[])
 

@@ -33,27 +33,30 @@ Nothing here holds model tensors beyond the current step's small (L,) tensors.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from app import draft_view
+from app import draft_view, run_store
 from app.common import Refused, explain
 from app.draft_view import DraftUpdate
 from app.render import Frame
+from app.run_store import frame_from_step, step_from_frame
 from app.state import DraftState
 from engine import sampler
 from engine.commit import derive_committed
 from engine.positions import shift_positions
 from engine.sampler import Step
-from engine.template import expand
 from storage import repository as repo
 from storage.db import transaction
+from storage.errors import StaleWrite
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -61,7 +64,8 @@ if TYPE_CHECKING:
     from app.auth import Actor
     from app.services import Services
     from engine.config import SamplerConfig
-    from engine.template import Layout
+
+log = logging.getLogger("app.runs")
 
 MAX_RUNS = 256  # run controls kept in memory (least recently used dropped; they reload from the database)
 REFINE_SHARE = 0.25  # share of the steps a changed complete draft runs again
@@ -87,6 +91,7 @@ class RunControl:
     layout_parent: dict[int, tuple[int, int, int, int]] = field(default_factory=dict)  # layout -> (parent, a, b, n)
     pace_s: float = 0.0  # least seconds between shown steps
     generation: int = 0  # bumped on every change of held / base: a step computed before is dropped
+    version: int = 0  # of the run's stored state (app.run_store); 0: none stored yet
     streaming: bool = False
     pause_requested: bool = False
     done: bool = False
@@ -220,39 +225,12 @@ class RunRegistry:
                     break
                 del self._runs[victim_id]
 
+    def streaming_ids(self) -> list[int]:
+        with self._lock:
+            return [run_id for run_id, ctrl in self._runs.items() if ctrl.streaming]
+
     def __len__(self) -> int:
         return len(self._runs)
-
-
-def step_from_frame(frame: Frame, held: Mapping[int, int]) -> Step:
-    """An engine Step equal to a recorded frame, held positions marked (to continue from)."""
-    L = len(frame.token_ids)
-    pinned = torch.zeros(L, dtype=torch.bool)  # (L,)
-    for p in held:
-        if 0 <= p < L:
-            pinned[p] = True
-    return Step(
-        index=frame.index,
-        t=sampler.time_grid(frame.total)[frame.index],
-        tokens=torch.tensor(frame.token_ids, dtype=torch.long),  # (L,)
-        confidence=torch.tensor(frame.confidence, dtype=torch.float32),  # (L,)
-        changed=torch.tensor(frame.changed, dtype=torch.bool),  # (L,)
-        pinned=pinned,
-        total_steps=frame.total,
-    )
-
-
-def frame_from_step(step: Step, kinds: list[str], elapsed_ms: float | None = None, layout: int = 0) -> Frame:
-    return Frame(
-        index=step.index,
-        total=step.total_steps,
-        token_ids=[int(x) for x in step.tokens.tolist()],
-        confidence=[float(x) for x in step.confidence.tolist()],
-        changed=[bool(x) for x in step.changed.tolist()],
-        kinds=kinds,
-        elapsed_ms=elapsed_ms,
-        layout=layout,
-    )
 
 
 def refine_start(step: Step, held: Mapping[int, int], steps: int) -> Step:
@@ -279,63 +257,49 @@ def sampler_config(svc: Services, settings: dict[str, Any]) -> SamplerConfig:
     return dataclasses.replace(cfg, **{f.name: settings[f.name] for f in dataclasses.fields(cfg) if f.name in settings})
 
 
-def template_layout(svc: Services, session: Session, template_id: int | None) -> Layout | None:
-    if template_id is None:
-        return None
-    return expand(repo.get_template(session, template_id).body, svc.tokenizer)
-
-
 def load_control(svc: Services, run_id: int) -> RunControl:
-    """Rebuild a run's control from the database (after a restart, or to reopen an old branch).
-    Held positions: the template's fixed text and the run's active pins; kinds of edits are not
-    restored (their tokens are in the steps, unpinned)."""
-    with svc.reader() as s:
-        run = repo.get_run(s, run_id)
-        doc = repo.get_document(s, run.document_id)
-        steps = repo.list_steps(s, run_id)
-        pins = repo.active_pins(s, run_id=run_id)
-        layout = template_layout(svc, s, doc.template_id)
-        settings = dict(run.sampler_settings)
-        status = run.status
-    if not steps:
-        raise Refused(f"run {run_id} has no recorded steps to show")
-    total = int(settings["steps"])
-    last = steps[-1]
-    L = last.n_tokens
-    kinds: dict[int, str] = {}
-    pin_rows: dict[int, int] = {}
-    if layout is not None and layout.length == L:
-        kinds.update({p: "template" for p in layout.pins})
-    for pin in pins:
-        for p in range(pin.span_start, min(pin.span_end, L)):
-            kinds[p] = "pin" if pin.kind == "token" else "term"
-            pin_rows[p] = pin.id
-    held = {p: last.token_ids[p] for p in kinds}
-    ctrl = RunControl(run_id=run_id, document_id=doc.id, template_id=doc.template_id, user="", settings=settings,
-                      held=held, kinds=kinds, pin_rows=pin_rows)
-    prev: list[int] | None = None
-    for sd in steps:
-        changed = [False] * sd.n_tokens if prev is None or len(prev) != sd.n_tokens else \
-            [a != b for a, b in zip(prev, sd.token_ids)]
-        fk = ctrl.kinds_list(sd.n_tokens) if sd.n_tokens == L else [""] * sd.n_tokens
-        ctrl.frames[sd.step_index] = Frame(sd.step_index, total, sd.token_ids, sd.confidences, changed, fk,
-                                           layout=0 if sd.n_tokens == L else -1)
-        prev = sd.token_ids
-    ctrl.base = step_from_frame(ctrl.frames[last.step_index], held)
-    ctrl.view_step = last.step_index
-    ctrl.done = last.step_index == total or status in ("finished", "discarded")
+    """Rebuild a run's control from the database alone (after a restart, a crash, on another
+    process, or when it fell out of the cache): app.run_store."""
+    ctrl = RunControl(run_id=run_id, document_id=0, template_id=None, user="", settings={})
+    with ctrl.lock:
+        run_store.read_into(svc, ctrl)
     return ctrl
 
 
 def control_for(svc: Services, state: DraftState | None) -> RunControl:
-    """The control of the run on the session's screen, reloaded from the database if it is not in memory."""
+    """The control of the run on the session's screen. The cached one is checked against the
+    database first: if another process changed the run since, it is read again."""
     if state is None or state.run_id is None:
         raise Refused("no draft on screen: generate one first")
     ctrl = svc.runs.get(state.run_id)
     if ctrl is None:
         ctrl = load_control(svc, state.run_id)
         svc.runs.put(ctrl)
+        return svc.runs.get(state.run_id) or ctrl
+    with ctrl.lock:
+        with svc.reader() as s:
+            version = repo.run_state_version(s, ctrl.run_id)
+        if ctrl.version == -1 or (version is not None and version != ctrl.version):
+            run_store.read_into(svc, ctrl)
     return ctrl
+
+
+@contextmanager
+def act(svc: Services, ctrl: RunControl, *, lease: bool = False) -> Iterator[Session]:
+    """(ctrl.lock held) One transaction for an act on a run: the act's own rows (pins, edits,
+    steps) and the run's new state (run_store.save, at the end of the block) land together or
+    not at all. If the block or the commit fails, the control is read again from the database,
+    so that nothing is held that was not stored."""
+    try:
+        with transaction(svc.factory) as s:
+            yield s
+            run_store.save(s, svc, ctrl, lease=lease)
+    except BaseException:
+        try:
+            run_store.read_into(svc, ctrl)
+        except Exception:  # noqa: BLE001 - the database is gone too: the next request reads it again
+            ctrl.version = -1
+        raise
 
 
 def branch(svc: Services, actor: Actor, old: RunControl) -> RunControl:
@@ -350,17 +314,22 @@ def branch(svc: Services, actor: Actor, old: RunControl) -> RunControl:
         base = refine_start(old.base, old.held, max(1, round(old.total * REFINE_SHARE)))
         settings["refined_from_step"] = k
         k = base.index
-    with transaction(svc.factory) as s:
-        run = repo.create_run(s, document_id=old.document_id, actor=actor.name, model_id=svc.model_id,
-                              model_checksum=svc.ckpt.checksum, seed=int(old.settings["seed"]),
-                              sampler_settings=settings, parent_run_id=old.run_id, parent_step_index=k)
-        new_id = run.id
-    new = RunControl(run_id=new_id, document_id=old.document_id, template_id=old.template_id, user=actor.name,
-                     settings=settings, held=dict(old.held), kinds=dict(old.kinds),
-                     pin_rows=dict(old.pin_rows), frames={i: f for i, f in old.frames.items() if i <= k},
-                     base=base, view_step=k, layout=old.layout, layout_parent=dict(old.layout_parent),
-                     pace_s=old.pace_s)
-    old.restore_live()
+    try:
+        with transaction(svc.factory) as s:
+            run = repo.create_run(s, document_id=old.document_id, actor=actor.name, model_id=svc.model_id,
+                                  model_checksum=svc.ckpt.checksum, seed=int(old.settings["seed"]),
+                                  sampler_settings=settings, parent_run_id=old.run_id, parent_step_index=k)
+            new = RunControl(run_id=run.id, document_id=old.document_id, template_id=old.template_id,
+                             user=actor.name, settings=settings, held=dict(old.held), kinds=dict(old.kinds),
+                             pin_rows=dict(old.pin_rows), frames={i: f for i, f in old.frames.items() if i <= k},
+                             base=base, view_step=k, layout=old.layout, layout_parent=dict(old.layout_parent),
+                             pace_s=old.pace_s)
+            run_store.save(s, svc, new, lease=True)
+            old.restore_live()
+            run_store.save(s, svc, old)
+    except BaseException:
+        run_store.read_into(svc, old)
+        raise
     svc.runs.put(new)
     return new
 
@@ -379,15 +348,21 @@ def step_iterator(svc: Services, ctrl: RunControl) -> Iterator[Step]:
 def stream(svc: Services, actor: Actor, ctrl: RunControl, state: DraftState,
            first_note: str = "") -> Iterator[DraftUpdate]:
     """Run the sampler from the run's base, recording and yielding every step, until the last step
-    or a pause; pins and edits made meanwhile apply from the next step."""
+    or a pause; pins and edits made meanwhile apply from the next step. The process holds the
+    run's lease while it streams (renewed with every step, and by app.leases between steps); a
+    stream that ends without a pause or the last step (the page closed, the event cancelled, an
+    error) leaves the run paused, never "running" without a live owner."""
     # never yield while holding ctrl.lock: Gradio may resume the generator on another worker
     # thread (an RLock released there raises), and every pin / edit handler would wait meanwhile
-    with ctrl.lock:
-        busy = ctrl.streaming
-        if not busy:
+    try:
+        with ctrl.lock:
+            if ctrl.streaming:
+                raise Refused("this draft is already being generated")
+            with transaction(svc.factory) as s:
+                repo.claim_lease(s, ctrl.run_id, svc.instance, svc.lease_s)
             ctrl.streaming, ctrl.pause_requested, ctrl.done = True, False, False
-    if busy:
-        yield draft_view.error_update("this draft is already being generated")
+    except Exception as exc:  # noqa: BLE001
+        yield draft_view.error_update(explain(exc))
         return
     runs = draft_view.runs_of(svc, ctrl.document_id, ctrl.run_id)
     note = first_note
@@ -408,6 +383,7 @@ def stream(svc: Services, actor: Actor, ctrl: RunControl, state: DraftState,
                     ctrl.pause_requested = False
                     with transaction(svc.factory) as s:
                         repo.set_run_status(s, ctrl.run_id, actor=actor.name, status="paused")
+                        repo.release_lease(s, ctrl.run_id, svc.instance)
                     ctrl.streaming = False
                     up = draft_view.view(svc, ctrl, "paused")
                     paused = dataclasses.replace(up, message=f"Paused at step {up.step}. Click tokens to pin them, "
@@ -429,20 +405,11 @@ def stream(svc: Services, actor: Actor, ctrl: RunControl, state: DraftState,
             with ctrl.lock:
                 if seen != ctrl.generation:
                     continue  # pins or tokens changed while this step was computed: compute it again with them
-                with transaction(svc.factory) as s:
-                    repo.record_step(s, ctrl.run_id, step.index, step.tokens.tolist(), step.confidence.tolist(), t=step.t)
-                frame = frame_from_step(step, ctrl.kinds_list(step.length), compute_ms, ctrl.layout)
-                ctrl.frames[step.index] = frame
-                ctrl.base = step
-                ctrl.view_step = step.index
-                done = step.done
-                if done:
-                    ctrl.done = True
-                    with transaction(svc.factory) as s:
-                        repo.set_run_status(s, ctrl.run_id, actor=actor.name, status="paused",
-                                            reason="draft complete: awaiting accept, reject or discard")
-                    ctrl.streaming = False
-                shown = draft_view.payload(svc, ctrl, frame, "complete" if done else "generating")
+                try:
+                    shown, frame, done = _record(svc, actor, ctrl, step, compute_ms)
+                except StaleWrite:  # another process changed the run: go on from what it stored, if ours
+                    _keep_lease(svc, ctrl)
+                    continue
             text = svc.tokenizer.decode(frame.token_ids)
             msg = ("Draft complete: accept it, reject it with a reason, or go back to an earlier step."
                    if done else (note or "generating"))
@@ -459,3 +426,46 @@ def stream(svc: Services, actor: Actor, ctrl: RunControl, state: DraftState,
         with ctrl.lock:
             ctrl.streaming = False
             ctrl.pause_requested = False
+            _stop(svc, actor, ctrl)
+
+
+def _record(svc: Services, actor: Actor, ctrl: RunControl, step: Step, compute_ms: float) -> tuple[Any, Frame, bool]:
+    """(ctrl.lock held) Store a computed step with the run's new state (and the renewed lease) in
+    one transaction; then it is the run's base. Returns (payload, frame, done)."""
+    kinds = ctrl.kinds_list(step.length)
+    frame = frame_from_step(step, kinds, compute_ms, ctrl.layout)
+    with act(svc, ctrl, lease=True) as s:
+        repo.record_step(s, ctrl.run_id, step.index, step.tokens.tolist(), step.confidence.tolist(), t=step.t,
+                         kinds=kinds, layout=ctrl.layout)
+        ctrl.frames[step.index] = frame
+        ctrl.base = step
+        ctrl.view_step = step.index
+        done = step.done
+        if done:
+            ctrl.done = True
+            repo.set_run_status(s, ctrl.run_id, actor=actor.name, status="paused",
+                                reason="draft complete: awaiting accept, reject or discard")
+    if done:
+        ctrl.streaming = False
+    return draft_view.payload(svc, ctrl, frame, "complete" if done else "generating"), frame, done
+
+
+def _keep_lease(svc: Services, ctrl: RunControl) -> None:
+    """(ctrl.lock held) After another process wrote the run (read again by `act`): carry on
+    streaming only if this process still holds the lease; RunBusy if another one took it."""
+    with transaction(svc.factory) as s:
+        repo.claim_lease(s, ctrl.run_id, svc.instance, svc.lease_s)
+
+
+def _stop(svc: Services, actor: Actor, ctrl: RunControl) -> None:
+    """(ctrl.lock held) A stream ended: give the lease back; a run still "running" under this
+    process's lease (the page closed, the event was cancelled, an error) is paused."""
+    try:
+        with transaction(svc.factory) as s:
+            if repo.holds_lease(s, ctrl.run_id, svc.instance):
+                if repo.get_run(s, ctrl.run_id).status == "running":
+                    repo.set_run_status(s, ctrl.run_id, actor=actor.name, status="paused",
+                                        reason="stopped: the page was closed or the stream was cancelled")
+                repo.release_lease(s, ctrl.run_id, svc.instance)
+    except Exception:  # noqa: BLE001 - the lease runs out by itself and app.leases pauses the run
+        log.exception("could not release the lease of run %s", ctrl.run_id)

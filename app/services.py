@@ -14,6 +14,7 @@ import logging
 import os
 import secrets
 import shutil
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,6 +36,26 @@ ASSETS = ROOT / "assets"
 TEMPLATES_DIR = ASSETS / "templates"
 ADMIN_PASSWORD_ENV = "DIFFDRAFT_ADMIN_PASSWORD"
 ADMIN_NAME = "admin"
+
+
+LEASE_ENV = "DIFFDRAFT_RUN_LEASE_S"
+DEFAULT_LEASE_S = 15.0
+
+
+def instance_id() -> str:
+    """host:pid:random — unique for every app process, also across restarts with the same pid."""
+    return f"{socket.gethostname()[:60]}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def lease_seconds() -> float:
+    """$DIFFDRAFT_RUN_LEASE_S (1 to 600) or 15: a run whose process died is taken as interrupted
+    this long after its last renewal (the owner renews it every third of it)."""
+    raw = os.environ.get(LEASE_ENV, "")
+    try:
+        value = float(raw) if raw else DEFAULT_LEASE_S
+    except ValueError:
+        value = DEFAULT_LEASE_S
+    return min(600.0, max(1.0, value))
 
 
 def default_model_dir() -> Path:
@@ -65,6 +86,8 @@ class Services:
     guard: LoginGuard
     limits: Limits = field(default_factory=Limits)
     step_delay_s: float = 0.0  # an artificial pause between steps (demos and tests only)
+    instance: str = field(default_factory=lambda: instance_id())  # this process, as run leases name it
+    lease_s: float = field(default_factory=lambda: lease_seconds())  # how long a run's lease holds unrenewed
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -134,6 +157,7 @@ def build_services(
     if sync_templates:
         load_templates(svc)
     clean_temp(svc)
+    pause_interrupted(svc)
     return svc
 
 
@@ -183,6 +207,19 @@ def ensure_admin(svc: Services, *, env: str = ADMIN_PASSWORD_ENV) -> str | None:
                                       f"{validate.PASSWORD_RULES})") from None
         repo.create_user(s, ADMIN_NAME, role, password, actor="system", reason="first start: no users yet")
     return None if given else password
+
+
+def pause_interrupted(svc: Services) -> list[int]:
+    """Pause the runs left "running" by a process that died (their lease ran out), so that their
+    owners can resume them; audited by the system. Returns the run ids."""
+    from storage import repository as repo
+    from storage.db import transaction
+
+    with transaction(svc.factory) as s:
+        paused = repo.pause_interrupted(s)
+    if paused:
+        log.info("paused %d interrupted run(s): %s", len(paused), ", ".join(map(str, paused)))
+    return paused
 
 
 def clean_temp(svc: Services) -> None:

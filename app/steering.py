@@ -26,7 +26,6 @@ from engine import sampler
 from engine.sampler import Step
 from engine.terms import find_term
 from storage import repository as repo
-from storage.db import transaction
 
 
 def _editable(ctrl: RunControl) -> Step:
@@ -110,34 +109,33 @@ def toggle_pin(svc: Services, username: str | None, state: DraftState | None, po
         if kind in ("pin", "term"):
             pin_id = ctrl.pin_rows.get(pos)
             group = sorted(p for p, i in ctrl.pin_rows.items() if i == pin_id) if pin_id is not None else [pos]
-            if pin_id is not None:
-                with transaction(svc.factory) as s:
+            with runs.act(svc, ctrl) as s:
+                if pin_id is not None:
                     repo.remove_pin(s, pin_id, actor=actor.name, run_id=ctrl.run_id,
                                     step_index=_pin_step_index(ctrl))
-            for p in group:
-                ctrl.held.pop(p, None)
-                ctrl.kinds.pop(p, None)
-                ctrl.pin_rows.pop(p, None)
-            ctrl.changed_constraints()
+                for p in group:
+                    ctrl.held.pop(p, None)
+                    ctrl.kinds.pop(p, None)
+                    ctrl.pin_rows.pop(p, None)
+                ctrl.changed_constraints()
             up = draft_view.view(svc, ctrl)
             where = f"{group[0]}" if len(group) == 1 else f"{group[0]}–{group[-1]}"
             return dataclasses.replace(up, message=f"unpinned position {where}", kind="ok")
         tid = int(base.tokens[pos]) if seen_tid is None else seen_tid
-        with transaction(svc.factory) as s:
+        with runs.act(svc, ctrl) as s:
             pin = repo.add_pin(s, document_id=ctrl.document_id, actor=actor.name, run_id=ctrl.run_id,
                                step_index=_pin_step_index(ctrl), span_start=pos, span_end=pos + 1,
                                text=_piece_text(svc, [tid]))
-            pin_id = pin.id
-        if int(base.tokens[pos]) != tid:  # the step on screen moved on: put back the token the person saw
-            tokens = base.tokens.clone()
-            tokens[pos] = tid
-            changed = base.changed.clone()
-            changed[pos] = True
-            ctrl.base = dataclasses.replace(base, tokens=tokens, changed=changed)
-        ctrl.held[pos] = tid
-        ctrl.kinds[pos] = "pin"
-        ctrl.pin_rows[pos] = pin_id
-        ctrl.changed_constraints()
+            if int(base.tokens[pos]) != tid:  # the step on screen moved on: put back the token the person saw
+                tokens = base.tokens.clone()
+                tokens[pos] = tid
+                changed = base.changed.clone()
+                changed[pos] = True
+                ctrl.base = dataclasses.replace(base, tokens=tokens, changed=changed)
+            ctrl.held[pos] = tid
+            ctrl.kinds[pos] = "pin"
+            ctrl.pin_rows[pos] = pin.id
+            ctrl.changed_constraints()
         up = draft_view.view(svc, ctrl)
         when = _when(ctrl)
     moved = f" (clicked at position {seen_pos})" if seen_pos != pos else ""
@@ -161,13 +159,12 @@ def pin_span(svc: Services, username: str | None, state: DraftState | None, star
         if taken:
             raise Refused(f"the span [{a}, {b}) overlaps held positions {taken[:8]}: unpin them first")
         ids = [int(x) for x in base.tokens[a:b].tolist()]
-        with transaction(svc.factory) as s:
+        with runs.act(svc, ctrl) as s:
             pin = repo.add_pin(s, document_id=ctrl.document_id, actor=actor.name, run_id=ctrl.run_id,
                                step_index=_pin_step_index(ctrl), span_start=a, span_end=b, text=_piece_text(svc, ids))
-            pin_id = pin.id
-        for p, tid in zip(range(a, b), ids):
-            ctrl.held[p], ctrl.kinds[p], ctrl.pin_rows[p] = tid, "pin", pin_id
-        ctrl.changed_constraints()
+            for p, tid in zip(range(a, b), ids):
+                ctrl.held[p], ctrl.kinds[p], ctrl.pin_rows[p] = tid, "pin", pin.id
+            ctrl.changed_constraints()
         up = draft_view.view(svc, ctrl)
         when = _when(ctrl)
     return dataclasses.replace(up, message=f"pinned positions {a}–{b - 1}; {when}", kind="ok")
@@ -191,14 +188,13 @@ def lock_term(svc: Services, username: str | None, state: DraftState | None, ter
             how = "with this exact case" if match_case else "in any case"
             already = " (every occurrence is already held)" if found else ""
             raise Refused(f"the term {term!r} does not occur {how} as whole words in the draft at this step{already}")
-        with transaction(svc.factory) as s:
+        with runs.act(svc, ctrl) as s:
             pins = repo.add_term_pins(s, document_id=ctrl.document_id, actor=actor.name, run_id=ctrl.run_id,
                                       step_index=_pin_step_index(ctrl), term=term, spans=spans)
-            ids_by_span = [(p.span_start, p.span_end, p.id) for p in pins]
-        for a, b, pin_id in ids_by_span:
-            for p in range(a, b):
-                ctrl.held[p], ctrl.kinds[p], ctrl.pin_rows[p] = int(base.tokens[p]), "term", pin_id
-        ctrl.changed_constraints()
+            for pin in pins:
+                for p in range(pin.span_start, pin.span_end):
+                    ctrl.held[p], ctrl.kinds[p], ctrl.pin_rows[p] = int(base.tokens[p]), "term", pin.id
+            ctrl.changed_constraints()
         up = draft_view.view(svc, ctrl)
         when = _when(ctrl)
     n = sum(b - a for a, b in spans)
@@ -234,11 +230,11 @@ def edit_span(svc: Services, username: str | None, state: DraftState | None, sta
         old_text = tok.decode(base.tokens[a:b].tolist())
         if old_text == text:
             raise Refused("the replacement is the same as the text there: nothing to change")
-        with transaction(svc.factory) as s:
+        with runs.act(svc, ctrl) as s:
             repo.record_run_edit(s, document_id=ctrl.document_id, actor=actor.name, run_id=ctrl.run_id,
                                  step_index=_pin_step_index(ctrl), span_start=a, span_end=b, old_text=old_text,
                                  new_text=text, reason=reason, new_n_tokens=len(new_ids))
-        ctrl.replace_span(a, b, released, len(new_ids), new_step, new_held)
+            ctrl.replace_span(a, b, released, len(new_ids), new_step, new_held)
         up = draft_view.view(svc, ctrl)
         when = _when(ctrl)
     return dataclasses.replace(up, message=f"replaced [{a}, {b}) ({len(new_ids)} token(s)); {when}", kind="ok")

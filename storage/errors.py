@@ -45,6 +45,10 @@ class StaleWrite(StorageError):
         )
 
 
+class RunBusy(StorageError):
+    """Another app process holds the lease of the run (it is generating it)."""
+
+
 class DatabaseUnavailable(StorageError):
     """The database cannot be reached or opened (file or folder gone, server down)."""
 

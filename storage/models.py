@@ -7,7 +7,13 @@ Glossary
   run         one generation of a document: model id + checksum, seed, sampler settings; a branch
               run has parent_run_id + parent_step_index and its steps continue from there
   step        one reverse-diffusion step of a run: token ids as little-endian int32 bytes and
-              confidences as little-endian float16 bytes, n_tokens of each  # (L,) and (L,)
+              confidences as little-endian float16 bytes, n_tokens of each  # (L,) and (L,);
+              kinds: one ASCII letter per position saying why it was held at that step (see
+              storage.repository.run_state), layout: the run's positions number it was drawn in
+  run state   the live state of a run (held positions and why, the step it continues from, the
+              layouts after length-changing edits, a branch point), canonical JSON rewritten
+              with every act and step, with a version counter; owner + lease_until say which
+              app process is generating it and until when its lease holds
   pin         tokens [span_start, span_end) that the sampler must not change (kind token/term;
               kind edit: the tokens an edit put in). A pin row's span never changes: when an edit
               moves it, a new row (supersedes_pin_id = the old one, step_index = the edit's step)
@@ -189,7 +195,20 @@ class Step(Base):
     n_tokens: Mapped[int] = mapped_column(Integer)  # L
     token_ids: Mapped[bytes] = mapped_column(LargeBinary)  # (L,) int32 little-endian
     confidences: Mapped[bytes] = mapped_column(LargeBinary)  # (L,) float16 little-endian
+    kinds: Mapped[bytes | None] = mapped_column(LargeBinary)  # (L,) one ASCII letter each; None before 0004
+    layout: Mapped[int | None] = mapped_column(Integer)  # None before 0004
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RunState(Base):
+    __tablename__ = "run_states"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)  # bumped by every write; a write expecting another is refused
+    state: Mapped[str] = mapped_column(Text)  # canonical JSON (storage.repository.run_state)
+    owner: Mapped[str | None] = mapped_column(String(128), index=True)  # the app process generating it
+    lease_until: Mapped[datetime | None] = mapped_column(index=True)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Pin(Base):

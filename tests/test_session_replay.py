@@ -32,7 +32,8 @@ from storage.models import Base
 GOLDEN = Path(__file__).parent / "golden" / "session_replay.json"
 VOLATILE = "<volatile>"
 # columns whose values change on every run
-VOLATILE_NAME = re.compile(r"(^|_)(ts|at|hash|salt|when|time|path|elapsed_ms|token)$|_at$|^password|hash|sha256")
+VOLATILE_NAME = re.compile(r"(^|_)(ts|at|hash|salt|when|time|path|elapsed_ms|token|owner|until)$|_at$|^password|hash|"
+                           r"sha256|^confidence$")
 STAMP = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([+-]\d{2}:?\d{2}|Z)?|\d{8}T\d{6}Z")
 
 
@@ -64,6 +65,8 @@ def _cell(column: Any, value: Any) -> Any:
     if isinstance(column.type, LargeBinary):
         if column.name == "confidences":  # float16: rounded, so that a last-bit difference is not a change
             return [round(x, 2) for x in repo.decode_confidences(value)]
+        if column.name == "kinds":  # one ASCII letter per position
+            return value.decode("ascii")
         return repo.decode_token_ids(value)
     if isinstance(value, str):
         return _cell_text(value)

@@ -264,10 +264,14 @@ def test_a_database_at_0001_is_upgraded_with_its_rows(empty_db_url, cheap_argon2
             doc = repo.create_document(s, actor="olga", title="Pump 7", text="old")
             run = repo.create_run(s, document_id=doc.id, actor="olga", model_id="m", model_checksum="c", seed=1,
                                   sampler_settings={})
-            repo.record_step(s, run.id, 0, [1, 2, 3, 4], [0.5] * 4)
             doc_id, run_id = doc.id, run.id
         ts = "2026-11-28 16:11:41"
         with engine.begin() as conn:  # rows as the 0001 code wrote them
+            conn.execute(text(
+                "INSERT INTO steps (run_id, step_index, n_tokens, token_ids, confidences, created_at)"
+                " VALUES (:r, 0, 4, :ids, :conf, :ts)"),
+                {"r": run_id, "ids": repo.encode_token_ids([1, 2, 3, 4]), "conf": repo.encode_confidences([0.5] * 4),
+                 "ts": ts})
             conn.execute(text(
                 "INSERT INTO pins (document_id, run_id, step_index, span_start, span_end, text, kind, created_by_id,"
                 " created_at) VALUES (:d, :r, 0, 1, 2, 'kept', 'token', 2, :ts),"
@@ -290,6 +294,9 @@ def test_a_database_at_0001_is_upgraded_with_its_rows(empty_db_url, cheap_argon2
             assert (old.decision, old.reason, old.signature_meaning, old.signed_by, old.signed_at) == (
                 "reject", "no location", None, None, None)
             assert [p.text for p in repo.active_pins(s, run_id=run_id)] == ["kept"]
+            (step,) = repo.list_steps(s, run_id)  # 0004: a step of 0001 has no kinds, its run no stored state
+            assert (step.token_ids, step.kinds, step.layout) == ([1, 2, 3, 4], None, None)
+            assert repo.get_run_state(s, run_id) is None
             repo.update_document(s, doc_id, actor="olga", expected_version=1, status="awaiting_review", text="new")
             repo.record_run_edit(s, document_id=doc_id, actor="alice", run_id=run_id, step_index=0, span_start=0,
                                  span_end=1, old_text="a", new_text="a b c", new_n_tokens=3, reason="longer")

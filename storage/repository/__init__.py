@@ -20,7 +20,15 @@ pins go after a length-changing edit. Import the names from here:
 
 from __future__ import annotations
 
-from storage.errors import NotFound, PermissionDenied, ReviewRefused, StaleWrite, StorageError, ValidationError
+from storage.errors import (
+    NotFound,
+    PermissionDenied,
+    ReviewRefused,
+    RunBusy,
+    StaleWrite,
+    StorageError,
+    ValidationError,
+)
 from storage.repository.roles import PERMISSIONS, ActorRef, can, require
 from storage.repository.accounts import (
     hash_password,
@@ -59,6 +67,18 @@ from storage.repository.runs import (
     list_steps,
     last_step,
 )
+from storage.repository.run_state import (
+    KIND_CODES,
+    RunStateData,
+    get_run_state,
+    run_state_version,
+    save_run_state,
+    claim_lease,
+    renew_leases,
+    release_lease,
+    holds_lease,
+    pause_interrupted,
+)
 from storage.repository.pins import add_pin, add_term_pins, remove_pin, active_pins
 from storage.repository.edits import record_run_edit, record_text_edit, list_edits
 from storage.repository.reviews import SIGNATURE_METHOD, authorship, record_review, record_refusal, list_reviews
@@ -74,7 +94,7 @@ from storage.repository.feedback import (
 )
 
 __all__ = [
-    "StorageError", "NotFound", "ValidationError", "PermissionDenied", "StaleWrite", "ReviewRefused", "PERMISSIONS",
+    "StorageError", "RunBusy", "NotFound", "ValidationError", "PermissionDenied", "StaleWrite", "ReviewRefused", "PERMISSIONS",
     "ActorRef", "can", "require", "hash_password", "verify_password", "set_password_hasher", "create_user",
     "get_user", "find_user", "list_users", "set_role", "disable_user", "enable_user", "set_password",
     "authenticate", "create_template", "get_template", "get_template_by_name", "list_templates",
@@ -85,5 +105,6 @@ __all__ = [
     "record_text_edit", "list_edits", "SIGNATURE_METHOD", "record_review", "record_refusal", "authorship",
     "list_reviews", "FeedbackCount",
     "FeedbackGroup", "feedback_counts", "EditPair", "edit_pairs", "NO_RUN", "NO_TEMPLATE", "ALLOW_SELF_REVIEW",
-    "SETTINGS", "get_setting", "set_setting",
+    "SETTINGS", "get_setting", "set_setting", "KIND_CODES", "RunStateData", "get_run_state", "run_state_version",
+    "save_run_state", "claim_lease", "renew_leases", "release_lease", "holds_lease", "pause_interrupted",
 ]

@@ -20,6 +20,7 @@ from storage.errors import NotFound, ValidationError
 from storage.models import RUN_STATUSES, Run, Step, utcnow
 from storage.repository.roles import ActorRef, _who, require
 from storage.repository.documents import get_document
+from storage.repository.run_state import decode_kinds, encode_kinds
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,8 @@ class StepData:
     token_ids: list[int]  # (L,)
     confidences: list[float]  # (L,)
     created_at: datetime
+    kinds: list[str] | None = None  # (L,) why each position was held then; None for steps stored before 0004
+    layout: int | None = None
 
     @property
     def n_tokens(self) -> int:
@@ -71,7 +74,7 @@ def _as_list(values: Iterable[Any]) -> list[Any]:
 
 def _step_data(step: Step) -> StepData:
     return StepData(step.run_id, step.step_index, step.t, decode_token_ids(step.token_ids),
-                    decode_confidences(step.confidences), step.created_at)
+                    decode_confidences(step.confidences), step.created_at, decode_kinds(step.kinds), step.layout)
 
 
 def _run_settings(run: Run, step_index: int | None = None) -> dict[str, Any]:
@@ -156,9 +159,12 @@ def _next_step_index(session: Session, run: Run) -> int:
 
 
 def record_step(session: Session, run_id: int, step_index: int, token_ids: Sequence[int] | Any,
-                confidences: Sequence[float] | Any, *, t: float | None = None) -> Step:
+                confidences: Sequence[float] | Any, *, t: float | None = None, kinds: Sequence[str] | None = None,
+                layout: int | None = None) -> Step:
     """Store one step compactly. Steps come in order: step_index must be the run's next index
-    (0, or parent_step_index + 1 for a branch). Steps are machine output and not audited."""
+    (0, or parent_step_index + 1 for a branch). Steps are machine output and not audited.
+    kinds: why each position was held at this step ("", "template", "pin", "term", "edit");
+    layout: the run's positions number the step was drawn in (see storage.repository.run_state)."""
     run = get_run(session, run_id)
     if run.status in ("finished", "discarded"):
         raise ValidationError(f"run {run_id} is {run.status}: start a branch to continue it")
@@ -168,7 +174,11 @@ def record_step(session: Session, run_id: int, step_index: int, token_ids: Seque
     ids, conf = encode_token_ids(token_ids), encode_confidences(confidences)
     if len(ids) // 4 != len(conf) // 2:
         raise ValidationError(f"{len(ids) // 4} token ids but {len(conf) // 2} confidences: they must match")
-    step = Step(run_id=run_id, step_index=step_index, t=t, n_tokens=len(ids) // 4, token_ids=ids, confidences=conf)
+    kind_bytes = encode_kinds(kinds) if kinds is not None else None
+    if kind_bytes is not None and len(kind_bytes) != len(ids) // 4:
+        raise ValidationError(f"{len(ids) // 4} token ids but {len(kind_bytes)} kinds: they must match")
+    step = Step(run_id=run_id, step_index=step_index, t=t, n_tokens=len(ids) // 4, token_ids=ids, confidences=conf,
+                kinds=kind_bytes, layout=layout)
     session.add(step)
     session.flush()
     return step
