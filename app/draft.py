@@ -204,6 +204,40 @@ def open_run(svc: Services, username: str | None, state: DraftState | None, run_
                                message=f"reopened run {rid}")
 
 
+def on_screen(svc: Services, username: str | None, state: DraftState | None, run_ref: Any) -> DraftState | None:
+    """The run on the page: the session's state, or, when the server lost it (a restart, another
+    replica), the run id the page still shows (`run_ref`). None when there is neither."""
+    if state is not None and state.run_id is not None:
+        return state
+    try:
+        rid = as_int(run_ref, "run", 1, 2**62)
+        require_screen(svc, username, "draft")
+        with svc.reader() as s:
+            return DraftState(document_id=repo.get_run(s, rid).document_id, run_id=rid)
+    except Exception:  # noqa: BLE001 - no usable id on the page: the handler says "no draft on screen"
+        return state
+
+
+def come_back(svc: Services, username: str | None) -> DraftUpdate | None:
+    """On opening the page: the person's last open draft (started by them, still running or
+    paused, its document a draft), shown again so that Resume continues it; None if there is none."""
+    try:
+        require_screen(svc, username, "draft")
+        with svc.reader() as s:
+            run = repo.last_open_run(s, username or "")
+            if run is None:
+                return None
+            rid, doc_id = run.id, run.document_id
+        up = open_run(svc, username, None, rid)
+    except Exception:  # noqa: BLE001 - the page opens empty, as for a first visit
+        return None
+    if up.kind == "error":
+        return None
+    step = f"step {up.step} of {up.total}" if up.step is not None else "no step yet"
+    return dataclasses.replace(up, message=f"Your last draft is open again (document {doc_id}, run {rid}, {step}): "
+                               "Resume continues it.", kind="info")
+
+
 def _clean(text: str) -> str:
     """Model text as a document may hold it: a NUL (which no database text column takes) becomes U+FFFD."""
     return text.replace("\x00", "\ufffd")

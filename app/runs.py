@@ -358,8 +358,9 @@ def stream(svc: Services, actor: Actor, ctrl: RunControl, state: DraftState,
         with ctrl.lock:
             if ctrl.streaming:
                 raise Refused("this draft is already being generated")
-            with transaction(svc.factory) as s:
-                repo.claim_lease(s, ctrl.run_id, svc.instance, svc.lease_s)
+            with act(svc, ctrl, lease=True) as s:  # a run stored before run states gets its state here
+                if ctrl.version:
+                    repo.claim_lease(s, ctrl.run_id, svc.instance, svc.lease_s)
             ctrl.streaming, ctrl.pause_requested, ctrl.done = True, False, False
     except Exception as exc:  # noqa: BLE001
         yield draft_view.error_update(explain(exc))

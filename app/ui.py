@@ -20,7 +20,7 @@ from app.state import DraftState, ReviewState
 from app.ui_admin import AdminTab
 from app.ui_audit import AuditTab
 from app.ui_common import UNDOCUMENTED, user_of
-from app.ui_draft import DraftTab
+from app.ui_draft import DraftTab, draft_outputs
 from app.ui_review import ReviewTab
 
 CSS_PATH = Path(__file__).resolve().parent.parent / "assets" / "app.css"
@@ -57,10 +57,14 @@ def build_ui(svc: Services) -> gr.Blocks:
             else:
                 out += [gr.skip()] * 4
             out.append(gr.Tabs(selected=screens[0]) if screens else gr.skip())
+            # the person's last open draft comes back (after a new login, a restart, on another replica)
+            back = draft.come_back(svc, user_of(request)) if "draft" in screens else None
+            out += draft_outputs(back) if back is not None else [gr.skip()] * len(draft_tab.outputs)
             return out
 
         demo.load(on_load, outputs=[who, *screen_tabs.values(), no_access, draft_tab.template, audit_tab.user,
-                                    audit_tab.role, audit_tab.action, audit_tab.template, tabs], **UNDOCUMENTED)
+                                    audit_tab.role, audit_tab.action, audit_tab.template, tabs, *draft_tab.outputs],
+                  **UNDOCUMENTED)
     return demo
 
 

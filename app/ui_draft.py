@@ -134,7 +134,9 @@ def draft_outputs(up: DraftUpdate) -> list[Any]:
         runs = gr.update(choices=up.runs, value=current)
     else:
         runs = gr.skip()
-    return [msg, keep(up.payload), slider, keep(up.state), runs, keep(up.text), status]
+    ref = up.state.run_id if up.state is not None else None
+    return [msg, keep(up.payload), slider, keep(up.state), runs, keep(up.text), status,
+            ref if up.state is not None else gr.skip()]
 
 
 class DraftTab:
@@ -153,7 +155,11 @@ class DraftTab:
                     self._finishing()
             # the same act as a click on a token, by position, for keyboards and API clients
             self.toggle_pos = gr.Number(visible=False, precision=0)
-        self.outputs = [self.msg, self.view, self.step_slider, self.state, self.runs, self.plain, self.status]
+            # the run on the page, kept by the page itself: after a server restart (or on another
+            # replica) the session's state is gone, and handlers find the run by this id
+            self.run_ref = gr.Number(value=0, visible=False, precision=0, elem_id="dd-run-ref")
+        self.outputs = [self.msg, self.view, self.step_slider, self.state, self.runs, self.plain, self.status,
+                        self.run_ref]
         self._wire_run()
         self._wire_steering()
         self._wire_finishing()
@@ -177,7 +183,10 @@ class DraftTab:
         with gr.Row():
             self.pause_btn = gr.Button("Pause", elem_id="dd-pause", size="sm")
             self.resume_btn = gr.Button("Resume", elem_id="dd-resume", size="sm")
-        self.runs = gr.Dropdown(label="Runs of this document (branches)", choices=[], value=None, interactive=True)
+        # custom values allowed: after a restart the server no longer knows the choices the page shows
+        # (open_run checks the id)
+        self.runs = gr.Dropdown(label="Runs of this document (branches)", choices=[], value=None, interactive=True,
+                                allow_custom_value=True)
         self.reopen_btn = gr.Button("Reopen run", size="sm")
 
     def _view(self) -> None:
@@ -222,6 +231,10 @@ class DraftTab:
             self.plain = gr.Textbox(show_label=False, lines=8, interactive=False, elem_id="dd-plain")
 
     # ------------------------------------------------------------------------------ wiring
+    def on_screen(self, st: DraftState | None, ref: Any, request: gr.Request | None) -> DraftState | None:
+        """The run on the page, also when the server lost the session's state (app.draft.on_screen)."""
+        return draft.on_screen(self.svc, user_of(request), st, ref)
+
     def _wire_run(self) -> None:
         svc, state, outs = self.svc, self.state, self.outputs
         live: dict[str, Any] = {"show_progress": "hidden", **UNDOCUMENTED}
@@ -236,98 +249,113 @@ class DraftTab:
                                               self.temperature, self.title, self.pace], outs, api_name="generate",
                                 concurrency_limit=2, concurrency_id="model", **live)
 
-        def do_resume(st: DraftState, pace: Any, request: gr.Request) -> Iterator[list[Any]]:
+        def do_resume(st: DraftState, pace: Any, ref: Any, request: gr.Request) -> Iterator[list[Any]]:
+            st = self.on_screen(st, ref, request)
             for up in draft.resume(svc, user_of(request), st, pace=pace):
                 yield draft_outputs(up)
 
-        self.resume_btn.click(do_resume, [state, self.pace], outs, api_name="resume", concurrency_limit=2,
+        self.resume_btn.click(do_resume, [state, self.pace, self.run_ref], outs, api_name="resume", concurrency_limit=2,
                               concurrency_id="model", **live)
 
-        def do_pace(st: DraftState, pace: Any, request: gr.Request) -> list[Any]:
+        def do_pace(st: DraftState, pace: Any, ref: Any, request: gr.Request) -> list[Any]:
+            st = self.on_screen(st, ref, request)
             return draft_outputs(draft.set_pace(svc, user_of(request), st, pace))
 
-        self.pace.change(do_pace, [state, self.pace], outs, concurrency_limit=None, api_visibility="private",
+        self.pace.change(do_pace, [state, self.pace, self.run_ref], outs, concurrency_limit=None, api_visibility="private",
                          show_progress="hidden")
 
-        def do_pause(st: DraftState, request: gr.Request) -> list[Any]:
+        def do_pause(st: DraftState, ref: Any, request: gr.Request) -> list[Any]:
+            st = self.on_screen(st, ref, request)
             return draft_outputs(draft.pause(svc, user_of(request), st))
 
-        self.pause_btn.click(do_pause, [state], outs, api_name="pause", concurrency_limit=None, **live)
+        self.pause_btn.click(do_pause, [state, self.run_ref], outs, api_name="pause", concurrency_limit=None, **live)
 
-        def do_view_step(st: DraftState, k: Any, request: gr.Request) -> list[Any]:
+        def do_view_step(st: DraftState, k: Any, ref: Any, request: gr.Request) -> list[Any]:
+            st = self.on_screen(st, ref, request)
             return draft_outputs(draft.view_step(svc, user_of(request), st, k))
 
-        self.step_slider.release(do_view_step, [state, self.step_slider], outs, api_name="view_step",
+        self.step_slider.release(do_view_step, [state, self.step_slider, self.run_ref], outs, api_name="view_step",
                                  concurrency_limit=None, **live)
 
-        def do_reopen(st: DraftState, run_id: Any, request: gr.Request) -> list[Any]:
+        def do_reopen(st: DraftState, run_id: Any, ref: Any, request: gr.Request) -> list[Any]:
+            st = self.on_screen(st, ref, request)
             return draft_outputs(draft.open_run(svc, user_of(request), st, run_id))
 
-        self.reopen_btn.click(do_reopen, [state, self.runs], outs, api_name="open_run", **UNDOCUMENTED)
+        self.reopen_btn.click(do_reopen, [state, self.runs, self.run_ref], outs, api_name="open_run", **UNDOCUMENTED)
 
     def _wire_steering(self) -> None:
         svc, state, outs = self.svc, self.state, self.outputs
         live: dict[str, Any] = {"concurrency_limit": None, "show_progress": "hidden"}
 
-        def do_click_pin(st: DraftState, evt: gr.EventData, request: gr.Request) -> list[Any]:
+        def do_click_pin(st: DraftState, ref: Any, evt: gr.EventData, request: gr.Request) -> list[Any]:
+            st = self.on_screen(st, ref, request)
             return draft_outputs(steering.toggle_pin(svc, user_of(request), st, event_value(evt, "pos"),
                                                      event_value(evt, "step"), event_value(evt, "layout")))
 
-        self.view.pin(do_click_pin, [state], outs, api_name="click_pin", **live, **UNDOCUMENTED)
+        self.view.pin(do_click_pin, [state, self.run_ref], outs, api_name="click_pin", **live, **UNDOCUMENTED)
 
-        def do_toggle(st: DraftState, pos: Any, request: gr.Request) -> list[Any]:
+        def do_toggle(st: DraftState, pos: Any, ref: Any, request: gr.Request) -> list[Any]:
+            st = self.on_screen(st, ref, request)
             return draft_outputs(steering.toggle_pin(svc, user_of(request), st, pos))
 
-        self.toggle_pos.change(do_toggle, [state, self.toggle_pos], outs, api_name="toggle_pin", **live,
+        self.toggle_pos.change(do_toggle, [state, self.toggle_pos, self.run_ref], outs, api_name="toggle_pin", **live,
                                **UNDOCUMENTED)
 
-        def do_select_span(st: DraftState, evt: gr.EventData, request: gr.Request) -> list[Any]:
+        def do_select_span(st: DraftState, ref: Any, evt: gr.EventData, request: gr.Request) -> list[Any]:
+            st = self.on_screen(st, ref, request)
             a, b, text = steering.span_text(svc, st, event_value(evt, "start"), event_value(evt, "end"),
                                             event_value(evt, "layout"))
             return [a, b, text]
 
-        self.view.select_span(do_select_span, [state], [self.span_start, self.span_end, self.replacement], **live,
+        self.view.select_span(do_select_span, [state, self.run_ref], [self.span_start, self.span_end, self.replacement], **live,
                               api_visibility="private")
 
-        def do_pin_span(st: DraftState, a: Any, b: Any, request: gr.Request) -> list[Any]:
+        def do_pin_span(st: DraftState, a: Any, b: Any, ref: Any, request: gr.Request) -> list[Any]:
+            st = self.on_screen(st, ref, request)
             return draft_outputs(steering.pin_span(svc, user_of(request), st, a, b))
 
-        self.pin_span_btn.click(do_pin_span, [state, self.span_start, self.span_end], outs, api_name="pin_span",
+        self.pin_span_btn.click(do_pin_span, [state, self.span_start, self.span_end, self.run_ref], outs, api_name="pin_span",
                                 **live, **UNDOCUMENTED)
 
-        def do_edit(st: DraftState, a: Any, b: Any, text: str, reason: str, request: gr.Request) -> list[Any]:
+        def do_edit(st: DraftState, a: Any, b: Any, text: str, reason: str, ref: Any, request: gr.Request) -> list[Any]:
+            st = self.on_screen(st, ref, request)
             return draft_outputs(steering.edit_span(svc, user_of(request), st, a, b, text, reason))
 
-        self.replace_btn.click(do_edit, [state, self.span_start, self.span_end, self.replacement, self.edit_reason],
+        self.replace_btn.click(do_edit, [state, self.span_start, self.span_end, self.replacement, self.edit_reason, self.run_ref],
                                outs, api_name="edit_span", **live, **UNDOCUMENTED)
 
-        def do_lock(st: DraftState, t: str, exact: bool, request: gr.Request) -> list[Any]:
+        def do_lock(st: DraftState, t: str, exact: bool, ref: Any, request: gr.Request) -> list[Any]:
+            st = self.on_screen(st, ref, request)
             return draft_outputs(steering.lock_term(svc, user_of(request), st, t, bool(exact)))
 
-        self.lock_btn.click(do_lock, [state, self.term, self.match_case], outs, api_name="lock_term", **live,
+        self.lock_btn.click(do_lock, [state, self.term, self.match_case, self.run_ref], outs, api_name="lock_term", **live,
                             **UNDOCUMENTED)
 
     def _wire_finishing(self) -> None:
         svc, state, outs = self.svc, self.state, self.outputs
 
-        def do_accept(st: DraftState, request: gr.Request) -> list[Any]:
+        def do_accept(st: DraftState, ref: Any, request: gr.Request) -> list[Any]:
+            st = self.on_screen(st, ref, request)
             return draft_outputs(draft.accept(svc, user_of(request), st))
 
-        self.accept_btn.click(do_accept, [state], outs, api_name="accept", **UNDOCUMENTED)
+        self.accept_btn.click(do_accept, [state, self.run_ref], outs, api_name="accept", **UNDOCUMENTED)
 
-        def do_reject(st: DraftState, reason: str, request: gr.Request) -> list[Any]:
+        def do_reject(st: DraftState, reason: str, ref: Any, request: gr.Request) -> list[Any]:
+            st = self.on_screen(st, ref, request)
             return draft_outputs(draft.reject(svc, user_of(request), st, reason))
 
-        self.reject_btn.click(do_reject, [state, self.reject_reason], outs, api_name="reject", **UNDOCUMENTED)
+        self.reject_btn.click(do_reject, [state, self.reject_reason, self.run_ref], outs, api_name="reject", **UNDOCUMENTED)
 
-        def do_discard(st: DraftState, request: gr.Request) -> list[Any]:
+        def do_discard(st: DraftState, ref: Any, request: gr.Request) -> list[Any]:
+            st = self.on_screen(st, ref, request)
             return draft_outputs(draft.discard(svc, user_of(request), st))
 
-        self.discard_btn.click(do_discard, [state], outs, api_name="discard", **UNDOCUMENTED)
+        self.discard_btn.click(do_discard, [state, self.run_ref], outs, api_name="discard", **UNDOCUMENTED)
 
-        def do_download(st: DraftState, f: str, request: gr.Request) -> list[Any]:
+        def do_download(st: DraftState, f: str, ref: Any, request: gr.Request) -> list[Any]:
+            st = self.on_screen(st, ref, request)
             path, text = draft.download(svc, user_of(request), st, f)
             return [message(text, "ok" if path else "error"), path]
 
-        self.download_btn.click(do_download, [state, self.fmt], [self.msg, self.download_file], api_name="download",
+        self.download_btn.click(do_download, [state, self.fmt, self.run_ref], [self.msg, self.download_file], api_name="download",
                                 **UNDOCUMENTED)

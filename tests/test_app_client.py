@@ -37,24 +37,25 @@ def test_draft_pin_edit_resume_accept_export(live_app, tmp_path):
     alice = client(url, "alice")
     job = alice.submit("Shift handover", 64, 24, 3, 1.0, "client test", "fast", api_name="/generate")
     outs = wait_outputs(job, 3)
-    msg, payload, slider, runs, text, status = outs[-1]
+    msg, payload, slider, runs, text, status, run_ref = outs[-1]
     assert payload["cells"] and slider["value"] >= 2
+    assert run_ref == runs["value"]  # the page keeps the run id too (for a server that lost the session)
     free = [c["i"] for c in payload["cells"] if "m" not in c["k"]]
     pins = [free[0], free[3]]
     for p in pins:
-        out = alice.predict(p, p + 1, api_name="/pin_span")
+        out = alice.predict(p, p + 1, run_ref, api_name="/pin_span")
         assert "pinned" in out[0], out[0]
     a, b = free[8], free[10]
-    out = alice.predict(a, b, " torque wrench", "wrong tool", api_name="/edit_span")
+    out = alice.predict(a, b, " torque wrench", "wrong tool", run_ref, api_name="/edit_span")
     assert "replaced" in out[0], out[0]
     assert "may not" not in out[0]
-    alice.predict(api_name="/pause")
+    alice.predict(run_ref, api_name="/pause")
     job.result(timeout=60)
     last = job.outputs()[-1]
     assert "Paused" in last[5]  # the stream's status line
     paused_at = last[2]["value"]
     assert paused_at < 24
-    resumed = alice.submit("fast", api_name="/resume")
+    resumed = alice.submit("fast", run_ref, api_name="/resume")
     resumed.result(timeout=120)
     final = resumed.outputs()[-1]
     assert "complete" in final[5] and final[2]["value"] == 24
@@ -74,7 +75,7 @@ def test_draft_pin_edit_resume_accept_export(live_app, tmp_path):
     assert all(x.token_ids[a:a + len(edit_ids)] == edit_ids for x in steps if x.step_index > edit.step_index)
     assert edit.old_text and edit.new_text == " torque wrench" and edit.reason == "wrong tool"
 
-    out = alice.predict(api_name="/accept")
+    out = alice.predict(run_ref, api_name="/accept")
     assert "awaits review" in out[0]
 
     refused = alice.predict(None, None, None, None, None, "", "", "csv", api_name="/export")

@@ -79,7 +79,7 @@ def save_run_state(session: Session, run_id: int, state: dict[str, Any], *, expe
                    owner: str | None = None, lease_s: float | None = None) -> int:
     """Write the run's state and return its new version. expected_version is the version the
     caller's copy was read at (None: the run has no state yet). With owner and lease_s the write
-    also claims or renews the lease."""
+    also claims or renews the lease, and is refused (StaleWrite) while another owner's lease holds."""
     if not isinstance(state, dict):
         raise ValidationError("a run state must be a JSON object")
     text = to_json_text(state)
@@ -94,8 +94,12 @@ def save_run_state(session: Session, run_id: int, state: dict[str, Any], *, expe
         session.add(RunState(run_id=run_id, version=1, state=text, updated_at=now, **lease))
         session.flush()
         return 1
+    where = [RunState.run_id == run_id, RunState.version == expected_version]
+    if lease:  # never take over a live lease of another process
+        where.append(or_(RunState.owner.is_(None), RunState.owner == owner, RunState.lease_until.is_(None),
+                         RunState.lease_until < now))
     result = session.execute(
-        update(RunState).where(RunState.run_id == run_id, RunState.version == expected_version)
+        update(RunState).where(*where)
         .values(version=expected_version + 1, state=text, updated_at=now, **lease)
         .execution_options(synchronize_session=False))
     if result.rowcount != 1:  # type: ignore[attr-defined]

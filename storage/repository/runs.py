@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from storage import validate
 from storage.audit import append_event, to_json_text
 from storage.errors import NotFound, ValidationError
-from storage.models import RUN_STATUSES, Run, Step, utcnow
+from storage.models import RUN_STATUSES, Document, Run, Step, User, utcnow
 from storage.repository.roles import ActorRef, _who, require
 from storage.repository.documents import get_document
 from storage.repository.run_state import decode_kinds, encode_kinds
@@ -129,6 +129,15 @@ def get_run(session: Session, run_id: int) -> Run:
 
 def list_runs(session: Session, document_id: int) -> list[Run]:
     return list(session.scalars(select(Run).where(Run.document_id == document_id).order_by(Run.id)))
+
+
+def last_open_run(session: Session, user_name: str) -> Run | None:
+    """The latest run that `user_name` started and that is still open (running or paused) on a
+    document that is still a draft: the draft a person comes back to after a restart or a new login."""
+    return session.scalar(
+        select(Run).join(User, Run.started_by_id == User.id).join(Document, Run.document_id == Document.id)
+        .where(User.name == user_name, Run.status.in_(("running", "paused")), Document.status == "draft")
+        .order_by(Run.id.desc()).limit(1))
 
 
 def set_run_status(session: Session, run_id: int, *, actor: ActorRef, status: str,
