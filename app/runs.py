@@ -310,6 +310,7 @@ def branch(svc: Services, actor: Actor, old: RunControl) -> RunControl:
     k = old.branch_from
     assert k is not None and old.base is not None
     settings, base = dict(old.settings), old.base
+    settings.pop("refined_from_step", None)  # a branch of a refinement is not one itself unless it refines
     if old.refining:
         base = refine_start(old.base, old.held, max(1, round(old.total * REFINE_SHARE)))
         settings["refined_from_step"] = k

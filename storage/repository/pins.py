@@ -38,8 +38,17 @@ from storage.repository.positions import length_change
 #     writes a removed row in the branch that supersedes it (the parent's pin is untouched).
 
 
-def _pin_views(session: Session, run: Run, at_step: int | None = None) -> list[tuple[Run, int | None, datetime | None]]:
-    """[(run, last step seen from it or None for all, time it was branched away from or None)], the run first."""
+REFINED_FROM = "refined_from_step"  # sampler-settings key of a run that refines its parent's complete draft
+
+
+def _pin_views(session: Session, run: Run, at_step: int | None = None, *,
+               refinements: bool = False) -> list[tuple[Run, int | None, datetime | None]]:
+    """[(run, last step seen from it or None for all, time it was branched away from or None)], the run first.
+    With refinements, a run that refines its parent's changed complete draft (its sampler settings
+    carry refined_from_step, see REFINED_FROM) sees the parent up to that step at each of its own
+    steps (those after parent_step_index): the pins made on the complete draft hold there, though
+    the refinement's step indexes start again below it. Its inherited steps see the parent as a
+    branch does."""
     out: list[tuple[Run, int | None, datetime | None]] = []
     limit, cutoff = at_step, None
     current = run
@@ -47,7 +56,12 @@ def _pin_views(session: Session, run: Run, at_step: int | None = None) -> list[t
         out.append((current, limit, cutoff))
         if current.parent_run_id is None or current.parent_step_index is None:
             return out
-        limit = current.parent_step_index if limit is None else min(limit, current.parent_step_index)
+        refined = (current.sampler_settings or {}).get(REFINED_FROM) if refinements else None
+        k = current.parent_step_index
+        if isinstance(refined, int) and not isinstance(refined, bool) and refined > k and (limit is None or limit > k):
+            limit = refined  # the refinement's own steps come after the complete draft it refines
+        else:
+            limit = current.parent_step_index if limit is None else min(limit, current.parent_step_index)
         cutoff = current.started_at if cutoff is None else min(cutoff, current.started_at)
         current = get_run(session, current.parent_run_id)
 
@@ -63,7 +77,7 @@ def _still_pinned(pin: Pin, limit: int | None, cutoff: datetime | None) -> bool:
 def _pins_in_effect(session: Session, run: Run, at_step: int | None = None) -> list[Pin]:
     """Every pin row (all kinds) holding for `run` now, or at its step `at_step`; by position."""
     rows: list[tuple[Pin, bool]] = []
-    for r, limit, cutoff in _pin_views(session, run, at_step):
+    for r, limit, cutoff in _pin_views(session, run, at_step, refinements=True):
         stmt = select(Pin).where(Pin.run_id == r.id)
         if limit is not None:
             stmt = stmt.where(Pin.step_index <= limit)
