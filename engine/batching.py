@@ -12,6 +12,10 @@ Glossary
   group       waiting calls of the same length, dtype and device: they can be stacked
   chunk       at most max(1, max_tokens // L) calls of a group: one forward (B, L)
   alone       a call run by itself in its caller's thread, exactly as without the batcher
+  gather      when the worker is free and calls wait, it waits up to `gather_s` more while fewer
+              calls wait than threads called in the last `recent_s`: the runs' threads come back
+              from their own work between steps at different moments, and without this they
+              would settle into several small batches in turn instead of one large one
 
 Why rows are exact (checked by tests/test_batching.py on the machine that runs them): the
 SFDLM mixes positions only along the sequence of each row (the SSM and Fourier MLP transform
@@ -30,6 +34,7 @@ it so:
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -38,6 +43,8 @@ from torch import Tensor, nn
 
 MIN_LENGTH = 16
 MAX_TOKENS = 4096
+GATHER_S = 0.02
+RECENT_S = 0.5
 
 
 @dataclass(eq=False)
@@ -62,6 +69,7 @@ class BatchStats:
     calls: int = 0  # calls served by the worker (each is one step of one run)
     alone: int = 0  # calls run alone in their caller's thread (short, closed, or a batch that failed)
     largest: int = 0  # most calls in one forward
+    busy_s: float = 0.0  # seconds the worker spent in forwards
 
     @property
     def mean_batch(self) -> float:
@@ -78,12 +86,14 @@ class Batcher:
     input caused it."""
 
     def __init__(self, model: nn.Module, *, max_tokens: int = MAX_TOKENS, min_length: int = MIN_LENGTH,
-                 name: str = "denoiser-batcher") -> None:
+                 gather_s: float = GATHER_S, name: str = "denoiser-batcher") -> None:
         if max_tokens < 1 or min_length < 1:
             raise ValueError(f"max_tokens and min_length must be >= 1, got {max_tokens}, {min_length}")
         self.model = model
         self.max_tokens = max_tokens
         self.min_length = min_length
+        self.gather_s = gather_s
+        self._callers: dict[int, float] = {}  # thread id -> when it last called
         self.stats = BatchStats()
         self._waiting: list[_Call] = []
         self._cv = threading.Condition()
@@ -102,6 +112,7 @@ class Batcher:
                 call = None
             else:
                 self._waiting.append(call)
+                self._callers[threading.get_ident()] = time.monotonic()
                 self._cv.notify()
         if call is None:
             return self._alone(x, t, clean)
@@ -155,6 +166,7 @@ class Batcher:
                     self._cv.wait()
                 if not self._waiting:  # closed and drained
                     return
+                self._gather()
                 calls, self._waiting = self._waiting, []
             groups: dict[tuple, list[_Call]] = {}
             for c in calls:
@@ -164,7 +176,19 @@ class Batcher:
                 for i in range(0, len(group), rows):
                     self._run(group[i:i + rows])
 
+    def _gather(self) -> None:
+        """(lock held, calls waiting) Wait up to gather_s while fewer calls wait than recent callers."""
+        now = time.monotonic()
+        self._callers = {k: v for k, v in self._callers.items() if now - v < RECENT_S}
+        deadline = now + self.gather_s
+        while not self._closed and len(self._waiting) < len(self._callers):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._cv.wait(left)
+
     def _run(self, chunk: list[_Call]) -> None:
+        t0 = time.perf_counter()
         try:
             with torch.inference_mode():
                 if len(chunk) == 1:
@@ -186,6 +210,7 @@ class Batcher:
             self.stats.forwards += 1
             self.stats.calls += len(chunk)
             self.stats.largest = max(self.stats.largest, len(chunk))
+            self.stats.busy_s += time.perf_counter() - t0
         for c, o in zip(chunk, outs):
             c.out = o
             c.done.set()
