@@ -91,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from app.ui import build_ui, launch_kwargs
 
     demo = build_ui(svc)
-    demo.queue(default_concurrency_limit=2, max_size=64)
+    demo.queue(default_concurrency_limit=2, max_size=svc.limits.queue_size)
     kwargs = launch_kwargs(svc, host=args.host, port=args.port or None)
     print(f"DiffDraft on http://{args.host}:{args.port or '(free port)'}  model {svc.model_id}  data {data_dir}",
           flush=True)

@@ -343,7 +343,7 @@ def step_iterator(svc: Services, ctrl: RunControl) -> Iterator[Step]:
         run["length"] = int(ctrl.settings["length"])
     else:
         run["start"] = sampler.resume_from(ctrl.base, ctrl.base.tokens, ctrl.held)
-    return sampler.sample(svc.ckpt.model, svc.diffusion, sampler_config(svc, ctrl.settings), **run)
+    return sampler.sample(svc.denoiser, svc.diffusion, sampler_config(svc, ctrl.settings), **run)
 
 
 def stream(svc: Services, actor: Actor, ctrl: RunControl, state: DraftState,

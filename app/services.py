@@ -1,11 +1,15 @@
 """The heavy objects, built once by `build_services` (never at import): the model checkpoint, its
-noise, the database engine and session factories, the run registry and the login guard.
+noise, the denoiser batcher, the database engine and session factories, the run registry and the
+login guard.
 
 Glossary
   data_dir    the app's folder: the SQLite file, exports, downloads and Gradio's temporary files
   model_dir   the model folder (engine.checkpoint): assets/model when it holds a manifest.json,
               else assets/tiny (the same rule as .ci/dev)
   templates   assets/templates/*.txt, copied into the templates table on start (by "system")
+  denoiser    what the drafts' samplers call: the batcher (engine.batching), which runs the steps
+              of all drafts streaming at that moment as one forward, or the model itself when
+              built without batching
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ if TYPE_CHECKING:  # the runtime imports are in build_services: importing this m
 
     from app.auth import LoginGuard
     from app.runs import RunRegistry
+    from engine.batching import Batcher
     from engine.checkpoint import Checkpoint
-    from engine.diffusion import Diffusion
+    from engine.diffusion import Denoiser, Diffusion
     from engine.tokenizer import Tokenizer
 
 log = logging.getLogger("app")
@@ -71,6 +76,10 @@ class Limits:
     max_term_chars: int = 200
     max_edit_chars: int = 4000
     max_seed: int = 2**31 - 1
+    # drafts streaming at once (their steps share the batcher's forwards); more wait in Gradio's
+    # queue, which shows each waiting person their place and an estimate
+    active_drafts: int = 32
+    queue_size: int = 256  # events waiting in the queue; beyond it a request is refused ("queue is full")
 
 
 @dataclass
@@ -88,6 +97,12 @@ class Services:
     step_delay_s: float = 0.0  # an artificial pause between steps (demos and tests only)
     instance: str = field(default_factory=lambda: instance_id())  # this process, as run leases name it
     lease_s: float = field(default_factory=lambda: lease_seconds())  # how long a run's lease holds unrenewed
+    batcher: Batcher | None = None  # None: each draft calls the model by itself
+
+    @property
+    def denoiser(self) -> Denoiser:
+        """The denoiser the samplers of drafts call (see the glossary)."""
+        return self.batcher if self.batcher is not None else self.ckpt.model
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -110,6 +125,8 @@ class Services:
         return self.data_dir / "tmp"
 
     def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
         self.engine.dispose()
 
 
@@ -122,13 +139,17 @@ def build_services(
     step_delay_s: float = 0.0,
     login_delay_s: float = 0.5,
     sync_templates: bool = True,
+    batching: bool = True,
 ) -> Services:
-    """Load the model, open (and migrate) the database, copy the shipped templates in."""
+    """Load the model, open (and migrate) the database, copy the shipped templates in. With
+    `batching` the steps of concurrent drafts share forwards (engine.batching; one worker thread,
+    stopped by Services.close)."""
     import torch
 
     from app.auth import LoginGuard
     from app.runs import RunRegistry
     from engine import checkpoint
+    from engine.batching import Batcher
     from storage.db import make_engine, make_session_factory, resolve_url
     from storage.migrations import migrate
 
@@ -153,6 +174,7 @@ def build_services(
         runs=RunRegistry(),
         guard=LoginGuard(base_delay_s=login_delay_s),
         step_delay_s=step_delay_s,
+        batcher=Batcher(ckpt.model) if batching else None,
     )
     if sync_templates:
         load_templates(svc)

@@ -85,6 +85,8 @@ def launch_kwargs(svc: Services, *, host: str = "127.0.0.1", port: int | None = 
         run_history=False,
         enable_monitoring=False,
         max_file_size="1mb",
+        # a thread per streaming draft (waiting for its batched step) and room for the clicks beside them
+        max_threads=svc.limits.active_drafts + 24,
         ssr_mode=False,
         mcp_server=False,
         pwa=False,

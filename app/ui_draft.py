@@ -238,6 +238,11 @@ class DraftTab:
     def _wire_run(self) -> None:
         svc, state, outs = self.svc, self.state, self.outputs
         live: dict[str, Any] = {"show_progress": "hidden", **UNDOCUMENTED}
+        # drafting: up to limits.active_drafts stream at once, their steps batched into shared
+        # forwards; a person beyond that waits in the queue, and the status line shows their place
+        # and Gradio's estimate of the wait (then the elapsed time while the draft streams)
+        drafting: dict[str, Any] = {**live, "concurrency_limit": svc.limits.active_drafts, "concurrency_id": "model",
+                                    "show_progress": "minimal", "show_progress_on": [self.status]}
 
         def do_generate(st: DraftState, tpl: str, n: Any, k: Any, sd: Any, temp: Any, ttl: str, pace: Any,
                         request: gr.Request) -> Iterator[list[Any]]:
@@ -247,15 +252,14 @@ class DraftTab:
 
         self.generate_btn.click(do_generate, [state, self.template, self.length, self.steps, self.seed,
                                               self.temperature, self.title, self.pace], outs, api_name="generate",
-                                concurrency_limit=2, concurrency_id="model", **live)
+                                **drafting)
 
         def do_resume(st: DraftState, pace: Any, ref: Any, request: gr.Request) -> Iterator[list[Any]]:
             st = self.on_screen(st, ref, request)
             for up in draft.resume(svc, user_of(request), st, pace=pace):
                 yield draft_outputs(up)
 
-        self.resume_btn.click(do_resume, [state, self.pace, self.run_ref], outs, api_name="resume", concurrency_limit=2,
-                              concurrency_id="model", **live)
+        self.resume_btn.click(do_resume, [state, self.pace, self.run_ref], outs, api_name="resume", **drafting)
 
         def do_pace(st: DraftState, pace: Any, ref: Any, request: gr.Request) -> list[Any]:
             st = self.on_screen(st, ref, request)

@@ -150,12 +150,16 @@ class ComplexFourierMLP(nn.Module):
             return Y.addcmul_(self.cached_filter(fq, X.device, X.real.dtype), X)
         Y = torch.empty_like(X)  # (B, D, Fq)
         Yb = Y.view(b, nb, bs, fq)
+        # where one sequence alone takes the one-pass path, a batch of them takes the filter from
+        # the same product for all channels, so each row is exactly what it is alone
+        whole = self.cached_filter(fq, X.device, X.real.dtype) \
+            if self.chunk_elems // max(1, fq * 2 * self.hidden) >= nb else None  # (D, Fq) or None
         for k0 in range(0, nb, group):
             k = slice(k0, min(nb, k0 + group))
             H = torch.matmul(w1[k], Xb[:, k]).add_(b1[k])  # (B, g, h, Fq)
             torch.ops.aten.gelu_(torch.view_as_real(H))
             ch = slice(k.start * bs, k.stop * bs)
-            G = self.filter(fq, X.device, X.real.dtype, ch).view(-1, bs, fq)  # (g, bs, Fq)
+            G = (whole[ch] if whole is not None else self.filter(fq, X.device, X.real.dtype, ch)).view(-1, bs, fq)  # (g, bs, Fq)
             if b == 1:  # Yb[:, k] is contiguous: the product lands in place, no copy
                 Yk = torch.matmul(w2[k], H, out=Yb[:, k])  # (1, g, bs, Fq)
                 Yk.addcmul_(G, Xb[:, k])

@@ -15,6 +15,7 @@ zero-initialised gates and the sinusoidal time features.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,20 @@ def sinusoidal_features(t: Tensor, dim: int, max_period: float = 10_000.0) -> Te
     return feats
 
 
+def per_row(f: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """f(x) for a small (B, ...) input, row by row at inference when B > 1.
+
+    A product with one row runs another kernel (a matrix-vector one) than the same product
+    with several rows, so a row of a batch would differ in its last bits from the same row
+    computed alone. Computing these small per-sequence products (time conditioning, adaLN
+    modulation: (B, D) inputs) one row at a time makes the batched inference of several
+    sequences give exactly what each gives alone (engine.batching); in training it is one
+    product as before."""
+    if x.shape[0] <= 1 or torch.is_grad_enabled():
+        return f(x)
+    return torch.cat([f(x[i:i + 1]) for i in range(x.shape[0])])
+
+
 class TimeEmbedding(nn.Module):
     """t -> sinusoidal features -> MLP -> c (B, D)."""
 
@@ -43,7 +58,7 @@ class TimeEmbedding(nn.Module):
                                  nn.Linear(d_model, d_model))
 
     def forward(self, t: Tensor) -> Tensor:
-        return self.mlp(sinusoidal_features(t, self.time_dim))  # (B, D)
+        return per_row(self.mlp, sinusoidal_features(t, self.time_dim))  # (B, D)
 
 
 class AdaLN(nn.Module):
@@ -63,7 +78,7 @@ class AdaLN(nn.Module):
 
     def forward(self, c: Tensor) -> Tensor:
         """Modulation vectors (B, n_sub, per, 1, D): [shift, scale(, gate)] per sublayer."""
-        m = self.mod(F.silu(c))  # (B, n_sub*per*D)
+        m = per_row(self.mod, F.silu(c))  # (B, n_sub*per*D)
         return m.view(c.shape[0], self.n_sub, self.per, 1, self.d_model)
 
 
