@@ -41,7 +41,7 @@ MAX_TITLE_CHARS = 200
 
 
 def pace_seconds(pace: Any) -> float:
-    if pace not in PACES:
+    if not isinstance(pace, str) or pace not in PACES:
         raise Refused(f"choose a pace: {', '.join(PACES)}")
     return PACES[pace]
 
