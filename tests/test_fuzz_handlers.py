@@ -27,7 +27,7 @@ from app.services import Limits
 from app.state import DraftState, ReviewState
 from storage.models import AuditEvent, Document, Edit, Pin, Run, User
 
-FUZZ = settings(max_examples=25, derandomize=True, deadline=None, database=None,
+FUZZ = settings(max_examples=20, derandomize=True, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 UNEXPECTED = "Something went wrong on the server"
 MAX_MESSAGE = 600
