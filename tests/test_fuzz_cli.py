@@ -27,7 +27,7 @@ from engine import cli as engine_cli
 from storage import cli as storage_cli
 
 ROOT = Path(__file__).resolve().parent.parent
-FUZZ = settings(max_examples=30, derandomize=True, deadline=None, database=None,
+FUZZ = settings(max_examples=20, derandomize=True, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 # values a person, a script or an attacker might pass; each is also mixed into generated text
