@@ -49,7 +49,8 @@ def default_sqlite_url(data_dir: str | os.PathLike[str]) -> str:
         folder = Path(data_dir).expanduser().resolve()
         folder.mkdir(parents=True, exist_ok=True)
     except (OSError, ValueError) as e:  # ValueError: a NUL in the name
-        raise StorageError(f"cannot use the data folder {os.fspath(data_dir)!r}: {getattr(e, 'strerror', None) or e}") from e
+        why = getattr(e, "strerror", None) or e
+        raise StorageError(f"cannot use the data folder {os.fspath(data_dir)!r}: {why}") from e
     return f"sqlite:///{folder / DEFAULT_DB_FILENAME}"
 
 
