@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from engine.cli import Parser
+from engine.cli import Parser, one_line
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,11 +43,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not 0 <= args.port <= 65535:
         print(f"python -m app: error: --port must be 0..65535, got {args.port}", file=sys.stderr)
         return 2
+    if not args.data_dir.strip():
+        print("python -m app: error: --data-dir is empty: name a folder", file=sys.stderr)
+        return 2
     data_dir = Path(args.data_dir).expanduser().resolve()
     # files the app writes (the SQLite database, exports, temporary files) are for its own user only
     os.umask(0o077)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    data_dir.chmod(0o700)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.chmod(0o700)
+    except OSError as e:
+        print(f"python -m app: error: cannot use --data-dir {one_line(str(data_dir))!r}: {e.strerror or e}",
+              file=sys.stderr)
+        return 2
     # before gradio is imported: no telemetry, no hub, temporary files in the data folder
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     os.environ["HF_HUB_OFFLINE"] = "1"

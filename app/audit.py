@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from app.auth import require_permission, require_screen
-from app.common import Refused, as_int, safe, short
+from app.common import Refused, as_int, as_text, safe, short
 from app.export_links import Link, link_for
 from app.services import Services
 from storage import reports
@@ -23,7 +23,9 @@ from storage.export import export_audit as write_export
 from storage.models import ROLES
 
 FORMATS = ("csv", "xlsx", "parquet", "json")
+MAX_NAME_CHARS = 200  # a filter's user, role, action or template name
 CHART_DAYS = 30  # the QA charts cover this many days back
+MAX_CHART_DAYS = 36_600  # a hundred years: the most a chart may look back
 NO_DATA = "No data yet"
 AUDIT_HEADERS = ["seq", "when (UTC)", "user", "role", "action", "object", "document", "template", "old", "new",
                  "reason"]
@@ -59,23 +61,29 @@ def _parse_day(value: Any, what: str) -> datetime | None:
     if value in (None, ""):
         return None
     if isinstance(value, (int, float)):  # gr.DateTime gives a timestamp
-        return datetime.fromtimestamp(float(value), timezone.utc)
+        try:
+            return datetime.fromtimestamp(float(value), timezone.utc)
+        except (OverflowError, OSError, ValueError):  # NaN, or a time before year 1 or after 9999
+            raise Refused(f"{what}: {value!r} is not a time between the years 1 and 9999") from None
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    if not isinstance(value, str):
+        raise Refused(f"{what}: write a date as YYYY-MM-DD (optionally with a time)")
     try:
-        ts = datetime.fromisoformat(str(value).strip())
-    except ValueError:
+        ts = datetime.fromisoformat(value.strip())
+        return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts.astimezone(timezone.utc)
+    except (ValueError, OverflowError):  # OverflowError: an offset that moves it past year 1 or 9999
         raise Refused(f"{what}: write a date as YYYY-MM-DD (optionally with a time)") from None
-    return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts.astimezone(timezone.utc)
 
 
 def audit_filter(svc: Services, q: AuditQuery) -> AuditFilter:
     """The storage filter for what the page's filter fields say; Refused for a bad role or date."""
     template_id = None
-    if q.template:
+    template = as_text(q.template, "the template", MAX_NAME_CHARS).strip()
+    if template:
         with svc.reader() as s:
-            template_id = repo.get_template_by_name(s, q.template).id
-    role = q.role or None
+            template_id = repo.get_template_by_name(s, template).id
+    role = as_text(q.role, "the role", MAX_NAME_CHARS) or None
     if role is not None and role not in ROLES:
         raise Refused(f"unknown role {role!r}")
     doc = None
@@ -85,7 +93,9 @@ def audit_filter(svc: Services, q: AuditQuery) -> AuditFilter:
     until = _parse_day(q.until, "until")
     if until is not None and isinstance(q.until, str) and len(q.until.strip()) == 10:
         until = until + timedelta(days=1)  # a date means "through that day"
-    return AuditFilter(user=(q.user or "").strip() or None, role=role, action=q.action or None,
+    user = as_text(q.user, "the user", MAX_NAME_CHARS).strip() or None
+    action = as_text(q.action, "the action", MAX_NAME_CHARS).strip() or None
+    return AuditFilter(user=user, role=role, action=action,
                        document_id=doc, template_id=template_id, since=since, until=until)
 
 
@@ -109,6 +119,7 @@ def feedback_charts(svc: Services, username: str | None, days: int = CHART_DAYS)
     model; a chart without rows gets a note saying so (NO_DATA), the others an empty note."""
     require_permission(svc, username, "feedback.read", "read QA feedback")
     require_screen(svc, username, "audit")
+    days = as_int(days, "days", 1, MAX_CHART_DAYS)
     since = datetime.now(timezone.utc) - timedelta(days=days)
     with svc.reader() as s:
         charts = reports.feedback_frames(s, since=since)

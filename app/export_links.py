@@ -101,6 +101,12 @@ def may_fetch(role: str, name: str, maker: str) -> bool:
     return name == maker or repo.can(role, "user.manage")
 
 
+def _quoted(username: str | None) -> str:
+    """A session's user name for the trail's reason: quoted with its control characters escaped and
+    cut to 64 characters, so that no name can break the reason's rules (storage.validate.reason)."""
+    return repr(username[:64]) if isinstance(username, str) and username else "unknown"
+
+
 def download_export(svc: Services, username: str | None, token: str, *, now: datetime | None = None) -> Download:
     """Check a fetch of an export link and audit it; the route turns the answer into a response."""
     parsed = read_token(token)
@@ -123,7 +129,7 @@ def download_export(svc: Services, username: str | None, token: str, *, now: dat
         def refuse(status: int, why: str) -> Download:
             who, role = (actor.name, actor.role) if actor is not None else (SYSTEM_ACTOR, SYSTEM_ACTOR)
             append_event(s, who, role, "export.download.refused", "export", record.id, new=facts | {"status": status},
-                         reason=why if actor is not None else f"{why} (user {username or 'unknown'})")
+                         reason=why if actor is not None else f"{why} (user {_quoted(username)})")
             return Download(status, why)
 
         if actor is None:

@@ -39,9 +39,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from engine.cli import Parser
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.app_latency", description=__doc__.splitlines()[0])
+    p = Parser(prog="python -m bench.app_latency", description=__doc__.splitlines()[0])
     p.add_argument("--model", default=None, help="model folder (default: what the app uses: assets/model, else "
                    "assets/tiny; a tiny model is built in a temporary folder if neither exists)")
     p.add_argument("--length", type=int, default=256, help="tokens of the free-length draft (default 256)")

@@ -27,7 +27,6 @@ the real text cut to the same shape (SDR reports often carry such fields).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -42,6 +41,7 @@ import torch
 
 from bench.judge import Judge, Scores, cut_like, words
 from engine import checkpoint, template
+from engine.cli import Parser
 from engine.config import SamplerConfig, parse_sampler_spec
 from engine.sampler import sample
 
@@ -189,7 +189,7 @@ HEADER = ("| {} | judge ppl | vs real | OOV | vs real | distinct-2 | vs real | r
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.draft_quality", description=__doc__.splitlines()[0])
+    p = Parser(prog="python -m bench.draft_quality", description=__doc__.splitlines()[0])
     p.add_argument("--model", type=Path, default=Path("assets/model"), help="SFDLM model folder (default assets/model)")
     p.add_argument("--data", type=Path, default=Path("data/corpus"), help="prepared corpus: the judge fits train.jsonl, real text from test.jsonl")
     p.add_argument("--templates", type=Path, nargs="*", default=None, help="template files (default: assets/templates/*.txt)")

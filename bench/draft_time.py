@@ -14,7 +14,6 @@ autoregressive one, from a least-squares line time(S) = a + b*S through the meas
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import platform
@@ -25,6 +24,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from engine.build import build_model
+from engine.cli import Parser
 from engine.config import DiffusionConfig, ModelConfig, SamplerConfig
 from engine.diffusion import make_diffusion
 from engine.sampler import sample
@@ -90,7 +90,7 @@ def run(lengths: Sequence[int], steps: Sequence[int], repeats: int, d_model: int
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.draft_time", description=__doc__.splitlines()[0])
+    p = Parser(prog="python -m bench.draft_time", description=__doc__.splitlines()[0])
     p.add_argument("--lengths", default="256,2048", help="comma-separated draft lengths in tokens (default 256,2048)")
     p.add_argument("--steps", default="8,16,32,64", help="comma-separated reverse-step counts for the diffusion draft")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per configuration; the median is reported (default 3)")

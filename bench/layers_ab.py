@@ -24,7 +24,6 @@ head and loss, optimizer) is this checkout's in both.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import statistics
@@ -38,6 +37,7 @@ import torch
 
 from bench.train_step import FIRST_ID, add_shape_arguments, forward_backward, training_diffusion
 from engine.build import build_model
+from engine.cli import Parser
 from engine.config import ModelConfig, TrainConfig
 from engine.fourier_mlp import ComplexFourierMLP
 from engine.ssm import BidirectionalSSM
@@ -156,7 +156,7 @@ def table(res: dict[str, dict[str, float]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.layers_ab", description=__doc__.splitlines()[0])
+    p = Parser(prog="python -m bench.layers_ab", description=__doc__.splitlines()[0])
     p.add_argument("--base", required=True, type=Path, help="a checkout (e.g. a git worktree) whose layers to compare against")
     add_shape_arguments(p, repeats=8)
     args = p.parse_args(argv)

@@ -8,7 +8,6 @@ under 30 ms, a 64-step draft under 2 s, at most 50 MB on two CPU cores).
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
@@ -18,12 +17,13 @@ from pathlib import Path
 import torch
 
 from engine import checkpoint
+from engine.cli import Parser
 from engine.config import SamplerConfig
 from engine.sampler import sample
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.model_speed", description=__doc__.splitlines()[0])
+    p = Parser(prog="python -m bench.model_speed", description=__doc__.splitlines()[0])
     p.add_argument("--model", type=Path, default=Path("assets/model"), help="model folder (default assets/model)")
     p.add_argument("--length", type=int, default=256, help="draft length in tokens (default 256)")
     p.add_argument("--steps", type=int, default=64, help="reverse steps of the whole draft (default 64)")

@@ -40,6 +40,7 @@ import torch
 
 from engine import checkpoint
 from engine.build import build_model, count_parameters
+from engine.cli import Parser
 from engine.config import DiffusionConfig, ModelConfig, TrainConfig, to_dict
 from engine.evaluate import evaluate
 from engine.tokenizer import Tokenizer
@@ -373,7 +374,7 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__.splitlines()[0])
+    p = Parser(prog="python -m bench.quality", description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, required=True, help="prepared corpus folder (python -m engine.corpus fetch)")
     p.add_argument("--out", type=Path, default=Path("data/quality"), help="runs and the shared tokenizer go here (a tokenizer already there is reused, whatever --vocab says; a different size is reported)")
     p.add_argument("--tokens", type=int, default=2_000_000, help="training tokens per model (same for all)")

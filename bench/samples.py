@@ -7,7 +7,6 @@ picked or edited: seed k is simply the k-th draft.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
 from collections.abc import Sequence
@@ -16,6 +15,7 @@ from pathlib import Path
 import torch
 
 from engine import checkpoint, template
+from engine.cli import Parser
 from engine.sampler import sample
 
 
@@ -29,7 +29,7 @@ def draft(ck: checkpoint.Checkpoint, layout: template.Layout, seed: int) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.samples", description=__doc__.splitlines()[0])
+    p = Parser(prog="python -m bench.samples", description=__doc__.splitlines()[0])
     p.add_argument("--model", type=Path, default=Path("assets/model"), help="model folder (default assets/model)")
     p.add_argument("--templates", type=Path, default=Path("assets/templates"), help="folder of templates")
     p.add_argument("--seeds", type=int, default=10, help="drafts per template, seeds 0..N-1 (default 10)")

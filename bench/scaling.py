@@ -38,12 +38,14 @@ import subprocess
 import sys
 import time
 
+from engine.cli import Parser
+
 MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 DEFAULT_LENGTHS = "128,256,512,1024,2048,4096,8192,16384"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.scaling", description=__doc__,
+    p = Parser(prog="python -m bench.scaling", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--lengths", default=DEFAULT_LENGTHS,
                    help="comma-separated sequence lengths L to measure (default: %(default)s)")

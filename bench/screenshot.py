@@ -9,16 +9,17 @@ of the way while it streams, and saves the page when the draft has a few steps l
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from engine.cli import Parser
+
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.screenshot", description=__doc__.splitlines()[0])
+    p = Parser(prog="python -m bench.screenshot", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="assets/model", help="model folder (default assets/model)")
     p.add_argument("--out", default="docs/screenshot.png", help="PNG to write (default docs/screenshot.png)")
     p.add_argument("--template", default="Corrective action", help="template to draft (default Corrective action)")

@@ -29,7 +29,6 @@ the transformer's row is a control, since a change to the SFDLM's layers leaves 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import select
@@ -42,6 +41,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.train_step import add_shape_arguments
+from engine.cli import Parser
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ("sfdlm", "transformer")
@@ -213,7 +213,7 @@ def table(res: dict, shape: dict, window: float, repeats: int) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.side_by_side", description=__doc__.splitlines()[0])
+    p = Parser(prog="python -m bench.side_by_side", description=__doc__.splitlines()[0])
     add_shape_arguments(p, repeats=3)
     p.add_argument("--base", type=Path, help="another checkout (e.g. a git worktree) to time the same way")
     p.add_argument("--window", type=float, default=60.0, help="seconds of timed steps per pair and round")

@@ -48,6 +48,7 @@ import torch
 
 from bench.quality import matched
 from engine.build import build_model, count_parameters
+from engine.cli import Parser
 from engine.config import DiffusionConfig, ModelConfig, TrainConfig
 from engine.diffusion import make_diffusion
 from engine.tokenizer import MASK
@@ -179,7 +180,7 @@ def table(res: dict[str, dict], B: int, L: int) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.train_step", description=__doc__.splitlines()[0])
+    p = Parser(prog="python -m bench.train_step", description=__doc__.splitlines()[0])
     add_shape_arguments(p, repeats=5)
     p.add_argument("--noise", choices=("uniform", "absorbing"), default="uniform",
                    help="the noise the step trains with and the head + loss integrate (default uniform)")

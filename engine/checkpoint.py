@@ -218,12 +218,11 @@ def load(folder: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m engine.checkpoint amend --model DIR [--sampler SPEC] [--lexicon-from CORPUS]`."""
-    import argparse
-
+    from engine.cli import Parser, one_line
     from engine.config import parse_sampler_spec
     from engine.words import build_lexicon
 
-    p = argparse.ArgumentParser(prog="python -m engine.checkpoint", description="Amend a model folder's sampler defaults or lexicon.")
+    p = Parser(prog="python -m engine.checkpoint", description="Amend a model folder's sampler defaults or lexicon.")
     p.add_argument("action", choices=["amend"], help="amend: rewrite the chosen parts and the manifest")
     p.add_argument("--model", type=Path, required=True, help="model folder")
     p.add_argument("--sampler", default=None, help="sampler fields to change, e.g. 'steps=64,commit=1' (engine.config.parse_sampler_spec)")
@@ -237,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
             with (args.lexicon_from / "train.jsonl").open(encoding="utf-8") as f:
                 lexicon = build_lexicon(json.loads(line)["text"] for line in f if line.strip())
     except (CheckpointError, ValueError, OSError, KeyError) as exc:
-        p.exit(2, f"{p.prog}: error: {exc}\n")
+        p.exit(2, f"{p.prog}: error: {one_line(str(exc))}\n")
     print(amend(args.model, sampler_cfg=sampler_cfg, lexicon=lexicon))
     return 0
 

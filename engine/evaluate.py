@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from engine import checkpoint
-from engine.cli import Parser
+from engine.cli import Parser, one_line
 from engine.config import SamplerConfig
 from engine.sampler import sample
 from engine.train import TrainError, eval_windows, load_split_texts, token_stream
@@ -140,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ck = checkpoint.load(args.model)
         texts = load_split_texts(args.data, args.split, args.column)
     except (checkpoint.CheckpointError, TrainError) as exc:
-        print(f"python -m engine.evaluate: error: {exc}", file=sys.stderr)
+        print(f"python -m engine.evaluate: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     report = evaluate(ck, texts, seq_len=args.seq_len, max_windows=args.max_windows, infill_windows=args.infill_windows,
                       steps=args.steps, mc=args.mc, n_samples=args.samples, seed=args.seed)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from engine.cli import Parser
+from engine.cli import Parser, one_line
 
 MAX_LENGTH = 16384
 MAX_STEPS = 4096
@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _fail(message: str) -> NoReturn:
-    print(f"python -m engine.sample: error: {message}", file=sys.stderr)
+    print(f"python -m engine.sample: error: {one_line(message)}", file=sys.stderr)
     raise SystemExit(2)
 
 

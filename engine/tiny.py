@@ -7,7 +7,6 @@ The trained default model is built by `engine.train` (a later issue).
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -70,11 +69,16 @@ def build_tiny(out: str | Path, seed: int = 0) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m engine.tiny", description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=Path("assets/tiny"), help="model folder to write (default assets/tiny)")
+    from engine.cli import Parser, one_line, out_path
+
+    p = Parser(prog="python -m engine.tiny", description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=out_path, default=Path("assets/tiny"), help="model folder to write (default assets/tiny)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random initialisation")
     args = p.parse_args(argv)
-    print(build_tiny(args.out, args.seed))
+    try:
+        print(build_tiny(args.out, args.seed))
+    except OSError as exc:  # a folder that cannot be made or written, found only when writing
+        p.exit(2, f"{p.prog}: error: cannot write {one_line(str(args.out))!r}: {exc.strerror or exc}\n")
     return 0
 
 

@@ -36,7 +36,7 @@ from engine import checkpoint
 from engine.build import build_model, count_parameters
 from engine.checkpoint import diffusion_for
 from engine.clean_mask import random_clean_mask
-from engine.cli import Parser
+from engine.cli import Parser, one_line, out_path
 from engine.config import RECOMMENDED_SAMPLER, DiffusionConfig, ModelConfig, TrainConfig, from_dict, to_dict
 from engine.corpus.loaders import load_documents
 from engine.corpus.splits import read_split, split_random
@@ -340,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="python -m engine.train", description="Train a DiffDraft model (SFDLM, transformer denoiser, or causal baseline).")
     p.add_argument("--data", type=Path, required=True, help="a prepared corpus folder (train.jsonl, validation.jsonl) or documents engine.corpus can read")
     p.add_argument("--column", help="text column when --data is a CSV file")
-    p.add_argument("--out", type=Path, required=True, help="run folder: train_state.pt, model/, log.jsonl")
+    p.add_argument("--out", type=out_path, required=True, help="run folder: train_state.pt, model/, log.jsonl")
     p.add_argument("--config", type=Path, help='JSON with optional "model", "diffusion", "train" sections; flags override it')
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped, with its own settings (only --max-steps, --max-minutes and --eval-every may change)")
     p.add_argument("--init-from", type=Path, help="fine-tune: start from this model folder's weights, configs and tokenizer")
@@ -405,7 +405,7 @@ def differences(given: dict[tuple[str, str], Any], saved: dict[str, dict[str, An
 
 
 def _fail(message: str) -> NoReturn:
-    print(f"python -m engine.train: error: {message}", file=sys.stderr)
+    print(f"python -m engine.train: error: {one_line(message)}", file=sys.stderr)
     raise SystemExit(2)
 
 
@@ -486,6 +486,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         keep_best=args.keep_best)
     except TrainError as exc:
         _fail(str(exc))
+    except OSError as exc:  # the run folder could not be made or written
+        _fail(f"cannot write the run in {args.out}: {exc.strerror or exc}")
     if rank == 0:
         print(json.dumps({"out": str(args.out / "model"), **metrics}))
     if world > 1:

@@ -5,18 +5,18 @@ Also `python -m storage current` prints the schema revision the database is at.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 
 from storage.audit import add_db_args
+from storage.cli import Parser, fail
 from storage.db import describe_url, make_engine, resolve_url
 from storage.errors import StorageError
 from storage.migrations import current_revision, head_revision, migrate
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m storage", description="DiffDraft database maintenance.")
+    p = Parser(prog="python -m storage", description="DiffDraft database maintenance.")
     sub = p.add_subparsers(dest="command", required=True)
     m = sub.add_parser("migrate", help="upgrade the schema to the newest revision (safe to repeat)")
     add_db_args(m)
@@ -37,8 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             engine.dispose()
     except StorageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(str(e))
     return 0
 
 

@@ -258,6 +258,16 @@ class AuditFilter:
 def filtered(filters: AuditFilter | None) -> Select[tuple[AuditEvent]]:
     """select(AuditEvent) with the filters applied (unordered)."""
     f = filters or AuditFilter()
+    if f.user is not None:
+        validate.actor_name(f.user)
+    if f.role is not None:
+        validate.role(f.role)
+    if f.action is not None:
+        validate.ident(f.action, "the action")
+    if f.document_id is not None:
+        validate.row_id(f.document_id, "the document id")
+    if f.template_id is not None:
+        validate.row_id(f.template_id, "the template id")
     for t in (f.since, f.until):
         if t is not None and t.tzinfo is None:
             raise ValidationError("date filters must be timezone-aware (UTC)")
@@ -303,7 +313,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from storage.db import make_engine, make_session_factory, read_only, resolve_url
     from storage.migrations import require_current
 
-    parser = argparse.ArgumentParser(prog="python -m storage.audit", description="Check the audit trail.")
+    from storage.cli import Parser, fail
+
+    parser = Parser(prog="python -m storage.audit", description="Check the audit trail.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("verify", help="walk the hash chain; exit 0 if intact, 1 naming the first broken event")
     add_db_args(p)
@@ -318,8 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             engine.dispose()
     except StorageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(str(e))
     if result.ok:
         print(result.message)
         return 0

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.engine.interfaces import ExceptionContext
 from sqlalchemy.orm import Session, sessionmaker
@@ -44,8 +45,12 @@ _BEGIN_OPTION = "diffdraft_sqlite_begin"  # execution option: "IMMEDIATE" (defau
 
 def default_sqlite_url(data_dir: str | os.PathLike[str]) -> str:
     """The embedded default: DATA_DIR/diffdraft.sqlite3 (the folder is created if missing)."""
-    folder = Path(data_dir).expanduser().resolve()
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder = Path(data_dir).expanduser().resolve()
+        folder.mkdir(parents=True, exist_ok=True)
+    except (OSError, ValueError) as e:  # ValueError: a NUL in the name
+        why = getattr(e, "strerror", None) or e
+        raise StorageError(f"cannot use the data folder {os.fspath(data_dir)!r}: {why}") from e
     return f"sqlite:///{folder / DEFAULT_DB_FILENAME}"
 
 
@@ -86,7 +91,16 @@ def is_sqlite(bind: Engine | Session | Any) -> bool:
 def make_engine(url: str, *, busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S, echo: bool = False) -> Engine:
     """An engine with the settings this project relies on (see the module docstring)."""
     url = normalise_url(url)
-    parsed = make_url(url)
+    try:
+        parsed = make_url(url)
+        return _make_engine(url, parsed, busy_timeout_s, echo)
+    except ArgumentError as e:  # a URL that does not parse, or names a driver that is not installed
+        # the URL itself is not repeated: it may hold a password
+        raise StorageError("cannot read the database URL: write sqlite:///FILE or "
+                           "postgresql+psycopg://USER@HOST/DB") from e
+
+
+def _make_engine(url: str, parsed: URL, busy_timeout_s: float, echo: bool) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         engine = create_engine(url, echo=echo, connect_args={"timeout": busy_timeout_s})
         _install_sqlite_settings(engine, busy_timeout_s)

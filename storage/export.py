@@ -17,6 +17,8 @@ import argparse
 import csv
 import hashlib
 import os
+import re
+import secrets
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -110,7 +112,8 @@ def _write_tmp(df: pd.DataFrame, path: Path, fmt: str) -> Path:
     """Write to a temporary file beside `path` and return its name."""
     if not path.parent.is_dir():
         raise ValidationError(f"the folder {path.parent} does not exist")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # a short name of its own: the target's name may already be as long as a name can be
+    tmp = path.parent / f".export-{os.getpid()}-{secrets.token_hex(4)}.tmp"
     try:
         if fmt == "csv":
             # every field quoted: pandas leaves a lone carriage return unquoted otherwise, which
@@ -183,10 +186,10 @@ def export_audit(session: Session, path: str | os.PathLike[str], fmt: str | None
     transaction. If the caller then fails to commit, it should delete the file."""
     by = require(session, actor, "export")
     assert by is not None
-    fmt = format_for(path, fmt)
+    target = validate.output_path(path)
+    fmt = format_for(target, fmt)
     filters = filters or AuditFilter()
     df = audit_frame(session, filters)
-    target = Path(path)
     tmp = _write_tmp(df, target, fmt)
     try:
         resolved = str(target.resolve())
@@ -218,17 +221,18 @@ def parse_utc(value: str) -> datetime:
     """ISO date or date-time; without an offset it is taken as UTC."""
     try:
         ts = datetime.fromisoformat(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO date or date-time: {value!r}") from None
-    return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts.astimezone(timezone.utc)
+        return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts.astimezone(timezone.utc)
+    except (ValueError, OverflowError):  # OverflowError: an offset that moves it past year 1 or 9999
+        raise argparse.ArgumentTypeError(f"not an ISO date or date-time from year 1 to 9999 (UTC): {value!r}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from storage.cli import Parser, fail
     from storage.db import make_engine, make_session_factory, resolve_url, transaction
     from storage.migrations import require_current
     from storage.repository import get_template_by_name
 
-    p = argparse.ArgumentParser(prog="python -m storage.export",
+    p = Parser(prog="python -m storage.export",
                                 description="Export the audit trail (filtered) to a file. The export is "
                                             "itself recorded as an audit event.")
     p.add_argument("--format", choices=EXPORT_FORMATS, default=None,
@@ -257,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             with transaction(make_session_factory(engine)) as session:
                 template_id = None
                 if args.template is not None:
-                    template_id = (int(args.template) if args.template.isdigit()
+                    template_id = (int(args.template) if re.fullmatch(r"[0-9]{1,19}", args.template)
                                    else get_template_by_name(session, args.template).id)
                 filters = AuditFilter(user=args.user, role=args.role, action=args.action, document_id=args.document,
                                       template_id=template_id, since=args.since, until=args.until)
@@ -269,8 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             engine.dispose()
     except StorageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(str(e))
     assert record is not None
     print(f"wrote {record.row_count} events to {record.path} ({record.format}, sha256 {record.sha256})")
     return 0

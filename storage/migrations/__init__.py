@@ -35,6 +35,12 @@ def head_revision() -> str:
     return head
 
 
+def revisions() -> list[str]:
+    """Every revision id, oldest first."""
+    script = ScriptDirectory.from_config(alembic_config())
+    return [r.revision for r in reversed(list(script.walk_revisions()))]
+
+
 def current_revision(engine: Engine) -> str | None:
     with engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
@@ -46,6 +52,9 @@ def migrate(url: str | Engine, revision: str = "head") -> str | None:
     Safe to call from several processes at once: on PostgreSQL an advisory lock serialises them,
     on SQLite the transaction begins IMMEDIATE.
     """
+    known = revisions()
+    if revision != "head" and revision not in known:  # alembic would fail on it with a traceback
+        raise StorageError(f"unknown schema revision {revision!r}: use head or one of {', '.join(known)}")
     engine = make_engine(url) if isinstance(url, str) else url
     try:
         with engine.begin() as conn:
