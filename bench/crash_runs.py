@@ -27,7 +27,6 @@ What is checked after every kill (the figures the table prints):
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing as mp
 import os
@@ -87,9 +86,10 @@ def _seed_users(db_url: str, model: str, workdir: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from engine.cli import Parser
     from engine.tiny import build_tiny
 
-    p = argparse.ArgumentParser(prog="python -m bench.crash_runs", description=__doc__.splitlines()[0])
+    p = Parser(prog="python -m bench.crash_runs", description=__doc__.splitlines()[0])
     p.add_argument("--kills", type=int, default=20)
     p.add_argument("--db", default="sqlite,postgres", help="sqlite, postgres or both")
     p.add_argument("--seed", type=int, default=0)

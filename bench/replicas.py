@@ -20,7 +20,6 @@ PostgreSQL server; see docs/RELIABILITY.md for the figures.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import signal
@@ -268,9 +267,10 @@ def run(db_url: str, model: str, work: Path, *, seconds: float = 180.0, clients:
 
 def main(argv: list[str] | None = None) -> int:
     from bench.crash_runs import _pg_database
+    from engine.cli import Parser
     from engine.tiny import build_tiny
 
-    p = argparse.ArgumentParser(prog="python -m bench.replicas", description=__doc__.splitlines()[0])
+    p = Parser(prog="python -m bench.replicas", description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=180.0)
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--kill-at", type=float, default=0.5, help="share of the time at which replica A is killed")

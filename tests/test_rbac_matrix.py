@@ -167,7 +167,7 @@ def test_the_live_app_wires_the_same_refusals(live_app):
 
     url, svc = live_app
     olga = Client(url, auth=("olga", sf.PASSWORD), analytics_enabled=False, verbose=False)
-    assert DENIED.search(olga.predict(3, 4, api_name="/pin_span")[0])
+    assert DENIED.search(olga.predict(3, 4, 0, api_name="/pin_span")[0])
     assert DENIED.search(olga.predict(None, None, None, None, None, "", "", "csv", api_name="/export")[0])
     assert DENIED.search(olga.predict("mallory", "admin", "a long enough password", api_name="/add_user")[0])
     maya = Client(url, auth=("maya", sf.PASSWORD), analytics_enabled=False, verbose=False)
