@@ -50,8 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # files the app writes (the SQLite database, exports, temporary files) are for its own user only
     os.umask(0o077)
     try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        data_dir.chmod(0o700)
+        if not data_dir.exists():  # a folder the app makes is its user's only; an existing one keeps its mode
+            data_dir.mkdir(parents=True, mode=0o700)
     except OSError as e:
         print(f"python -m app: error: cannot use --data-dir {one_line(str(data_dir))!r}: {e.strerror or e}",
               file=sys.stderr)

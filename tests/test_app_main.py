@@ -108,3 +108,10 @@ def test_weak_admin_password_at_start_is_one_clear_line(app_services, monkeypatc
     assert stat.S_IMODE((tmp_path / "start").stat().st_mode) == 0o700
     db = next((tmp_path / "start").glob("*.sqlite3"))
     assert stat.S_IMODE(db.stat().st_mode) & 0o077 == 0
+    # a folder that exists (say the user's home) keeps its mode; what the app writes in it is private
+    mine = tmp_path / "mine"
+    mine.mkdir(mode=0o755)
+    mine.chmod(0o755)
+    assert main(["--model", str(app_services.model_dir), "--data-dir", str(mine)]) == 2
+    assert stat.S_IMODE(mine.stat().st_mode) == 0o755
+    assert stat.S_IMODE(next(mine.glob("*.sqlite3")).stat().st_mode) & 0o077 == 0
