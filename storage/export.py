@@ -9,6 +9,7 @@ Glossary
   export       writing a filtered frame to a file; recorded in `exports` and as an audit event
 
     python -m storage.export --format csv --out FILE --actor NAME [filters]
+    python -m storage.export training --out DIR --actor NAME   (storage.training_export)
 """
 
 from __future__ import annotations
@@ -224,6 +225,11 @@ def parse_utc(value: str) -> datetime:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["training"]:  # QA feedback as training files (storage.training_export)
+        from storage.training_export import main as training_main
+
+        return training_main(argv[1:])
     from storage.db import make_engine, make_session_factory, resolve_url, transaction
     from storage.migrations import require_current
     from storage.repository import get_template_by_name
