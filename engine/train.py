@@ -37,6 +37,7 @@ from engine.build import build_model, count_parameters
 from engine.checkpoint import diffusion_for
 from engine.clean_mask import random_clean_mask
 from engine.cli import Parser
+from engine.feedback import FeedbackError, FeedbackMix, load_feedback
 from engine.config import RECOMMENDED_SAMPLER, DiffusionConfig, ModelConfig, TrainConfig, from_dict, to_dict
 from engine.tokenizer import Tokenizer
 from engine.train_data import (  # the data half of training, also imported from here by callers
@@ -58,24 +59,27 @@ def lr_at(step: int, cfg: TrainConfig, elapsed: float = 0.0) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
-def batch_loss(model: nn.Module, arch: str, diffusion: Any, x0: Tensor, gen: torch.Generator, clean_prob: float) -> tuple[Tensor, float, int]:
-    """(differentiable loss, nelbo sum in nats, tokens counted) for one batch of windows."""
+def batch_loss(model: nn.Module, arch: str, diffusion: Any, x0: Tensor, gen: torch.Generator, clean_prob: float,
+               clean: Tensor | None = None) -> tuple[Tensor, float, int]:
+    """(differentiable loss, nelbo sum in nats, tokens counted) for one batch of windows; `clean`
+    (B, L) bool gives the clean positions (default: random_clean_mask with clean_prob)."""
     if arch == "causal":
         logits = model(x0[:, :-1])  # (B, L-1, V)
         nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x0[:, 1:].reshape(-1), reduction="sum")
         n = x0[:, 1:].numel()
         return nll / n, float(nll.detach()), n
-    clean = random_clean_mask(x0.shape[0], x0.shape[1], gen, p=clean_prob).to(x0.device)  # (B, L)
-    out = diffusion.loss(model, x0, clean, gen)
+    if clean is None:
+        clean = random_clean_mask(x0.shape[0], x0.shape[1], gen, p=clean_prob)  # (B, L)
+    out = diffusion.loss(model, x0, clean.to(x0.device), gen)
     return out.loss, float(out.nelbo_sum), out.n_tokens
 
 
 def optimizer_step(net: nn.Module, arch: str, diffusion: Any, opt: torch.optim.Optimizer, x0: Tensor, gen: torch.Generator,
-                   clean_prob: float, grad_clip: float = 0.0) -> Tensor:
+                   clean_prob: float, grad_clip: float = 0.0, clean: Tensor | None = None) -> Tensor:
     """One training step on the batch x0 (B, L): loss, backward, gradient clipping to `grad_clip`
     (global norm over the optimizer's parameters; 0 = none), update. `net` may be a DDP wrapper.
     Returns the step's loss (detached)."""
-    loss, _, _ = batch_loss(net, arch, diffusion, x0, gen, clean_prob)
+    loss, _, _ = batch_loss(net, arch, diffusion, x0, gen, clean_prob, clean)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if grad_clip > 0:
@@ -119,9 +123,12 @@ def _rng_state(gens: dict[str, torch.Generator]) -> dict[str, Tensor]:
 def train(setup: Setup, train_texts: Sequence[str], val_texts: Sequence[str], out: Path, *,
           resume: bool = False, init_state: dict[str, Tensor] | None = None, device: str = "cpu",
           log_every: int = 10, save_every: int = 0, name: str = "sfdlm", stop_after: int | None = None,
-          keep_best: bool = False) -> dict[str, Any]:
+          keep_best: bool = False, mix: FeedbackMix | None = None, meta: dict[str, Any] | None = None,
+          lineage: dict[str, str] | None = None) -> dict[str, Any]:
     """Run (or resume) training; returns the last validation metrics. Rank 0 writes the run dir.
 
+    `mix` draws part of every batch from reviewers' feedback (engine.feedback); `meta` is added to
+    the saved model's meta and `lineage` (version, parent) to its manifest.
     `stop_after` ends the run early at that step, saved as if interrupted (for --resume).
     `keep_best` also writes out/best/ (a model folder) whenever the validation bound improves,
     so that a long multi-epoch run keeps its best model even if it later over-fits."""
@@ -135,7 +142,7 @@ def train(setup: Setup, train_texts: Sequence[str], val_texts: Sequence[str], ou
         torch.backends.cudnn.allow_tf32 = True
     tok = setup.tokenizer
     stream = token_stream(train_texts, tok)
-    lexicon = build_lexicon(train_texts)  # the sampler's word rule (engine.words)
+    lexicon = build_lexicon([*train_texts, *(mix.texts if mix is not None else [])])  # the sampler's word rule (engine.words)
     val = eval_windows(token_stream(val_texts, tok), cfg.seq_len, 64) if val_texts else None
 
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
@@ -182,11 +189,11 @@ def train(setup: Setup, train_texts: Sequence[str], val_texts: Sequence[str], ou
     def model_meta() -> dict[str, Any]:
         return {"step": step, "tokens_seen": seen * world, "train_seconds": round(elapsed, 3),
                 "train_config": to_dict(cfg), "parameters": count_parameters(model),
-                "world_size": world, "device": device, "validation": history[-1] if history else None}
+                "world_size": world, "device": device, "validation": history[-1] if history else None, **(meta or {})}
 
     def save_model(folder: Path) -> None:
         checkpoint.save(folder, model, mcfg, tok, diffusion_cfg=setup.diffusion_cfg, sampler_cfg=RECOMMENDED_SAMPLER,
-                        name=name, meta=model_meta(), lexicon=lexicon)
+                        name=name, meta=model_meta(), lexicon=lexicon, lineage=lineage)
 
     def save() -> None:
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": _rng_state(gens),
@@ -228,8 +235,13 @@ def train(setup: Setup, train_texts: Sequence[str], val_texts: Sequence[str], ou
         t0 = time.perf_counter()
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg, elapsed)
-        x0 = windows(stream, cfg.seq_len, cfg.batch_size, gens["data"]).to(device)  # (B, L)
-        loss = optimizer_step(net, mcfg.arch, diffusion, opt, x0, gens["noise"], cfg.clean_prob, cfg.grad_clip)
+        clean = None
+        if mix is None:
+            x0 = windows(stream, cfg.seq_len, cfg.batch_size, gens["data"])  # (B, L)
+        else:
+            x0, clean = mix.batch(stream, cfg.batch_size, gens["data"], gens["noise"], cfg.clean_prob)
+        x0 = x0.to(device)
+        loss = optimizer_step(net, mcfg.arch, diffusion, opt, x0, gens["noise"], cfg.clean_prob, cfg.grad_clip, clean)
         step += 1
         seen += x0.numel()
         tok_log += x0.numel()
@@ -271,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help='JSON with optional "model", "diffusion", "train" sections; flags override it')
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped, with its own settings (only --max-steps, --max-minutes and --eval-every may change)")
     p.add_argument("--init-from", type=Path, help="fine-tune: start from this model folder's weights, configs and tokenizer")
+    p.add_argument("--feedback", type=Path, help="with --init-from: also train on this feedback folder (python -m storage.export training)")
+    p.add_argument("--feedback-share", type=float, help="share of each batch drawn from --feedback (default 0.5)")
+    p.add_argument("--version", help="version label written into the model's manifest (default: the --out folder's name)")
     p.add_argument("--tokenizer", type=Path, help="tokenizer.json to use (default: train one on the training split)")
     p.add_argument("--vocab-size", type=int, help="vocabulary size of a newly trained tokenizer (default: the model config's)")
     p.add_argument("--arch", choices=["sfdlm", "transformer"], help="denoiser network (default sfdlm)")
@@ -336,6 +351,43 @@ def _fail(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
+def _feedback_run(args: argparse.Namespace, tok: Tokenizer, tcfg: TrainConfig) -> tuple[dict[str, Any], FeedbackMix | None]:
+    """(meta to record, batch mix) of a fine-tune on --feedback. A resumed fine-tune must be given
+    the same feedback folder (its manifest's SHA-256 is recorded), a plain run none."""
+    saved = None
+    if args.resume:
+        saved = json.loads((args.out / "model" / "config.json").read_text())["meta"].get("feedback")
+        if saved and not args.feedback:
+            raise TrainError(f"--resume: this run fine-tunes on feedback ({saved['sha256'][:12]}); give --feedback DIR again")
+    if not args.feedback:
+        return {}, None
+    fb = load_feedback(args.feedback)
+    if args.resume and (not saved or saved["sha256"] != fb.sha256):
+        raise TrainError(f"--resume: --feedback {args.feedback} is not the feedback this run started with")
+    for why, n in fb.skipped.items():
+        print(f"feedback: left out {n} ({why})", file=sys.stderr)
+    mix = FeedbackMix(fb, tok, tcfg.seq_len, tcfg.feedback_share)
+    print(f"feedback: {len(fb.approved)} approved documents, {len(mix.edits)} edit examples, share {tcfg.feedback_share}",
+          file=sys.stderr)
+    return {"feedback": fb.summary() | {"path": str(args.feedback.resolve())}}, mix
+
+
+def _gate(args: argparse.Namespace, parent: str, seq_len: int) -> None:
+    """Record the forgetting check (engine.promotion) in the fine-tuned model, when the corpus has
+    a test split; else say that without it the model cannot be promoted."""
+    from engine.promotion import test_gate
+
+    if not (args.data / "test.jsonl").is_file():
+        print(f"note: {args.data} has no test.jsonl: no forgetting check is recorded, and the app will not promote "
+              "this model", file=sys.stderr)
+        return
+    gate = test_gate(parent, args.out / "model", load_split_texts(args.data, "test"), seq_len=seq_len)
+    checkpoint.amend(args.out / "model", meta={"test_gate": gate})
+    print(f"test-split bound {gate['parent_bits_per_token']:.3f} -> {gate['bits_per_token']:.3f} bits/token "
+          f"({100 * gate['change']:+.2f} %, tolerance {100 * gate['tolerance']:.0f} %): "
+          f"{'may be promoted' if gate['passed'] else 'NOT promotable'}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.threads:
@@ -355,13 +407,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             ("model", "n_layers"): args.layers, ("diffusion", "noise"): args.noise, ("train", "seq_len"): args.seq_len,
             ("train", "batch_size"): args.batch_size, ("train", "max_steps"): args.max_steps, ("train", "lr"): args.lr,
             ("train", "warmup_steps"): args.warmup_steps, ("train", "eval_every"): args.eval_every, ("train", "seed"): args.seed,
-            ("train", "max_seconds"): None if args.max_minutes is None else 60.0 * args.max_minutes}
+            ("train", "max_seconds"): None if args.max_minutes is None else 60.0 * args.max_minutes,
+            ("train", "feedback_share"): args.feedback_share}
     given.update({k: v for k, v in flag.items() if v is not None})
     tokenizer: Tokenizer | None = None
-    init_state = None
+    init_state, lineage = None, None
     if args.resume and (args.init_from or args.tokenizer or args.vocab_size):
         _fail("--resume continues the run in --out with its own weights and tokenizer; "
               "--init-from, --tokenizer and --vocab-size start a new run (give a new --out)")
+    if args.feedback_share is not None and not args.feedback:
+        _fail("--feedback-share needs --feedback DIR")
+    if args.feedback and not (args.init_from or args.resume):
+        _fail("--feedback fine-tunes an existing model: give --init-from MODEL (or --resume such a fine-tune)")
+    if args.feedback and not args.resume:
+        given.setdefault(("train", "feedback_share"), 0.5)
     if args.init_from:
         if args.tokenizer or args.vocab_size:
             _fail("--init-from fine-tunes a model with its own tokenizer; --tokenizer and --vocab-size would not fit its weights")
@@ -376,6 +435,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             _fail(f"--init-from keeps the architecture of {args.init_from}, but this command asks for " + ", ".join(changed)
                   + " (drop those settings, or train from scratch without --init-from)")
         tokenizer, init_state = ck.tokenizer, ck.model.state_dict()
+        lineage = {"version": args.version or args.out.resolve().name, "parent": ck.model_id}
+    elif args.version:
+        lineage = {"version": args.version}
     try:
         if args.resume:
             sections = resumed_sections(args.out, given)
@@ -393,7 +455,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             tokenizer = Tokenizer.train(train_texts, vocab_size=vocab)
         sections["model"]["vocab_size"] = tokenizer.vocab_size
         mcfg = from_dict(ModelConfig, sections["model"])
-    except (ValueError, TypeError, OSError, TrainError) as exc:
+        meta, mix = _feedback_run(args, tokenizer, tcfg)
+        if args.resume:
+            lineage = checkpoint.read_lineage(args.out / "model") or None
+            started = json.loads((args.out / "model" / "config.json").read_text())["meta"].get("init_from")
+            meta |= {"init_from": started} if started else {}
+        elif args.init_from:
+            meta["init_from"] = str(args.init_from.resolve())
+    except (ValueError, TypeError, OSError, TrainError, FeedbackError) as exc:
         _fail(str(exc))
     if tcfg.max_steps < 1 or tcfg.batch_size < 1 or tcfg.seq_len < 2:
         _fail("max_steps and batch_size must be >= 1 and seq_len >= 2")
@@ -410,8 +479,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         metrics = train(Setup(mcfg, dcfg, tcfg, tokenizer), train_texts, val_texts, args.out, resume=args.resume,
                         init_state=init_state, device=device, log_every=args.log_every, save_every=args.save_every, name=name,
-                        keep_best=args.keep_best)
-    except TrainError as exc:
+                        keep_best=args.keep_best, mix=mix, meta=meta, lineage=lineage)
+        if rank == 0 and meta.get("init_from") and Path(meta["init_from"]).is_dir():
+            _gate(args, meta["init_from"], tcfg.seq_len)
+    except (TrainError, checkpoint.CheckpointError) as exc:
         _fail(str(exc))
     if rank == 0:
         print(json.dumps({"out": str(args.out / "model"), **metrics}))
