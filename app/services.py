@@ -1,10 +1,13 @@
-"""The heavy objects, built once by `build_services` (never at import): the model checkpoint, its
-noise, the database engine and session factories, the run registry and the login guard.
+"""The heavy objects, built once by `build_services` (never at import): the model versions (the
+default one's checkpoint and noise), the database engine and session factories, the run registry
+and the login guard.
 
 Glossary
   data_dir    the app's folder: the SQLite file, exports, downloads and Gradio's temporary files
   model_dir   the model folder (engine.checkpoint): assets/model when it holds a manifest.json,
               else assets/tiny (the same rule as .ci/dev)
+  models      app.models.ModelVersions: model_dir and the fine-tunes under data_dir/models/;
+              `ckpt` is the default version's checkpoint, which follows an admin's promotion
   templates   assets/templates/*.txt, copied into the templates table on start (by "system")
 """
 
@@ -23,6 +26,7 @@ if TYPE_CHECKING:  # the runtime imports are in build_services: importing this m
     from sqlalchemy.orm import Session, sessionmaker
 
     from app.auth import LoginGuard
+    from app.models import ModelVersions
     from app.runs import RunRegistry
     from engine.checkpoint import Checkpoint
     from engine.diffusion import Diffusion
@@ -54,8 +58,7 @@ class Limits:
 
 @dataclass
 class Services:
-    ckpt: Checkpoint
-    diffusion: Diffusion  # the noise the model was trained with
+    models: ModelVersions
     engine: Engine
     factory: sessionmaker[Session]  # writes
     reader: sessionmaker[Session]  # reads, never waits for writers
@@ -67,12 +70,30 @@ class Services:
     step_delay_s: float = 0.0  # an artificial pause between steps (demos and tests only)
 
     @property
+    def ckpt(self) -> Checkpoint:
+        """The default version's checkpoint: what a new draft uses (it follows a promotion)."""
+        return self.models.current()
+
+    @property
+    def diffusion(self) -> Diffusion:
+        """The noise the default version was trained with."""
+        return self.models.diffusion(self.models.default_id)
+
+    def checkpoint_for(self, model_id: str) -> Checkpoint:
+        """The checkpoint of a given version, e.g. the one a stored run recorded (KeyError if absent)."""
+        return self.models.checkpoint(model_id)
+
+    @property
     def tokenizer(self) -> Tokenizer:
-        return self.ckpt.tokenizer
+        return self.ckpt.tokenizer  # every version shares the start model's tokenizer (app.models)
 
     @property
     def model_id(self) -> str:
-        return str(self.ckpt.model_id)
+        return str(self.models.default_id)
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
 
     @property
     def exports_dir(self) -> Path:
@@ -104,8 +125,10 @@ def build_services(
     import torch
 
     from app.auth import LoginGuard
+    from app.models import ModelVersions
     from app.runs import RunRegistry
     from engine import checkpoint
+    from storage import repository as repo
     from storage.db import make_engine, make_session_factory, resolve_url
     from storage.migrations import migrate
 
@@ -120,8 +143,7 @@ def build_services(
     engine = make_engine(url)
     migrate(engine)
     svc = Services(
-        ckpt=ckpt,
-        diffusion=ckpt.diffusion(),
+        models=ModelVersions(ckpt, mdir, data / "models"),
         engine=engine,
         factory=make_session_factory(engine),
         reader=make_session_factory(engine, reads_only=True),
@@ -131,6 +153,13 @@ def build_services(
         guard=LoginGuard(base_delay_s=login_delay_s),
         step_delay_s=step_delay_s,
     )
+    with svc.reader() as s:
+        promoted = repo.get_setting(s, repo.DEFAULT_MODEL)
+    if promoted and promoted != ckpt.model_id:
+        try:
+            svc.models.make_default(promoted)
+        except (KeyError, checkpoint.CheckpointError) as exc:
+            log.warning("the promoted model %s is not available (%s): drafting with %s", promoted, exc, ckpt.model_id)
     if sync_templates:
         load_templates(svc)
     clean_temp(svc)

@@ -215,6 +215,22 @@ def _verify(folder: Path) -> tuple[str, dict[str, str]]:
     return _sha256(mpath), files
 
 
+def describe(folder: str | Path) -> dict[str, Any]:
+    """What a verified model folder is, without building its network: model_id, version, parent,
+    meta and the SHA-256 of its tokenizer (models with equal ones share token ids)."""
+    folder = Path(folder)
+    checksum, files = _verify(folder)
+    try:
+        config = json.loads((folder / "config.json").read_text())
+        name, meta = str(config.get("name", "model")), dict(config.get("meta", {}))
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{folder / 'config.json'} is invalid: {exc}") from exc
+    lineage = read_lineage(folder)
+    model_id = f"{name}@{checksum[:12]}"
+    return {"model_id": model_id, "version": lineage.get("version") or model_id, "parent": lineage.get("parent"),
+            "meta": meta, "tokenizer_sha256": files["tokenizer.json"], "folder": str(folder)}
+
+
 def load(folder: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
     """Load and verify a model folder. Every failure is a CheckpointError naming the file."""
     from engine.build import build_model  # the network is only needed once a folder is read

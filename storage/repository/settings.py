@@ -29,8 +29,11 @@ class SettingSpec:
 
 
 ALLOW_SELF_REVIEW = "allow_self_review"
+DEFAULT_MODEL = "default_model"
+MAX_TEXT_SETTING = 200  # characters of a text setting (a model id is "<name>@<12 hex>")
 SETTINGS: dict[str, SettingSpec] = {
     ALLOW_SELF_REVIEW: SettingSpec(bool, False, "Reviewers may review drafts they wrote or edited"),
+    DEFAULT_MODEL: SettingSpec(str, "", "The model version new drafts use (empty: the one the app was started with)"),
 }
 
 
@@ -45,6 +48,8 @@ def _check(key: str, spec: SettingSpec, value: Any) -> Any:
     # bool is a subclass of int: compare the type exactly, so True is no number and 1 no switch
     if type(value) is not spec.type:
         raise ValidationError(f"setting {key!r} must be {spec.type.__name__}, got {value!r}")
+    if isinstance(value, str):
+        validate.text(value, f"setting {key!r}", max_chars=MAX_TEXT_SETTING, allow_empty=True)
     return value
 
 
