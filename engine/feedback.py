@@ -30,6 +30,7 @@ from torch import Tensor
 
 from engine.clean_mask import random_clean_mask
 from engine.tokenizer import EOS, Tokenizer
+from engine.train_data import windows
 
 FORMAT = 1
 FILES = ("approved.jsonl", "edits.jsonl", "terms.jsonl", "rejected.jsonl")
@@ -163,8 +164,6 @@ class FeedbackMix:
         """(x0 (B, L), clean (B, L) bool): base windows with random clean spans, except the rows
         drawn for feedback (an edit example: clean but for the correction; an approved window:
         random clean spans)."""
-        from engine.train_data import windows
-
         L = self.seq_len
         x0 = windows(stream, L, batch, data_gen)  # (B, L)
         clean = random_clean_mask(batch, L, noise_gen, p=clean_prob)  # (B, L)

@@ -10,19 +10,21 @@ fine-tune without the check.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 TOLERANCE = 0.02  # 2 %: the largest relative worsening of the test bound a promoted fine-tune may show
 
 
-def test_gate(parent_dir: str | Path, model_dir: str | Path, test_texts: Sequence[str], *, seq_len: int,
-              max_windows: int = 32, batch: int = 8, tolerance: float = TOLERANCE) -> dict[str, Any]:
-    """Bound of both models on the same test windows; "passed" when the fine-tune's is at most
-    `tolerance` (relative) above its parent's."""
+def forgetting_check(parent_dir: str | Path, model_dir: str | Path, test_texts: Sequence[str], *, seq_len: int,
+              evaluate_loss: Callable[..., dict[str, float]], max_windows: int = 32, batch: int = 8,
+              tolerance: float = TOLERANCE) -> dict[str, Any]:
+    """Bound of both models on the same test windows, measured by `evaluate_loss` (the training
+    loop's, engine.train.evaluate_loss, passed in so that the two modules import one way only);
+    "passed" when the fine-tune's is at most `tolerance` (relative) above its parent's."""
     from engine import checkpoint
-    from engine.train import eval_windows, evaluate_loss, token_stream
+    from engine.train_data import eval_windows, token_stream
 
     parent, model = checkpoint.load(parent_dir), checkpoint.load(model_dir)
     data = eval_windows(token_stream(test_texts, model.tokenizer), seq_len, max_windows)  # (N, L)

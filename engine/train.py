@@ -375,13 +375,14 @@ def _feedback_run(args: argparse.Namespace, tok: Tokenizer, tcfg: TrainConfig) -
 def _gate(args: argparse.Namespace, parent: str, seq_len: int) -> None:
     """Record the forgetting check (engine.promotion) in the fine-tuned model, when the corpus has
     a test split; else say that without it the model cannot be promoted."""
-    from engine.promotion import test_gate
+    from engine.promotion import forgetting_check
 
     if not (args.data / "test.jsonl").is_file():
         print(f"note: {args.data} has no test.jsonl: no forgetting check is recorded, and the app will not promote "
               "this model", file=sys.stderr)
         return
-    gate = test_gate(parent, args.out / "model", load_split_texts(args.data, "test"), seq_len=seq_len)
+    gate = forgetting_check(parent, args.out / "model", load_split_texts(args.data, "test"), seq_len=seq_len,
+                     evaluate_loss=evaluate_loss)
     checkpoint.amend(args.out / "model", meta={"test_gate": gate})
     print(f"test-split bound {gate['parent_bits_per_token']:.3f} -> {gate['bits_per_token']:.3f} bits/token "
           f"({100 * gate['change']:+.2f} %, tolerance {100 * gate['tolerance']:.0f} %): "
