@@ -37,7 +37,8 @@ from engine.build import build_model, count_parameters
 from engine.checkpoint import diffusion_for
 from engine.clean_mask import random_clean_mask
 from engine.cli import Parser
-from engine.feedback import FeedbackError, FeedbackMix, load_feedback
+from engine.feedback import FeedbackError, FeedbackMix
+from engine.fine_tune import feedback_run, kept_name, record_forgetting_check
 from engine.config import RECOMMENDED_SAMPLER, DiffusionConfig, ModelConfig, TrainConfig, from_dict, to_dict
 from engine.tokenizer import Tokenizer
 from engine.train_data import (  # the data half of training, also imported from here by callers
@@ -351,44 +352,6 @@ def _fail(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
-def _feedback_run(args: argparse.Namespace, tok: Tokenizer, tcfg: TrainConfig) -> tuple[dict[str, Any], FeedbackMix | None]:
-    """(meta to record, batch mix) of a fine-tune on --feedback. A resumed fine-tune must be given
-    the same feedback folder (its manifest's SHA-256 is recorded), a plain run none."""
-    saved = None
-    if args.resume:
-        saved = json.loads((args.out / "model" / "config.json").read_text())["meta"].get("feedback")
-        if saved and not args.feedback:
-            raise TrainError(f"--resume: this run fine-tunes on feedback ({saved['sha256'][:12]}); give --feedback DIR again")
-    if not args.feedback:
-        return {}, None
-    fb = load_feedback(args.feedback)
-    if args.resume and (not saved or saved["sha256"] != fb.sha256):
-        raise TrainError(f"--resume: --feedback {args.feedback} is not the feedback this run started with")
-    for why, n in fb.skipped.items():
-        print(f"feedback: left out {n} ({why})", file=sys.stderr)
-    mix = FeedbackMix(fb, tok, tcfg.seq_len, tcfg.feedback_share)
-    print(f"feedback: {len(fb.approved)} approved documents, {len(mix.edits)} edit examples, share {tcfg.feedback_share}",
-          file=sys.stderr)
-    return {"feedback": fb.summary() | {"path": str(args.feedback.resolve())}}, mix
-
-
-def _gate(args: argparse.Namespace, parent: str, seq_len: int) -> None:
-    """Record the forgetting check (engine.promotion) in the fine-tuned model, when the corpus has
-    a test split; else say that without it the model cannot be promoted."""
-    from engine.promotion import forgetting_check
-
-    if not (args.data / "test.jsonl").is_file():
-        print(f"note: {args.data} has no test.jsonl: no forgetting check is recorded, and the app will not promote "
-              "this model", file=sys.stderr)
-        return
-    gate = forgetting_check(parent, args.out / "model", load_split_texts(args.data, "test"), seq_len=seq_len,
-                     evaluate_loss=evaluate_loss)
-    checkpoint.amend(args.out / "model", meta={"test_gate": gate})
-    print(f"test-split bound {gate['parent_bits_per_token']:.3f} -> {gate['bits_per_token']:.3f} bits/token "
-          f"({100 * gate['change']:+.2f} %, tolerance {100 * gate['tolerance']:.0f} %): "
-          f"{'may be promoted' if gate['passed'] else 'NOT promotable'}", file=sys.stderr)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.threads:
@@ -456,7 +419,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             tokenizer = Tokenizer.train(train_texts, vocab_size=vocab)
         sections["model"]["vocab_size"] = tokenizer.vocab_size
         mcfg = from_dict(ModelConfig, sections["model"])
-        meta, mix = _feedback_run(args, tokenizer, tcfg)
+        meta, mix = feedback_run(args, tokenizer, tcfg)
         if args.resume:
             lineage = checkpoint.read_lineage(args.out / "model") or None
             started = json.loads((args.out / "model" / "config.json").read_text())["meta"].get("init_from")
@@ -469,7 +432,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _fail("max_steps and batch_size must be >= 1 and seq_len >= 2")
     rank, world = _dist()
     device = args.device or (f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu")
-    name = args.name or (mcfg.arch if mcfg.arch == "causal" else f"{mcfg.arch}-{dcfg.noise}")
+    kept = kept_name(args)  # a fine-tune is a version of its parent: it keeps the parent's name
+    name = args.name or kept or (mcfg.arch if mcfg.arch == "causal" else f"{mcfg.arch}-{dcfg.noise}")
     if rank == 0:
         print(f"training {name}: {len(train_texts):,} documents, vocab {mcfg.vocab_size}, d={mcfg.d_model}, "
               f"{mcfg.n_layers} layers, {world} process(es) on {device}", file=sys.stderr)
@@ -482,7 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         init_state=init_state, device=device, log_every=args.log_every, save_every=args.save_every, name=name,
                         keep_best=args.keep_best, mix=mix, meta=meta, lineage=lineage)
         if rank == 0 and meta.get("init_from") and Path(meta["init_from"]).is_dir():
-            _gate(args, meta["init_from"], tcfg.seq_len)
+            record_forgetting_check(args, meta["init_from"], tcfg.seq_len, evaluate_loss)
     except (TrainError, checkpoint.CheckpointError) as exc:
         _fail(str(exc))
     if rank == 0:

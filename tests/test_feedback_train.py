@@ -98,7 +98,7 @@ def test_fine_tune_records_lineage_feedback_and_the_forgetting_check(corpus, bas
     err = capsys.readouterr().err
     assert "1 approved documents, 1 edit examples" in err and "test-split bound" in err
     parent, ft = checkpoint.load(base), checkpoint.load(tmp_path / "ft" / "model")
-    assert (ft.version, ft.parent) == ("fb-1", parent.model_id)
+    assert (ft.version, ft.parent, ft.name) == ("fb-1", parent.model_id, parent.name)  # a version of its parent
     assert ft.meta["feedback"]["sha256"] == load_feedback(fb).sha256
     gate = ft.meta["test_gate"]
     assert gate["parent"] == parent.model_id and gate["passed"] == (gate["change"] <= TOLERANCE)
