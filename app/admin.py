@@ -83,7 +83,10 @@ def promote(svc: Services, username: str | None, model_id: Any, reason: str = ""
         raise Refused(f"no model version {model_id!r} in {svc.model_dir} or {svc.models_dir}")
     if version.model_id == svc.model_id:
         return AdminUpdate(message=f"nothing to change: {version.version} is already the default")
-    if version.refusal is not None:
+    if version.refusal is not None:  # audited in a transaction of its own, then shown
+        with transaction(svc.factory) as s:
+            repo.record_setting_refusal(s, repo.DEFAULT_MODEL, version.model_id, actor=actor.name,
+                                        reason=version.refusal)
         raise Refused(version.refusal)
     with transaction(svc.factory) as s:
         repo.set_setting(s, repo.DEFAULT_MODEL, version.model_id, actor=actor.name, reason=reason or None)

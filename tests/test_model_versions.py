@@ -59,6 +59,10 @@ def test_promotion_is_refused_for_a_fine_tune_that_forgets_or_was_never_checked(
     up = admin.promote(app_services, "adam", versions["unchecked"])
     assert up.kind == "error" and "without a test-split check" in up.message
     assert app_services.model_id == start
+    with app_services.reader() as s:  # each refusal is in the audit trail, nothing was stored
+        refused = s.scalars(select(AuditEvent).where(AuditEvent.action == "setting.refused")).all()
+        assert [json.loads(e.new_value)["default_model"] for e in refused] == [versions["forgets"], versions["unchecked"]]
+        assert "not promoted" in refused[0].reason and repo.get_setting(s, repo.DEFAULT_MODEL) == ""
     assert admin.promote(app_services, "maya", versions["good"]).kind == "error"  # a manager may not
 
 

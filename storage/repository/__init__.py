@@ -62,7 +62,8 @@ from storage.repository.runs import (
 from storage.repository.pins import add_pin, add_term_pins, remove_pin, active_pins
 from storage.repository.edits import record_run_edit, record_text_edit, list_edits
 from storage.repository.reviews import SIGNATURE_METHOD, authorship, record_review, record_refusal, list_reviews
-from storage.repository.settings import ALLOW_SELF_REVIEW, DEFAULT_MODEL, SETTINGS, get_setting, set_setting
+from storage.repository.settings import (ALLOW_SELF_REVIEW, DEFAULT_MODEL, SETTINGS, get_setting, record_setting_refusal,
+                                         set_setting)
 from storage.repository.feedback import (
     NO_RUN,
     NO_TEMPLATE,
@@ -85,5 +86,5 @@ __all__ = [
     "record_text_edit", "list_edits", "SIGNATURE_METHOD", "record_review", "record_refusal", "authorship",
     "list_reviews", "FeedbackCount",
     "FeedbackGroup", "feedback_counts", "EditPair", "edit_pairs", "NO_RUN", "NO_TEMPLATE", "ALLOW_SELF_REVIEW",
-    "DEFAULT_MODEL", "SETTINGS", "get_setting", "set_setting",
+    "DEFAULT_MODEL", "SETTINGS", "get_setting", "set_setting", "record_setting_refusal",
 ]

@@ -83,3 +83,14 @@ def set_setting(session: Session, key: str, value: Any, *, actor: ActorRef, reas
     append_event(session, *_who(by), "setting.change", "setting", key, old={key: old}, new={key: value},
                  reason=reason)
     return value
+
+
+def record_setting_refusal(session: Session, key: str, value: Any, *, actor: ActorRef, reason: str) -> None:
+    """Audit a change of `key` to `value` that a rule outside storage refused (e.g. promoting a
+    model that failed its forgetting check): a setting.refused event with the rule's message as
+    reason. Nothing is stored; the caller commits it in a transaction of its own."""
+    by = require(session, actor, "settings.manage")
+    assert by is not None
+    _check(key, _spec(key), value)
+    append_event(session, *_who(by), "setting.refused", "setting", key, new={key: value},
+                 reason=validate.reason(reason, required=True))
