@@ -1,6 +1,8 @@
 """The admin screen's handlers: the users, adding one, changing a role, disabling and enabling
 (each an audit event written by storage, with the reason given), and the review setting (whether
-reviewers may review drafts they wrote or edited; audited as setting.change)."""
+reviewers may review drafts they wrote or edited; audited as setting.change), and the model
+versions: which one new drafts use, changed by promoting another (audited as setting.change of
+default_model; a fine-tune that failed its forgetting check is refused, see app.models)."""
 
 from __future__ import annotations
 
@@ -23,12 +25,17 @@ _SELF_REVIEW_WORDS = {True: "may review drafts they wrote or edited",
                       False: "may not review drafts they wrote or edited"}
 
 
+VERSION_HEADERS = ["version", "model id", "parent", "test bound vs parent", "may be promoted", "default"]
+
+
 @dataclass
 class AdminUpdate:
     message: str = ""
     kind: str = "info"
     rows: list[list[Any]] | None = None
     allow_self_review: bool | None = None  # the stored setting, for the checkbox
+    versions: list[list[Any]] | None = None  # VERSION_HEADERS
+    version_ids: list[str] | None = None  # the model ids, for the promote dropdown
 
 
 def _admin_error(message: str) -> AdminUpdate:
@@ -47,11 +54,46 @@ def _self_review(svc: Services) -> bool:
         return bool(repo.get_setting(s, repo.ALLOW_SELF_REVIEW))
 
 
+def _versions(svc: Services) -> tuple[list[list[Any]], list[str]]:
+    vs = svc.models.versions()
+    rows = [[v.version, v.model_id, v.parent or "", "" if v.test_change is None else f"{100 * v.test_change:+.2f} %",
+             "yes" if v.refusal is None else f"no: {v.refusal}", "default" if v.model_id == svc.model_id else ""]
+            for v in vs]
+    return rows, [v.model_id for v in vs]
+
+
 @safe(_admin_error)
 def list_users(svc: Services, username: str | None) -> AdminUpdate:
     require_screen(svc, username, "admin")
     rows = _user_rows(svc)
-    return AdminUpdate(message=f"{len(rows)} user(s)", rows=rows, allow_self_review=_self_review(svc))
+    versions, ids = _versions(svc)
+    return AdminUpdate(message=f"{len(rows)} user(s)", rows=rows, allow_self_review=_self_review(svc),
+                       versions=versions, version_ids=ids)
+
+
+@safe(_admin_error)
+def promote(svc: Services, username: str | None, model_id: Any, reason: str = "") -> AdminUpdate:
+    """Make a model version the default for new drafts (admins only; audited as setting.change).
+    Runs already started keep the model they recorded."""
+    actor = require_permission(svc, username, "settings.manage", "change settings")
+    if not isinstance(model_id, str) or not model_id.strip():
+        raise Refused("choose a model version to promote")
+    version = svc.models.find(model_id.strip())
+    if version is None:
+        raise Refused(f"no model version {model_id!r} in {svc.model_dir} or {svc.models_dir}")
+    if version.model_id == svc.model_id:
+        return AdminUpdate(message=f"nothing to change: {version.version} is already the default")
+    if version.refusal is not None:  # audited in a transaction of its own, then shown
+        with transaction(svc.factory) as s:
+            repo.record_setting_refusal(s, repo.DEFAULT_MODEL, version.model_id, actor=actor.name,
+                                        reason=version.refusal)
+        raise Refused(version.refusal)
+    with transaction(svc.factory) as s:
+        repo.set_setting(s, repo.DEFAULT_MODEL, version.model_id, actor=actor.name, reason=reason or None)
+    svc.models.make_default(version.model_id)
+    versions, ids = _versions(svc)
+    return AdminUpdate(message=f"promoted {version.version} ({version.model_id}): new drafts use it", kind="ok",
+                       versions=versions, version_ids=ids)
 
 
 @safe(_admin_error)

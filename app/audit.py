@@ -1,5 +1,5 @@
-"""The audit screen's handlers: the filtered trail, the QA charts, export (itself an audit event)
-and verification of the hash chain. The queries behind the charts and the filter lists are
+"""The audit screen's handlers: the filtered trail, the QA charts and the comparison of model
+versions, export (itself an audit event) and verification of the hash chain. The queries behind the charts and the filter lists are
 storage.reports.
 """
 
@@ -27,6 +27,8 @@ MAX_NAME_CHARS = 200  # a filter's user, role, action or template name
 CHART_DAYS = 30  # the QA charts cover this many days back
 MAX_CHART_DAYS = 36_600  # a hundred years: the most a chart may look back
 NO_DATA = "No data yet"
+VERSION_HEADERS = ["model version", "drafts", "edits per draft", "pins per draft", "approved", "rejected",
+                   "approval rate"]
 AUDIT_HEADERS = ["seq", "when (UTC)", "user", "role", "action", "object", "document", "template", "old", "new",
                  "reason"]
 
@@ -49,6 +51,7 @@ class AuditUpdate:
     rows: list[list[Any]] | None = None
     charts: dict[str, Any] | None = None
     chart_notes: dict[str, str] | None = None  # per chart: why it is empty, or "" when it has bars
+    versions: list[list[Any]] | None = None  # VERSION_HEADERS: how reviewers met each model's drafts
     file: str | None = None  # the export on the server (private: fetched through `link`)
     link: Link | None = None
 
@@ -123,12 +126,15 @@ def feedback_charts(svc: Services, username: str | None, days: int = CHART_DAYS)
     since = datetime.now(timezone.utc) - timedelta(days=days)
     with svc.reader() as s:
         charts = reports.feedback_frames(s, since=since)
+        versions = [[v.model_id, v.drafts, round(v.edits_per_draft, 2), round(v.pins_per_draft, 2), v.approved,
+                     v.rejected, "" if v.approval_rate is None else f"{100 * v.approval_rate:.0f} %"]
+                    for v in reports.version_stats(s)]
     empty = {"per_day": f"{NO_DATA}: no audit events in the last {days} days",
              "per_template": f"{NO_DATA}: nobody has pinned or edited a draft",
              "per_term": f"{NO_DATA}: nobody has pinned or edited a term",
              "pin_rate": f"{NO_DATA}: no runs"}
     notes = {name: empty[name] if len(frame) == 0 else "" for name, frame in charts.items()}
-    return AuditUpdate(message="QA feedback updated", charts=charts, chart_notes=notes)
+    return AuditUpdate(message="QA feedback updated", charts=charts, chart_notes=notes, versions=versions)
 
 
 def export_name(fmt: str, now: datetime) -> str:

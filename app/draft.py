@@ -87,7 +87,7 @@ def generate(svc: Services, username: str | None, state: DraftState | None, *, t
                                   model_checksum=svc.ckpt.checksum, seed=seed_v, sampler_settings=settings)
             doc_id, run_id = doc.id, run.id
             ctrl = RunControl(run_id=run_id, document_id=doc_id, template_id=tpl_id, user=actor.name,
-                              settings=settings, held=held, kinds=kinds, pace_s=pace_s)
+                              settings=settings, held=held, kinds=kinds, pace_s=pace_s, model_id=svc.model_id)
             run_store.save(s, svc, ctrl)
         svc.runs.put(ctrl)
     except Exception as exc:  # noqa: BLE001

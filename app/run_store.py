@@ -185,9 +185,9 @@ def read_into(svc: Services, ctrl: RunControl) -> None:
         pins = repo.active_pins(s, run_id=ctrl.run_id) if stored is None else []
         layout = expand(repo.get_template(s, doc.template_id).body, svc.tokenizer) \
             if stored is None and doc.template_id is not None else None
-        settings, status = dict(run.sampler_settings), run.status
+        settings, status, model_id = dict(run.sampler_settings), run.status, run.model_id
     total = int(settings["steps"])
-    ctrl.document_id, ctrl.template_id, ctrl.settings = doc.id, doc.template_id, settings
+    ctrl.document_id, ctrl.template_id, ctrl.settings, ctrl.model_id = doc.id, doc.template_id, settings, model_id
     if stored is not None:
         ctrl.frames = _frames(steps, total, {}, -1)
         apply_state(ctrl, stored.state)

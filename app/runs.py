@@ -92,6 +92,7 @@ class RunControl:
     pace_s: float = 0.0  # least seconds between shown steps
     generation: int = 0  # bumped on every change of held / base: a step computed before is dropped
     version: int = 0  # of the run's stored state (app.run_store); 0: none stored yet
+    model_id: str = ""  # the model version the run was started with (the default one if empty)
     streaming: bool = False
     pause_requested: bool = False
     done: bool = False
@@ -317,14 +318,15 @@ def branch(svc: Services, actor: Actor, old: RunControl) -> RunControl:
         k = base.index
     try:
         with transaction(svc.factory) as s:
-            run = repo.create_run(s, document_id=old.document_id, actor=actor.name, model_id=svc.model_id,
-                                  model_checksum=svc.ckpt.checksum, seed=int(old.settings["seed"]),
+            ckpt, model_id = run_model(svc, old)
+            run = repo.create_run(s, document_id=old.document_id, actor=actor.name, model_id=model_id,
+                                  model_checksum=ckpt.checksum, seed=int(old.settings["seed"]),
                                   sampler_settings=settings, parent_run_id=old.run_id, parent_step_index=k)
             new = RunControl(run_id=run.id, document_id=old.document_id, template_id=old.template_id,
                              user=actor.name, settings=settings, held=dict(old.held), kinds=dict(old.kinds),
                              pin_rows=dict(old.pin_rows), frames={i: f for i, f in old.frames.items() if i <= k},
                              base=base, view_step=k, layout=old.layout, layout_parent=dict(old.layout_parent),
-                             pace_s=old.pace_s)
+                             pace_s=old.pace_s, model_id=model_id)
             run_store.save(s, svc, new, lease=True)
             old.restore_live()
             run_store.save(s, svc, old)
@@ -335,15 +337,29 @@ def branch(svc: Services, actor: Actor, old: RunControl) -> RunControl:
     return new
 
 
+def run_model(svc: Services, ctrl: RunControl) -> tuple[Any, str]:
+    """(checkpoint, model id) of the version the run was started with: a run goes on with its
+    own model after another version was promoted. Refused if that version is gone."""
+    model_id = ctrl.model_id or svc.model_id
+    try:
+        return svc.checkpoint_for(model_id), model_id
+    except KeyError:
+        raise Refused(f"run {ctrl.run_id} was drafted with model {model_id}, which this server no longer has: "
+                      "start a new draft") from None
+
+
 def step_iterator(svc: Services, ctrl: RunControl) -> Iterator[Step]:
-    """(ctrl.lock held) The sampler's steps from the run's base (or from noise) with its held positions."""
-    run: dict[str, Any] = dict(pins=dict(ctrl.held), words=svc.ckpt.words,
+    """(ctrl.lock held) The sampler's steps from the run's base (or from noise) with its held
+    positions, by the run's own model version."""
+    ckpt, model_id = run_model(svc, ctrl)
+    run: dict[str, Any] = dict(pins=dict(ctrl.held), words=ckpt.words,
                                labels=[tid for p, tid in sorted(ctrl.held.items()) if ctrl.kinds.get(p) == "template"])
     if ctrl.base is None:
         run["length"] = int(ctrl.settings["length"])
     else:
         run["start"] = sampler.resume_from(ctrl.base, ctrl.base.tokens, ctrl.held)
-    return sampler.sample(svc.denoiser, svc.diffusion, sampler_config(svc, ctrl.settings), **run)
+    return sampler.sample(svc.denoiser_for(model_id), svc.models.diffusion(model_id),
+                          sampler_config(svc, ctrl.settings), **run)
 
 
 def stream(svc: Services, actor: Actor, ctrl: RunControl, state: DraftState,

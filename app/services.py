@@ -1,11 +1,13 @@
-"""The heavy objects, built once by `build_services` (never at import): the model checkpoint, its
-noise, the denoiser batcher, the database engine and session factories, the run registry and the
-login guard.
+"""The heavy objects, built once by `build_services` (never at import): the model versions (the
+default one's checkpoint and noise), the denoiser batchers, the database engine and session
+factories, the run registry and the login guard.
 
 Glossary
   data_dir    the app's folder: the SQLite file, exports, downloads and Gradio's temporary files
   model_dir   the model folder (engine.checkpoint): assets/model when it holds a manifest.json,
               else assets/tiny (the same rule as .ci/dev)
+  models      app.models.ModelVersions: model_dir and the fine-tunes under data_dir/models/;
+              `ckpt` is the default version's checkpoint, which follows an admin's promotion
   templates   assets/templates/*.txt, copied into the templates table on start (by "system")
   denoiser    what the drafts' samplers call: the batcher (engine.batching), which runs the steps
               of all drafts streaming at that moment as one forward, or the model itself when
@@ -19,6 +21,7 @@ import os
 import secrets
 import shutil
 import socket
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,6 +31,7 @@ if TYPE_CHECKING:  # the runtime imports are in build_services: importing this m
     from sqlalchemy.orm import Session, sessionmaker
 
     from app.auth import LoginGuard
+    from app.models import ModelVersions
     from app.runs import RunRegistry
     from engine.batching import Batcher
     from engine.checkpoint import Checkpoint
@@ -84,8 +88,7 @@ class Limits:
 
 @dataclass
 class Services:
-    ckpt: Checkpoint
-    diffusion: Diffusion  # the noise the model was trained with
+    models: ModelVersions
     engine: Engine
     factory: sessionmaker[Session]  # writes
     reader: sessionmaker[Session]  # reads, never waits for writers
@@ -97,20 +100,57 @@ class Services:
     step_delay_s: float = 0.0  # an artificial pause between steps (demos and tests only)
     instance: str = field(default_factory=lambda: instance_id())  # this process, as run leases name it
     lease_s: float = field(default_factory=lambda: lease_seconds())  # how long a run's lease holds unrenewed
-    batcher: Batcher | None = None  # None: each draft calls the model by itself
+    batching: bool = False  # the steps of concurrent drafts share forwards (one batcher per model version)
+    batchers: dict[str, Batcher] = field(default_factory=dict)
+    _batch_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def denoiser(self) -> Denoiser:
-        """The denoiser the samplers of drafts call (see the glossary)."""
-        return self.batcher if self.batcher is not None else self.ckpt.model
+        """The denoiser the samplers of new drafts call (see the glossary)."""
+        return self.denoiser_for(self.model_id)
+
+    @property
+    def batcher(self) -> Batcher | None:
+        """The default version's batcher (None without batching)."""
+        return self.denoiser if self.batching else None  # type: ignore[return-value]
+
+    def denoiser_for(self, model_id: str) -> Denoiser:
+        """The denoiser of a model version: its batcher (made on first use), or its model."""
+        model = self.checkpoint_for(model_id).model
+        if not self.batching:
+            return model
+        from engine.batching import Batcher
+
+        with self._batch_lock:
+            if model_id not in self.batchers:
+                self.batchers[model_id] = Batcher(model)
+            return self.batchers[model_id]
+
+    @property
+    def ckpt(self) -> Checkpoint:
+        """The default version's checkpoint: what a new draft uses (it follows a promotion)."""
+        return self.models.current()
+
+    @property
+    def diffusion(self) -> Diffusion:
+        """The noise the default version was trained with."""
+        return self.models.diffusion(self.models.default_id)
+
+    def checkpoint_for(self, model_id: str) -> Checkpoint:
+        """The checkpoint of a given version, e.g. the one a stored run recorded (KeyError if absent)."""
+        return self.models.checkpoint(model_id)
 
     @property
     def tokenizer(self) -> Tokenizer:
-        return self.ckpt.tokenizer
+        return self.ckpt.tokenizer  # every version shares the start model's tokenizer (app.models)
 
     @property
     def model_id(self) -> str:
-        return str(self.ckpt.model_id)
+        return str(self.models.default_id)
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
 
     @property
     def exports_dir(self) -> Path:
@@ -125,8 +165,8 @@ class Services:
         return self.data_dir / "tmp"
 
     def close(self) -> None:
-        if self.batcher is not None:
-            self.batcher.close()
+        for batcher in self.batchers.values():
+            batcher.close()
         self.engine.dispose()
 
 
@@ -147,9 +187,10 @@ def build_services(
     import torch
 
     from app.auth import LoginGuard
+    from app.models import ModelVersions
     from app.runs import RunRegistry
     from engine import checkpoint
-    from engine.batching import Batcher
+    from storage import repository as repo
     from storage.db import make_engine, make_session_factory, resolve_url
     from storage.migrations import migrate
 
@@ -164,8 +205,7 @@ def build_services(
     engine = make_engine(url)
     migrate(engine)
     svc = Services(
-        ckpt=ckpt,
-        diffusion=ckpt.diffusion(),
+        models=ModelVersions(ckpt, mdir, data / "models"),
         engine=engine,
         factory=make_session_factory(engine),
         reader=make_session_factory(engine, reads_only=True),
@@ -174,8 +214,15 @@ def build_services(
         runs=RunRegistry(),
         guard=LoginGuard(base_delay_s=login_delay_s),
         step_delay_s=step_delay_s,
-        batcher=Batcher(ckpt.model) if batching else None,
+        batching=batching,
     )
+    with svc.reader() as s:
+        promoted = repo.get_setting(s, repo.DEFAULT_MODEL)
+    if promoted and promoted != ckpt.model_id:
+        try:
+            svc.models.make_default(promoted)
+        except (KeyError, checkpoint.CheckpointError) as exc:
+            log.warning("the promoted model %s is not available (%s): drafting with %s", promoted, exc, ckpt.model_id)
     if sync_templates:
         load_templates(svc)
     clean_temp(svc)

@@ -14,7 +14,8 @@ from storage.models import ROLES
 
 
 def _outputs(up: AdminUpdate) -> list[Any]:
-    return [message(up.message, up.kind), keep(up.rows), keep(up.allow_self_review)]
+    return [message(up.message, up.kind), keep(up.rows), keep(up.allow_self_review), keep(up.versions),
+            gr.update(choices=up.version_ids) if up.version_ids is not None else gr.skip()]
 
 
 class AdminTab:
@@ -40,10 +41,16 @@ class AdminTab:
             with gr.Row():
                 self.self_review = gr.Checkbox(value=False, label=admin.SELF_REVIEW_LABEL, elem_id="dd-self-review")
                 self.self_review_btn = gr.Button("Save review setting", size="sm", elem_id="dd-self-review-save")
+            self.versions = gr.Dataframe(headers=admin.VERSION_HEADERS, interactive=False, wrap=True,
+                                         label="Model versions (new drafts use the default)", elem_id="dd-versions")
+            with gr.Row():
+                self.version = gr.Dropdown([], label="Model version", allow_custom_value=False, filterable=False,
+                                           elem_id="dd-version")
+                self.promote_btn = gr.Button("Promote to default", size="sm", elem_id="dd-promote")
         self._wire()
 
     def _wire(self) -> None:
-        svc, outs = self.svc, [self.msg, self.users, self.self_review]
+        svc, outs = self.svc, [self.msg, self.users, self.self_review, self.versions, self.version]
 
         def do_users(request: gr.Request) -> list[Any]:
             return _outputs(admin.list_users(svc, user_of(request)))
@@ -76,3 +83,8 @@ class AdminTab:
 
         self.self_review_btn.click(do_self_review, [self.self_review], outs, api_name="set_self_review",
                                    **UNDOCUMENTED)
+
+        def do_promote(model_id: str, reason: str, request: gr.Request) -> list[Any]:
+            return _outputs(admin.promote(svc, user_of(request), model_id, reason))
+
+        self.promote_btn.click(do_promote, [self.version, self.reason], outs, api_name="promote_model", **UNDOCUMENTED)

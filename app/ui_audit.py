@@ -79,19 +79,22 @@ class AuditTab:
                                              elem_id="dd-chart-term", **bars)
                 self.chart_rate = gr.BarPlot(x="model", y="pins per run", title="Pin rate per model version",
                                              sort="-y", elem_id="dd-chart-rate", **bars)
+            self.versions = gr.Dataframe(headers=audit.VERSION_HEADERS, interactive=False, wrap=True,
+                                         label="Model versions compared (a draft counts for its newest run's model)",
+                                         elem_id="dd-audit-versions")
         self.filters = [self.user, self.role, self.action, self.document, self.template, self.since, self.until]
         self._wire()
 
     def _wire(self) -> None:
         svc = self.svc
-        outs = [self.msg, self.trail, self.chart_day, self.chart_tpl, self.chart_term, self.chart_rate]
+        outs = [self.msg, self.trail, self.chart_day, self.chart_tpl, self.chart_term, self.chart_rate, self.versions]
 
         def do_audit_req(u: Any, r: Any, a: Any, d: Any, t: Any, s: Any, e: Any, request: gr.Request) -> list[Any]:
             up = audit.audit_table(svc, user_of(request), _query(u, r, a, d, t, s, e))
             fb = audit.feedback_charts(svc, user_of(request))
             charts, notes = fb.charts or {}, fb.chart_notes or {}
             return [message(up.message, up.kind), keep(up.rows),
-                    *(_chart(charts[c], notes.get(c)) if c in charts else gr.skip() for c in CHARTS)]
+                    *(_chart(charts[c], notes.get(c)) if c in charts else gr.skip() for c in CHARTS), keep(fb.versions)]
 
         self.apply_btn.click(do_audit_req, self.filters, outs, api_name="audit_table", **UNDOCUMENTED)
         self.tab.select(do_audit_req, self.filters, outs, api_visibility="private")

@@ -7,7 +7,10 @@ A model folder holds
   tokenizer.json the byte-level BPE (engine.tokenizer)
   lexicon.txt    optional: the training split's words, one a line, for the sampler's word rule
                  (engine.words); when present it is listed in the manifest like the others
-  manifest.json  {"files": {name: sha256}}; every file is checked on load
+  manifest.json  {"files": {name: sha256}, "version": label, "parent": model_id}; every file is
+                 checked on load. "version" (a person's label, e.g. "feedback-2") and "parent" (the
+                 model_id a fine-tune started from) are optional: a folder without them is its own
+                 version (its model_id) with no parent
 
 `model_id` is "<name>@<first 12 hex of the manifest's own SHA-256>": it names this exact set
 of bytes, and is what generation runs record.
@@ -49,10 +52,21 @@ class Checkpoint:
     checksum: str  # SHA-256 of manifest.json
     meta: dict[str, Any] = field(default_factory=dict)
     words: WordRule | None = None  # the sampler's word rule, when the folder has a lexicon
+    lineage: dict[str, str] = field(default_factory=dict)  # the manifest's "version" and "parent"
 
     @property
     def model_id(self) -> str:
         return f"{self.name}@{self.checksum[:12]}"
+
+    @property
+    def version(self) -> str:
+        """The manifest's version label, else the model_id."""
+        return self.lineage.get("version") or self.model_id
+
+    @property
+    def parent(self) -> str | None:
+        """The model_id this model was fine-tuned from (None for a model trained from scratch)."""
+        return self.lineage.get("parent")
 
     def diffusion(self) -> Any:
         """The noise this model was trained with (see `diffusion_for`)."""
@@ -84,9 +98,11 @@ def save(
     name: str = "sfdlm",
     meta: dict[str, Any] | None = None,
     lexicon: list[str] | None = None,
+    lineage: dict[str, str] | None = None,
 ) -> str:
     """Write a model folder; returns the checksum (SHA-256 of the manifest). `lexicon` (the
-    training words) enables the sampler's word rule for this model."""
+    training words) enables the sampler's word rule for this model; `lineage` ("version",
+    "parent") goes into the manifest."""
     if model_cfg.vocab_size != tokenizer.vocab_size:
         raise CheckpointError(
             f"model vocab_size {model_cfg.vocab_size} != tokenizer vocab_size {tokenizer.vocab_size}"
@@ -111,21 +127,53 @@ def save(
         names.append(LEXICON_FILE)
     elif (folder / LEXICON_FILE).exists():
         (folder / LEXICON_FILE).unlink()  # a stale lexicon must not sit unlisted beside new weights
-    return _write_manifest(folder, {f: _sha256(folder / f) for f in names})
+    return _write_manifest(folder, {f: _sha256(folder / f) for f in names}, _check_lineage(lineage or {}))
 
 
-def _write_manifest(folder: Path, files: dict[str, str]) -> str:
-    """Write manifest.json listing `files` (name -> SHA-256); returns the manifest's own SHA-256."""
-    (folder / "manifest.json").write_text(json.dumps({"files": files}, indent=2, sort_keys=True) + "\n")
+LINEAGE_KEYS = ("version", "parent")
+
+
+def _check_lineage(lineage: dict[str, Any]) -> dict[str, str]:
+    unknown = sorted(set(lineage) - set(LINEAGE_KEYS))
+    if unknown:
+        raise CheckpointError(f"unknown lineage key(s) {', '.join(unknown)}: expected version, parent")
+    for k, v in lineage.items():
+        if v is not None and (not isinstance(v, str) or not v.strip() or len(v) > 200):
+            raise CheckpointError(f"lineage {k} must be a non-empty text of at most 200 characters, got {v!r}")
+    return {k: v for k, v in lineage.items() if v is not None}
+
+
+def read_lineage(folder: str | Path) -> dict[str, str]:
+    """The manifest's "version" and "parent" (absent keys left out); {} for an unreadable manifest."""
+    try:
+        raw = json.loads((Path(folder) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: raw[k] for k in LINEAGE_KEYS if isinstance(raw, dict) and isinstance(raw.get(k), str)}
+
+
+def _write_manifest(folder: Path, files: dict[str, str], lineage: dict[str, str] | None = None) -> str:
+    """Write manifest.json listing `files` (name -> SHA-256) and the lineage; returns the
+    manifest's own SHA-256."""
+    body: dict[str, Any] = {"files": files, **(lineage or {})}
+    (folder / "manifest.json").write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
     return _sha256(folder / "manifest.json")
 
 
-def amend(folder: str | Path, *, sampler_cfg: SamplerConfig | None = None, lexicon: list[str] | None = None) -> str:
+def amend(folder: str | Path, *, sampler_cfg: SamplerConfig | None = None, lexicon: list[str] | None = None,
+          meta: dict[str, Any] | None = None, lineage: dict[str, str] | None = None) -> str:
     """Change an existing, verified model folder's sampler defaults and / or give it a lexicon,
+    add `meta` keys to its config's meta, set its lineage (version, parent; the others are kept),
     and list them in its manifest; returns the new checksum (a new model_id: drafts made with
     other defaults are another model's). The weights and the tokenizer are untouched."""
     folder = Path(folder)
     _, files = _verify(folder)
+    kept = read_lineage(folder) | _check_lineage(lineage or {})
+    if meta:
+        config = json.loads((folder / "config.json").read_text())
+        config["meta"] = {**config.get("meta", {}), **meta}
+        (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        files["config.json"] = _sha256(folder / "config.json")
     if sampler_cfg is not None:
         config = json.loads((folder / "config.json").read_text())
         config["sampler"] = to_dict(sampler_cfg)
@@ -134,7 +182,7 @@ def amend(folder: str | Path, *, sampler_cfg: SamplerConfig | None = None, lexic
     if lexicon is not None:
         save_lexicon(lexicon, folder / LEXICON_FILE)
         files[LEXICON_FILE] = _sha256(folder / LEXICON_FILE)
-    return _write_manifest(folder, files)
+    return _write_manifest(folder, files, kept)
 
 
 def verify(folder: str | Path) -> str:
@@ -165,6 +213,22 @@ def _verify(folder: Path) -> tuple[str, dict[str, str]]:
         if files.get(name) != _sha256(path):
             raise CheckpointError(f"model file corrupt (SHA-256 differs from manifest): {path}")
     return _sha256(mpath), files
+
+
+def describe(folder: str | Path) -> dict[str, Any]:
+    """What a verified model folder is, without building its network: model_id, version, parent,
+    meta and the SHA-256 of its tokenizer (models with equal ones share token ids)."""
+    folder = Path(folder)
+    checksum, files = _verify(folder)
+    try:
+        config = json.loads((folder / "config.json").read_text())
+        name, meta = str(config.get("name", "model")), dict(config.get("meta", {}))
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{folder / 'config.json'} is invalid: {exc}") from exc
+    lineage = read_lineage(folder)
+    model_id = f"{name}@{checksum[:12]}"
+    return {"model_id": model_id, "version": lineage.get("version") or model_id, "parent": lineage.get("parent"),
+            "meta": meta, "tokenizer_sha256": files["tokenizer.json"], "folder": str(folder)}
 
 
 def load(folder: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
@@ -213,6 +277,7 @@ def load(folder: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
         checksum=checksum,
         meta=dict(config.get("meta", {})),
         words=words,
+        lineage=read_lineage(folder),
     )
 
 

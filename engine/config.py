@@ -81,6 +81,7 @@ class TrainConfig:
     seed: int = 0
     clean_prob: float = 0.5  # chance a training sequence gets clean spans (prefix / spans / headings)
     max_seconds: float = 0.0  # > 0: stop after this much training time; the cosine schedule then runs over time
+    feedback_share: float = 0.0  # fine-tuning on feedback (engine.feedback): share of each batch drawn from it
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -37,86 +37,15 @@ from engine.build import build_model, count_parameters
 from engine.checkpoint import diffusion_for
 from engine.clean_mask import random_clean_mask
 from engine.cli import Parser, one_line, out_path
+from engine.feedback import FeedbackError, FeedbackMix
+from engine.fine_tune import feedback_run, kept_name, record_forgetting_check
 from engine.config import RECOMMENDED_SAMPLER, DiffusionConfig, ModelConfig, TrainConfig, from_dict, to_dict
-from engine.corpus.loaders import load_documents
-from engine.corpus.splits import read_split, split_random
-from engine.corpus.text import CorpusError, Document
-from engine.tokenizer import EOS, Tokenizer
+from engine.tokenizer import Tokenizer
+from engine.train_data import (  # the data half of training, also imported from here by callers
+    TrainError, eval_windows, load_split_texts, load_texts, token_stream, windows)  # noqa: F401
 from engine.words import build_lexicon
 
 STATE = "train_state.pt"
-
-
-class TrainError(RuntimeError):
-    """A training run cannot start or resume; the message says why."""
-
-
-# ----- data ------------------------------------------------------------------------------------
-def _documents(data: Path, column: str | None) -> list[Document]:
-    try:
-        result = load_documents(data, column)
-    except CorpusError as exc:
-        raise TrainError(str(exc)) from exc
-    for s in result.skipped:
-        print(f"skipped {s.source}: {s.reason}", file=sys.stderr)
-    return result.documents
-
-
-def load_texts(data: str | Path, column: str | None = None) -> tuple[list[str], list[str]]:
-    """(train, validation) texts: a prepared corpus folder (train.jsonl, validation.jsonl, as
-    written by `engine.corpus`) or anything `engine.corpus.load_documents` reads, split 95 / 5."""
-    data = Path(data)
-    if (data / "train.jsonl").is_file():
-        train = read_split(data, "train")
-        val = read_split(data, "validation") if (data / "validation.jsonl").is_file() else []
-    else:
-        parts = split_random(_documents(data, column), (0.95, 0.05, 0.0), seed=0)
-        train, val = [d.text for d in parts["train"]], [d.text for d in parts["validation"]]
-    if not train:
-        raise TrainError(f"no training documents in {data}")
-    return train, val
-
-
-def load_split_texts(data: str | Path, split: str, column: str | None = None) -> list[str]:
-    """One split of a prepared corpus folder, or every document at `data` otherwise."""
-    data = Path(data)
-    if (data / f"{split}.jsonl").is_file():
-        texts = read_split(data, split)
-        empty = f"the {split} split of {data} is empty (0 documents)"
-    elif (data / "train.jsonl").is_file():
-        raise TrainError(f"{data} has no {split}.jsonl")
-    else:
-        texts = [d.text for d in _documents(data, column)]
-        empty = f"no documents in {data}"
-    if not texts:
-        raise TrainError(empty)
-    return texts
-
-
-def token_stream(texts: Sequence[str], tok: Tokenizer) -> Tensor:
-    ids: list[int] = []
-    for text in texts:
-        ids.extend(tok.encode(text))
-        ids.append(EOS)
-    return torch.tensor(ids, dtype=torch.long)  # (N,)
-
-
-def windows(stream: Tensor, seq_len: int, batch: int, gen: torch.Generator) -> Tensor:
-    """(batch, seq_len) random windows of the stream (wrapping when the stream is short)."""
-    n = stream.numel()
-    if n > seq_len:
-        starts = torch.randint(0, n - seq_len + 1, (batch,), generator=gen)  # (B,)
-        return torch.stack([stream[s : s + seq_len] for s in starts.tolist()])
-    reps = seq_len // n + 1
-    return stream.repeat(reps)[:seq_len].expand(batch, seq_len).clone()
-
-
-def eval_windows(stream: Tensor, seq_len: int, max_windows: int) -> Tensor:
-    """Consecutive, non-overlapping windows from the start of the stream: a fixed eval set."""
-    k = min(max_windows, max(1, stream.numel() // seq_len))
-    if stream.numel() < seq_len:
-        return windows(stream, seq_len, 1, torch.Generator())
-    return stream[: k * seq_len].view(k, seq_len)  # (k, seq_len)
 
 
 # ----- objectives ------------------------------------------------------------------------------
@@ -131,24 +60,27 @@ def lr_at(step: int, cfg: TrainConfig, elapsed: float = 0.0) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
-def batch_loss(model: nn.Module, arch: str, diffusion: Any, x0: Tensor, gen: torch.Generator, clean_prob: float) -> tuple[Tensor, float, int]:
-    """(differentiable loss, nelbo sum in nats, tokens counted) for one batch of windows."""
+def batch_loss(model: nn.Module, arch: str, diffusion: Any, x0: Tensor, gen: torch.Generator, clean_prob: float,
+               clean: Tensor | None = None) -> tuple[Tensor, float, int]:
+    """(differentiable loss, nelbo sum in nats, tokens counted) for one batch of windows; `clean`
+    (B, L) bool gives the clean positions (default: random_clean_mask with clean_prob)."""
     if arch == "causal":
         logits = model(x0[:, :-1])  # (B, L-1, V)
         nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x0[:, 1:].reshape(-1), reduction="sum")
         n = x0[:, 1:].numel()
         return nll / n, float(nll.detach()), n
-    clean = random_clean_mask(x0.shape[0], x0.shape[1], gen, p=clean_prob).to(x0.device)  # (B, L)
-    out = diffusion.loss(model, x0, clean, gen)
+    if clean is None:
+        clean = random_clean_mask(x0.shape[0], x0.shape[1], gen, p=clean_prob)  # (B, L)
+    out = diffusion.loss(model, x0, clean.to(x0.device), gen)
     return out.loss, float(out.nelbo_sum), out.n_tokens
 
 
 def optimizer_step(net: nn.Module, arch: str, diffusion: Any, opt: torch.optim.Optimizer, x0: Tensor, gen: torch.Generator,
-                   clean_prob: float, grad_clip: float = 0.0) -> Tensor:
+                   clean_prob: float, grad_clip: float = 0.0, clean: Tensor | None = None) -> Tensor:
     """One training step on the batch x0 (B, L): loss, backward, gradient clipping to `grad_clip`
     (global norm over the optimizer's parameters; 0 = none), update. `net` may be a DDP wrapper.
     Returns the step's loss (detached)."""
-    loss, _, _ = batch_loss(net, arch, diffusion, x0, gen, clean_prob)
+    loss, _, _ = batch_loss(net, arch, diffusion, x0, gen, clean_prob, clean)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if grad_clip > 0:
@@ -192,9 +124,12 @@ def _rng_state(gens: dict[str, torch.Generator]) -> dict[str, Tensor]:
 def train(setup: Setup, train_texts: Sequence[str], val_texts: Sequence[str], out: Path, *,
           resume: bool = False, init_state: dict[str, Tensor] | None = None, device: str = "cpu",
           log_every: int = 10, save_every: int = 0, name: str = "sfdlm", stop_after: int | None = None,
-          keep_best: bool = False) -> dict[str, Any]:
+          keep_best: bool = False, mix: FeedbackMix | None = None, meta: dict[str, Any] | None = None,
+          lineage: dict[str, str] | None = None) -> dict[str, Any]:
     """Run (or resume) training; returns the last validation metrics. Rank 0 writes the run dir.
 
+    `mix` draws part of every batch from reviewers' feedback (engine.feedback); `meta` is added to
+    the saved model's meta and `lineage` (version, parent) to its manifest.
     `stop_after` ends the run early at that step, saved as if interrupted (for --resume).
     `keep_best` also writes out/best/ (a model folder) whenever the validation bound improves,
     so that a long multi-epoch run keeps its best model even if it later over-fits."""
@@ -208,7 +143,7 @@ def train(setup: Setup, train_texts: Sequence[str], val_texts: Sequence[str], ou
         torch.backends.cudnn.allow_tf32 = True
     tok = setup.tokenizer
     stream = token_stream(train_texts, tok)
-    lexicon = build_lexicon(train_texts)  # the sampler's word rule (engine.words)
+    lexicon = build_lexicon([*train_texts, *(mix.texts if mix is not None else [])])  # the sampler's word rule (engine.words)
     val = eval_windows(token_stream(val_texts, tok), cfg.seq_len, 64) if val_texts else None
 
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
@@ -255,11 +190,11 @@ def train(setup: Setup, train_texts: Sequence[str], val_texts: Sequence[str], ou
     def model_meta() -> dict[str, Any]:
         return {"step": step, "tokens_seen": seen * world, "train_seconds": round(elapsed, 3),
                 "train_config": to_dict(cfg), "parameters": count_parameters(model),
-                "world_size": world, "device": device, "validation": history[-1] if history else None}
+                "world_size": world, "device": device, "validation": history[-1] if history else None, **(meta or {})}
 
     def save_model(folder: Path) -> None:
         checkpoint.save(folder, model, mcfg, tok, diffusion_cfg=setup.diffusion_cfg, sampler_cfg=RECOMMENDED_SAMPLER,
-                        name=name, meta=model_meta(), lexicon=lexicon)
+                        name=name, meta=model_meta(), lexicon=lexicon, lineage=lineage)
 
     def save() -> None:
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": _rng_state(gens),
@@ -301,8 +236,13 @@ def train(setup: Setup, train_texts: Sequence[str], val_texts: Sequence[str], ou
         t0 = time.perf_counter()
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg, elapsed)
-        x0 = windows(stream, cfg.seq_len, cfg.batch_size, gens["data"]).to(device)  # (B, L)
-        loss = optimizer_step(net, mcfg.arch, diffusion, opt, x0, gens["noise"], cfg.clean_prob, cfg.grad_clip)
+        clean = None
+        if mix is None:
+            x0 = windows(stream, cfg.seq_len, cfg.batch_size, gens["data"])  # (B, L)
+        else:
+            x0, clean = mix.batch(stream, cfg.batch_size, gens["data"], gens["noise"], cfg.clean_prob)
+        x0 = x0.to(device)
+        loss = optimizer_step(net, mcfg.arch, diffusion, opt, x0, gens["noise"], cfg.clean_prob, cfg.grad_clip, clean)
         step += 1
         seen += x0.numel()
         tok_log += x0.numel()
@@ -344,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help='JSON with optional "model", "diffusion", "train" sections; flags override it')
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped, with its own settings (only --max-steps, --max-minutes and --eval-every may change)")
     p.add_argument("--init-from", type=Path, help="fine-tune: start from this model folder's weights, configs and tokenizer")
+    p.add_argument("--feedback", type=Path, help="with --init-from: also train on this feedback folder (python -m storage.export training)")
+    p.add_argument("--feedback-share", type=float, help="share of each batch drawn from --feedback (default 0.5)")
+    p.add_argument("--version", help="version label written into the model's manifest (default: the --out folder's name)")
     p.add_argument("--tokenizer", type=Path, help="tokenizer.json to use (default: train one on the training split)")
     p.add_argument("--vocab-size", type=int, help="vocabulary size of a newly trained tokenizer (default: the model config's)")
     p.add_argument("--arch", choices=["sfdlm", "transformer"], help="denoiser network (default sfdlm)")
@@ -428,13 +371,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             ("model", "n_layers"): args.layers, ("diffusion", "noise"): args.noise, ("train", "seq_len"): args.seq_len,
             ("train", "batch_size"): args.batch_size, ("train", "max_steps"): args.max_steps, ("train", "lr"): args.lr,
             ("train", "warmup_steps"): args.warmup_steps, ("train", "eval_every"): args.eval_every, ("train", "seed"): args.seed,
-            ("train", "max_seconds"): None if args.max_minutes is None else 60.0 * args.max_minutes}
+            ("train", "max_seconds"): None if args.max_minutes is None else 60.0 * args.max_minutes,
+            ("train", "feedback_share"): args.feedback_share}
     given.update({k: v for k, v in flag.items() if v is not None})
     tokenizer: Tokenizer | None = None
-    init_state = None
+    init_state, lineage = None, None
     if args.resume and (args.init_from or args.tokenizer or args.vocab_size):
         _fail("--resume continues the run in --out with its own weights and tokenizer; "
               "--init-from, --tokenizer and --vocab-size start a new run (give a new --out)")
+    if args.feedback_share is not None and not args.feedback:
+        _fail("--feedback-share needs --feedback DIR")
+    if args.feedback and not (args.init_from or args.resume):
+        _fail("--feedback fine-tunes an existing model: give --init-from MODEL (or --resume such a fine-tune)")
+    if args.feedback and not args.resume:
+        given.setdefault(("train", "feedback_share"), 0.5)
     if args.init_from:
         if args.tokenizer or args.vocab_size:
             _fail("--init-from fine-tunes a model with its own tokenizer; --tokenizer and --vocab-size would not fit its weights")
@@ -449,6 +399,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             _fail(f"--init-from keeps the architecture of {args.init_from}, but this command asks for " + ", ".join(changed)
                   + " (drop those settings, or train from scratch without --init-from)")
         tokenizer, init_state = ck.tokenizer, ck.model.state_dict()
+        lineage = {"version": args.version or args.out.resolve().name, "parent": ck.model_id}
+    elif args.version:
+        lineage = {"version": args.version}
     try:
         if args.resume:
             sections = resumed_sections(args.out, given)
@@ -466,13 +419,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             tokenizer = Tokenizer.train(train_texts, vocab_size=vocab)
         sections["model"]["vocab_size"] = tokenizer.vocab_size
         mcfg = from_dict(ModelConfig, sections["model"])
-    except (ValueError, TypeError, OSError, TrainError) as exc:
+        meta, mix = feedback_run(args, tokenizer, tcfg)
+        if args.resume:
+            lineage = checkpoint.read_lineage(args.out / "model") or None
+            started = json.loads((args.out / "model" / "config.json").read_text())["meta"].get("init_from")
+            meta |= {"init_from": started} if started else {}
+        elif args.init_from:
+            meta["init_from"] = str(args.init_from.resolve())
+    except (ValueError, TypeError, OSError, TrainError, FeedbackError) as exc:
         _fail(str(exc))
     if tcfg.max_steps < 1 or tcfg.batch_size < 1 or tcfg.seq_len < 2:
         _fail("max_steps and batch_size must be >= 1 and seq_len >= 2")
     rank, world = _dist()
     device = args.device or (f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu")
-    name = args.name or (mcfg.arch if mcfg.arch == "causal" else f"{mcfg.arch}-{dcfg.noise}")
+    kept = kept_name(args)  # a fine-tune is a version of its parent: it keeps the parent's name
+    name = args.name or kept or (mcfg.arch if mcfg.arch == "causal" else f"{mcfg.arch}-{dcfg.noise}")
     if rank == 0:
         print(f"training {name}: {len(train_texts):,} documents, vocab {mcfg.vocab_size}, d={mcfg.d_model}, "
               f"{mcfg.n_layers} layers, {world} process(es) on {device}", file=sys.stderr)
@@ -483,8 +444,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         metrics = train(Setup(mcfg, dcfg, tcfg, tokenizer), train_texts, val_texts, args.out, resume=args.resume,
                         init_state=init_state, device=device, log_every=args.log_every, save_every=args.save_every, name=name,
-                        keep_best=args.keep_best)
-    except TrainError as exc:
+                        keep_best=args.keep_best, mix=mix, meta=meta, lineage=lineage)
+        if rank == 0 and meta.get("init_from") and Path(meta["init_from"]).is_dir():
+            record_forgetting_check(args, meta["init_from"], tcfg.seq_len, evaluate_loss)
+    except (TrainError, checkpoint.CheckpointError) as exc:
         _fail(str(exc))
     except OSError as exc:  # the run folder could not be made or written
         _fail(f"cannot write the run in {args.out}: {exc.strerror or exc}")

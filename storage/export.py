@@ -9,6 +9,7 @@ Glossary
   export       writing a filtered frame to a file; recorded in `exports` and as an audit event
 
     python -m storage.export --format csv --out FILE --actor NAME [filters]
+    python -m storage.export training --out DIR --actor NAME   (storage.training_export)
 """
 
 from __future__ import annotations
@@ -227,6 +228,11 @@ def parse_utc(value: str) -> datetime:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["training"]:  # QA feedback as training files (storage.training_export)
+        from storage.training_export import main as training_main
+
+        return training_main(argv[1:])
     from storage.cli import Parser, fail
     from storage.db import make_engine, make_session_factory, resolve_url, transaction
     from storage.migrations import require_current

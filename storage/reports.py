@@ -6,10 +6,13 @@ Glossary
   per_template  people's pins and edits per template (storage.repository.feedback_counts)
   per_term      pins and edits per term, the most acted-on first
   pin_rate      pins per run for each model id (all runs of the model, pinned or not)
+  versions      per model version: drafts, edits and people's pins per draft, approval rate
+                (version_stats); a draft counts for the model of its newest run
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -18,7 +21,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from storage import repository as repo
-from storage.models import ROLES, AuditEvent, Pin, Run
+from storage.models import ROLES, AuditEvent, Document, Edit, Pin, Run
 
 TOP_TERMS = 15  # terms shown in the per-term chart
 
@@ -78,3 +81,55 @@ def audit_choices(session: Session) -> dict[str, list[str]]:
         "roles": list(ROLES),
         "templates": [t.name for t in repo.list_templates(session)],
     }
+
+
+@dataclass(frozen=True)
+class VersionStats:
+    """How reviewers met one model version's drafts (see the glossary: versions)."""
+
+    model_id: str
+    drafts: int  # documents whose newest run used this model
+    edits: int  # edits of those documents
+    pins: int  # people's pins in them (not the rows edits make or move)
+    approved: int
+    rejected: int
+
+    @property
+    def edits_per_draft(self) -> float:
+        return self.edits / self.drafts if self.drafts else 0.0
+
+    @property
+    def pins_per_draft(self) -> float:
+        return self.pins / self.drafts if self.drafts else 0.0
+
+    @property
+    def approval_rate(self) -> float | None:
+        """Approved among the reviewed (approved or rejected); None when none was reviewed."""
+        reviewed = self.approved + self.rejected
+        return self.approved / reviewed if reviewed else None
+
+
+def version_stats(session: Session) -> list[VersionStats]:
+    """One row per model id that drafted a document, the most drafts first."""
+    newest = select(Run.document_id, func.max(Run.id).label("run_id")).group_by(Run.document_id).subquery()
+    doc_model = (select(Run.document_id.label("document_id"), Run.model_id.label("model_id"))
+                 .join(newest, newest.c.run_id == Run.id).subquery())
+    drafts: dict[str, list[int]] = {}
+    status_rows = session.execute(select(doc_model.c.model_id, Document.status, func.count())
+                                  .join(Document, Document.id == doc_model.c.document_id)
+                                  .group_by(doc_model.c.model_id, Document.status))
+    for model, status, n in status_rows:
+        row = drafts.setdefault(model, [0, 0, 0, 0, 0])  # drafts, edits, pins, approved, rejected
+        row[0] += n
+        row[3] += n if status == "approved" else 0
+        row[4] += n if status == "rejected" else 0
+    people_pins = (Pin.kind != "edit") & Pin.supersedes_pin_id.is_(None)
+    for slot, table, extra in ((1, Edit, None), (2, Pin, people_pins)):
+        stmt = (select(doc_model.c.model_id, func.count(table.id))
+                .join(table, table.document_id == doc_model.c.document_id).group_by(doc_model.c.model_id))
+        if extra is not None:
+            stmt = stmt.where(extra)
+        for model, n in session.execute(stmt):
+            drafts[model][slot] += n
+    rows = [VersionStats(m, *v) for m, v in drafts.items()]
+    return sorted(rows, key=lambda r: (-r.drafts, r.model_id))

@@ -98,3 +98,16 @@ def test_unknown_config_field_is_named(folder: Path, tmp_path: Path) -> None:
     (dst / "manifest.json").write_text(json.dumps(man))
     with pytest.raises(CheckpointError, match="wings"):
         checkpoint.load(dst)
+
+
+def test_lineage_lives_in_the_manifest_and_survives_amend(folder: Path, tmp_path: Path) -> None:
+    f = _copy(folder, tmp_path)
+    plain = checkpoint.load(f)
+    assert (plain.version, plain.parent) == (plain.model_id, None)  # no lineage: its own version
+    checkpoint.amend(f, lineage={"version": "feedback-1", "parent": "sfdlm@0123456789ab"})
+    checkpoint.amend(f, meta={"note": "kept"})
+    ck = checkpoint.load(f)
+    assert (ck.version, ck.parent, ck.meta["note"]) == ("feedback-1", "sfdlm@0123456789ab", "kept")
+    assert ck.model_id != plain.model_id  # the lineage is part of the bytes the model_id names
+    with pytest.raises(CheckpointError, match="unknown lineage"):
+        checkpoint.amend(f, lineage={"owner": "x"})

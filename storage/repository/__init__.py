@@ -83,7 +83,8 @@ from storage.repository.run_state import (
 from storage.repository.pins import add_pin, add_term_pins, remove_pin, active_pins
 from storage.repository.edits import record_run_edit, record_text_edit, list_edits
 from storage.repository.reviews import SIGNATURE_METHOD, authorship, record_review, record_refusal, list_reviews
-from storage.repository.settings import ALLOW_SELF_REVIEW, SETTINGS, get_setting, set_setting
+from storage.repository.settings import (ALLOW_SELF_REVIEW, DEFAULT_MODEL, SETTINGS, get_setting, record_setting_refusal,
+                                         set_setting)
 from storage.repository.feedback import (
     NO_RUN,
     NO_TEMPLATE,
@@ -106,6 +107,7 @@ __all__ = [
     "record_text_edit", "list_edits", "SIGNATURE_METHOD", "record_review", "record_refusal", "authorship",
     "list_reviews", "FeedbackCount",
     "FeedbackGroup", "feedback_counts", "EditPair", "edit_pairs", "NO_RUN", "NO_TEMPLATE", "ALLOW_SELF_REVIEW",
-    "SETTINGS", "get_setting", "set_setting", "KIND_CODES", "RunStateData", "get_run_state", "run_state_version",
-    "save_run_state", "claim_lease", "renew_leases", "release_lease", "holds_lease", "pause_interrupted",
+    "DEFAULT_MODEL", "SETTINGS", "get_setting", "set_setting", "record_setting_refusal", "KIND_CODES",
+    "RunStateData", "get_run_state", "run_state_version", "save_run_state", "claim_lease", "renew_leases",
+    "release_lease", "holds_lease", "pause_interrupted",
 ]

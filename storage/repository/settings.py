@@ -29,8 +29,11 @@ class SettingSpec:
 
 
 ALLOW_SELF_REVIEW = "allow_self_review"
+DEFAULT_MODEL = "default_model"
+MAX_TEXT_SETTING = 200  # characters of a text setting (a model id is "<name>@<12 hex>")
 SETTINGS: dict[str, SettingSpec] = {
     ALLOW_SELF_REVIEW: SettingSpec(bool, False, "Reviewers may review drafts they wrote or edited"),
+    DEFAULT_MODEL: SettingSpec(str, "", "The model version new drafts use (empty: the one the app was started with)"),
 }
 
 
@@ -45,6 +48,8 @@ def _check(key: str, spec: SettingSpec, value: Any) -> Any:
     # bool is a subclass of int: compare the type exactly, so True is no number and 1 no switch
     if type(value) is not spec.type:
         raise ValidationError(f"setting {key!r} must be {spec.type.__name__}, got {value!r}")
+    if isinstance(value, str):
+        validate.text(value, f"setting {key!r}", max_chars=MAX_TEXT_SETTING, allow_empty=True)
     return value
 
 
@@ -78,3 +83,14 @@ def set_setting(session: Session, key: str, value: Any, *, actor: ActorRef, reas
     append_event(session, *_who(by), "setting.change", "setting", key, old={key: old}, new={key: value},
                  reason=reason)
     return value
+
+
+def record_setting_refusal(session: Session, key: str, value: Any, *, actor: ActorRef, reason: str) -> None:
+    """Audit a change of `key` to `value` that a rule outside storage refused (e.g. promoting a
+    model that failed its forgetting check): a setting.refused event with the rule's message as
+    reason. Nothing is stored; the caller commits it in a transaction of its own."""
+    by = require(session, actor, "settings.manage")
+    assert by is not None
+    _check(key, _spec(key), value)
+    append_event(session, *_who(by), "setting.refused", "setting", key, new={key: value},
+                 reason=validate.reason(reason, required=True))
