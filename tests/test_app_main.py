@@ -112,6 +112,7 @@ def test_weak_admin_password_at_start_is_one_clear_line(app_services, monkeypatc
     mine = tmp_path / "mine"
     mine.mkdir(mode=0o755)
     mine.chmod(0o755)
+    monkeypatch.setenv(services.ADMIN_PASSWORD_ENV, "admin")  # refused again: main() stops before serving
     assert main(["--model", str(app_services.model_dir), "--data-dir", str(mine)]) == 2
     assert stat.S_IMODE(mine.stat().st_mode) == 0o755
     assert stat.S_IMODE(next(mine.glob("*.sqlite3")).stat().st_mode) & 0o077 == 0
