@@ -52,6 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if not data_dir.exists():  # a folder the app makes is its user's only; an existing one keeps its mode
             data_dir.mkdir(parents=True, mode=0o700)
+        elif not data_dir.is_dir():
+            raise NotADirectoryError(20, "it is not a folder")
     except OSError as e:
         print(f"python -m app: error: cannot use --data-dir {one_line(str(data_dir))!r}: {e.strerror or e}",
               file=sys.stderr)

@@ -51,7 +51,7 @@ EXPECTED: dict[str, set[str]] = {
     "audit_table": AUDITORS, "feedback_charts": AUDITORS, "export": AUDITORS, "verify": AUDITORS,
     # the admin screen
     "list_users": ADMINS, "add_user": ADMINS, "set_role": ADMINS, "disable_user": ADMINS, "enable_user": ADMINS,
-    "set_self_review": ADMINS,
+    "set_self_review": ADMINS, "promote_model": ADMINS,
 }
 DENIED = re.compile(r"not logged in|is an? (operator|reviewer|manager|admin)(; the \w+ screen is for| and may not)")
 
@@ -125,6 +125,7 @@ def calls(svc, state: DraftState, accepted: DraftState, name: str):
         "disable_user": lambda u: admin.set_enabled(svc, u, "bob", False, "left"),
         "enable_user": lambda u: admin.set_enabled(svc, u, "bob", True, "back"),
         "set_self_review": lambda u: admin.set_self_review(svc, u, bool(next(n) % 2)),
+        "promote_model": lambda u: admin.promote(svc, u, svc.model_id, "keep the default"),
     }
     return table[name]
 
