@@ -137,3 +137,32 @@ def test_audit_screen_shows_the_version_table(app_services):
     assert up.versions == [[app_services.model_id, 1, 1.0, 0.0, 0, 0, ""]]
     assert audit.feedback_charts(app_services, "olga").kind == "error"
 
+
+
+def test_a_run_goes_on_with_its_own_model_after_a_promotion(app_services, versions):
+    """A draft started before a promotion is resumed and branched with the model it recorded;
+    a new draft uses the promoted one."""
+    from app import draft, runs
+    from app.state import DraftState
+
+    svc = app_services
+    start = svc.model_id
+    gen = draft.generate(svc, "alice", DraftState(), template=None, length=24, steps=6, seed=1, temperature=1.0)
+    st = next(gen).state
+    assert draft.pause(svc, "alice", st).kind == "info"
+    list(gen)
+    assert admin.promote(svc, "adam", versions["good"], "better").kind == "ok"
+    assert svc.model_id == versions["good"]
+    assert list(draft.resume(svc, "alice", st))[-1].kind == "ok"
+    assert runs.control_for(svc, st).model_id == start
+    assert svc.denoiser_for(start) is not svc.denoiser_for(versions["good"])  # each version its own batcher
+    new = list(draft.generate(svc, "alice", DraftState(), template=None, length=24, steps=3, seed=1,
+                              temperature=1.0))[-1].state
+    with svc.reader() as s:
+        assert repo.get_run(s, st.run_id).model_id == start
+        assert repo.get_run(s, new.run_id).model_id == versions["good"]
+    back = draft.view_step(svc, "alice", st, 2)  # a branch of the old run keeps the old model
+    assert back.kind != "error", back.message
+    branch = list(draft.resume(svc, "alice", st))[-1].state
+    with svc.reader() as s:
+        assert repo.get_run(s, branch.run_id).model_id == start
