@@ -45,7 +45,9 @@ def _when(ctrl: RunControl) -> str:
 
 
 def _piece_text(svc: Services, ids: list[int]) -> str:
-    text = svc.tokenizer.decode(ids)
+    """The pinned tokens as the pin's stored text: model text may hold a NUL, which no database
+    text column takes (U+FFFD stands in for it, as in documents)."""
+    text = svc.tokenizer.decode(ids).replace("\x00", "\ufffd")
     return text if text.strip() else repr(text)
 
 

@@ -101,6 +101,7 @@ class Tally:
     resumed_after_break: int = 0
     acts: list[dict[str, Any]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    t0: float = field(default_factory=time.monotonic)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -155,12 +156,13 @@ def client_loop(url: str, user: str, deadline: float, tally: Tally, seed: int) -
                 raise RuntimeError("no step")
             run_ref = int(outs[-1][6])
             out = c.predict(4, 6, run_ref, api_name="/pin_span")
-            if "pinned" in str(out[0]):
+            if "pinned" in str(out[0]) and "dd-msg-error" not in str(out[0]):
                 with tally.lock:
-                    tally.acts.append({"user": user, "run": run_ref, "kind": "pin", "span": [4, 6]})
+                    tally.acts.append({"user": user, "run": run_ref, "kind": "pin", "span": [4, 6],
+                                       "answer": str(out[0])[-160:], "at": round(time.monotonic() - tally.t0, 2)})
             text = f" check {user} {n}"
             out = c.predict(20, 22, text, "replica test", run_ref, api_name="/edit_span")
-            if "replaced" in str(out[0]):
+            if "replaced" in str(out[0]) and "dd-msg-error" not in str(out[0]):
                 with tally.lock:
                     tally.acts.append({"user": user, "run": run_ref, "kind": "edit", "text": text})
             job.result(timeout=240)
@@ -201,7 +203,7 @@ def check(model: str, db_url: str, data: Path, tally: Tally) -> dict[str, Any]:
     time.sleep(3.5)  # the leases of the stopped replicas run out
     with transaction(svc.factory) as s:
         repo.pause_interrupted(s)
-    lost, unfinished = 0, 0
+    lost, unfinished, details = 0, 0, []
     for act in tally.acts:
         ctrl = runs.load_control(svc, act["run"])
         if not ctrl.complete:
@@ -211,14 +213,24 @@ def check(model: str, db_url: str, data: Path, tally: Tally) -> dict[str, Any]:
                 pins = [p for p in repo.active_pins(s, run_id=act["run"]) if [p.span_start, p.span_end] == act["span"]]
             if not pins or any(ctrl.kinds.get(p) != "pin" for p in range(*act["span"])):
                 lost += 1
+                with svc.reader() as s:
+                    run = repo.get_run(s, act["run"])
+                    doc_pins = [(p.run_id, p.step_index, p.span_start, p.span_end, p.removed_at is not None)
+                                for p in repo.active_pins(s, document_id=run.document_id)]
+                    runs_of = [(r.id, r.parent_run_id, r.status) for r in repo.list_runs(s, run.document_id)]
+                details.append({**act, "kinds": [ctrl.kinds.get(p) for p in range(*act["span"])],
+                                "db": [(p.span_start, p.span_end) for p in pins], "doc_pins": doc_pins,
+                                "runs": runs_of, "state_v": ctrl.version, "steps": ctrl.last_index})
         elif act["text"].strip() not in svc.tokenizer.decode(ctrl.base.tokens.tolist()):
             lost += 1
+            details.append({**act, "final": svc.tokenizer.decode(ctrl.base.tokens.tolist())})
     with svc.reader() as s:
         running = int(s.scalar(select(func.count()).select_from(Run).where(Run.status == "running")) or 0)
     svc.close()
     verify = subprocess.run([sys.executable, "-m", "storage.audit", "verify", "--db-url", db_url], cwd=ROOT,
                             capture_output=True, text=True)
-    return {"lost": lost, "unfinished": unfinished, "running": running, "verify": verify.returncode}
+    return {"lost": lost, "unfinished": unfinished, "running": running, "verify": verify.returncode,
+            "lost_details": details}
 
 
 def run(db_url: str, model: str, work: Path, *, seconds: float = 180.0, clients: int = 8,
@@ -239,7 +251,7 @@ def run(db_url: str, model: str, work: Path, *, seconds: float = 180.0, clients:
         wait_http(f"http://127.0.0.1:{pb}/")
         wait_http(f"http://127.0.0.1:{pn}/")
         url = f"http://127.0.0.1:{pn}/"
-        t0 = time.monotonic()
+        t0 = tally.t0 = time.monotonic()
         deadline = t0 + seconds
         threads = [threading.Thread(target=client_loop, args=(url, u, deadline, tally, i), daemon=True)
                    for i, u in enumerate(users)]
@@ -290,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{r['acts']:>5} {r['lost']:>4} {r['unfinished']:>10} {r['running']:>7} {r['verify']:>6}")
     for e in r["errors"]:
         print("  error:", e)
+    for d in r["lost_details"]:
+        print("  lost:", d)
     return 0
 
 

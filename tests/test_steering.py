@@ -201,3 +201,23 @@ def test_a_complete_draft_holds_no_noise_placeholder(app_services):
         ups = list(start(app_services, steps=6, seed=seed, template=draft.FREE_LENGTH, length=48))
         assert ups[-1].kind == "ok"
         assert not [c for c in ups[-1].payload["cells"] if "s" in c["k"]]
+
+
+def test_a_token_that_decodes_to_nul_can_be_pinned(app_services):
+    """Model text may hold a NUL byte (the database takes none): the pin stores U+FFFD for it."""
+    import dataclasses
+
+    svc = app_services
+    nul = next(i for i in range(svc.tokenizer.vocab_size) if svc.tokenizer.decode([i]) == "\x00")
+    ups = list(start(svc, steps=3, template=None, length=16))
+    st = ups[-1].state
+    ctrl = svc.runs.get(st.run_id)
+    with ctrl.lock:  # as if the model had written it
+        tokens = ctrl.base.tokens.clone()
+        tokens[5] = nul
+        ctrl.base = dataclasses.replace(ctrl.base, tokens=tokens)
+    up = steering.pin_span(svc, "alice", st, 5, 6)
+    assert up.kind == "ok", up.message
+    with svc.reader() as s:
+        (pin,) = repo.active_pins(s, run_id=st.run_id)
+    assert pin.text == "\ufffd" and ctrl.held[5] == nul
