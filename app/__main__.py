@@ -32,9 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--step-delay", type=float, default=0.0,
                    help="seconds to wait between steps, to watch a fast model draft (default 0)")
-    p.epilog = (f"On first start with no users an admin named 'admin' is created; its password is ${ADMIN_PASSWORD_ENV} "
-                "if set, else a one-time password printed once. Add users in the Admin screen or with "
-                "python -m storage.users.")
+    p.epilog = (f"On first start with no users an admin named 'admin' is created; its password is "
+                f"${ADMIN_PASSWORD_ENV} if set, else a one-time password printed once, and it must be changed at "
+                "first login. Add users in the Admin screen or with python -m storage.users.")
     return p
 
 
@@ -94,8 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ.pop(ADMIN_PASSWORD_ENV, None)  # not left for the rest of the process to read
     if one_time:
         print(f"\nFirst start: created user 'admin' with the one-time password\n\n    {one_time}\n\n"
-              "Log in and set a new password for it (python -m storage.users passwd admin); "
-              "it is not shown again.\n", flush=True)
+              "Log in with it: the app then asks for a new password (the Password tab) before any other "
+              "screen opens. It is not shown again.\n", flush=True)
 
     from app.leases import LeaseKeeper
     from app.ui import build_ui, launch_kwargs

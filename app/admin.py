@@ -1,8 +1,12 @@
-"""The admin screen's handlers: the users, adding one, changing a role, disabling and enabling
-(each an audit event written by storage, with the reason given), and the review setting (whether
-reviewers may review drafts they wrote or edited; audited as setting.change), and the model
-versions: which one new drafts use, changed by promoting another (audited as setting.change of
-default_model; a fine-tune that failed its forgetting check is refused, see app.models)."""
+"""The admin screen's handlers: the users, adding one, changing a role, disabling and enabling,
+setting a password, unlocking an account locked by failed logins (each an audit event written by
+storage, with the reason given), the review setting (whether reviewers may review drafts they
+wrote or edited; audited as setting.change), and the model versions: which one new drafts use,
+changed by promoting another (audited as setting.change of default_model; a fine-tune that failed
+its forgetting check is refused, see app.models).
+
+A password the admin types (a new user's, or a reset) is known to the admin: the user must choose
+a new one at first login (no screen opens before), and a reset ends the user's sessions."""
 
 from __future__ import annotations
 
@@ -42,11 +46,22 @@ def _admin_error(message: str) -> AdminUpdate:
     return AdminUpdate(message=message, kind="error")
 
 
+def _state(disabled: bool, locked_until: Any, must_change: bool) -> str:
+    words = ["disabled" if disabled else "active"]
+    if locked_until is not None:
+        words.append(f"locked until {locked_until.strftime('%H:%M')} UTC")
+    if must_change:
+        words.append("must change password")
+    return ", ".join(words)
+
+
 def _user_rows(svc: Services) -> list[list[Any]]:
-    with svc.reader() as s:
-        return [[u.name, u.role, "disabled" if u.disabled else "active", u.failed_logins,
+    with transaction(svc.factory) as s:  # the throttle's secret is made on first use
+        users = repo.list_users(s)
+        locks = repo.user_locks(s, [u.name for u in users])
+        return [[u.name, u.role, _state(u.disabled, locks.get(u.name), u.must_change_password), u.failed_logins,
                  u.last_login_at.strftime("%Y-%m-%d %H:%M") if u.last_login_at else "",
-                 u.created_at.strftime("%Y-%m-%d %H:%M")] for u in repo.list_users(s)]
+                 u.created_at.strftime("%Y-%m-%d %H:%M")] for u in users]
 
 
 def _self_review(svc: Services) -> bool:
@@ -128,7 +143,8 @@ def add_user(svc: Services, username: str | None, name: str, role: str, password
     actor = require_permission(svc, username, "user.manage", "manage users")
     name, role = _name(name), _role(role)
     with transaction(svc.factory) as s:
-        repo.create_user(s, name, role, password if isinstance(password, str) else "", actor=actor.name)
+        repo.create_user(s, name, role, password if isinstance(password, str) else "", actor=actor.name,
+                         must_change_password=True)
     return AdminUpdate(message=f"added {name} ({role})", kind="ok", rows=_user_rows(svc))
 
 
@@ -149,3 +165,28 @@ def set_enabled(svc: Services, username: str | None, name: str, enabled: bool, r
         change(s, (name or "").strip(), actor=actor.name, reason=reason)
     return AdminUpdate(message=f"{name.strip()} {'enabled' if enabled else 'disabled'}", kind="ok",
                        rows=_user_rows(svc))
+
+
+@safe(_admin_error)
+def reset_password(svc: Services, username: str | None, name: str, password: str, reason: str) -> AdminUpdate:
+    """Set another user's password (keeping PASSWORD_RULES): they must change it at next login and
+    their sessions end. An admin changes their own password in the Password tab."""
+    actor = require_permission(svc, username, "user.manage", "manage users")
+    name = _name(name)
+    if name == actor.name:
+        raise Refused("change your own password in the Password tab (it asks for the old one)")
+    with transaction(svc.factory) as s:
+        repo.set_password(s, name, password if isinstance(password, str) else "", actor=actor.name,
+                          reason=reason or None)
+    return AdminUpdate(message=f"password of {name} set: they must choose a new one at next login, and their "
+                       "sessions are logged out", kind="ok", rows=_user_rows(svc))
+
+
+@safe(_admin_error)
+def unlock(svc: Services, username: str | None, name: str, reason: str) -> AdminUpdate:
+    """End the lock that failed logins put on a user (audited as user.unlock with the reason)."""
+    actor = require_permission(svc, username, "user.manage", "manage users")
+    name = _name(name)
+    with transaction(svc.factory) as s:
+        repo.unlock_user(s, name, actor=actor.name, reason=reason)
+    return AdminUpdate(message=f"{name} unlocked", kind="ok", rows=_user_rows(svc))

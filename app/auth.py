@@ -7,24 +7,29 @@ Glossary
               screen's permission (SCREEN_PERMISSIONS), so screens follow the storage table
   permission  what an act needs, as storage.repository.PERMISSIONS defines it (pin, edit, review,
               export, ...): the app asks the same table the storage layer enforces
-  guard       counts consecutive failed logins per name (known or not) and makes the next attempt
-              wait base * 2^(n-1) seconds, at most MAX_DELAY_S; a success resets it. The database
-              counts failures per user too (users.failed_logins) and audits every attempt.
+  login       storage.repository.logins: every attempt is counted in the database before its
+              password is checked (so replicas, and attempts sent in parallel, see the count) and
+              waits for its slot; ten failures in a row lock the name (svc.login_policy says how
+              long and how fast). A name that is no user is never stored: the trail says
+              "unknown user". The signature and the change of password use the same count.
+  must change a user whose password somebody else set (first-run admin, added or reset by an
+              admin) may open no screen until they choose a new one (the Password tab)
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from storage import repository as repo
 from storage.db import transaction
 from storage.models import ROLES
+from storage.repository import LoginAttempt
 
 if TYPE_CHECKING:
     from app.services import Services
@@ -41,7 +46,12 @@ SCREENS: dict[str, frozenset[str]] = {
     screen: frozenset(role for role in ROLES if repo.can(role, permission))
     for screen, permission in SCREEN_PERMISSIONS.items()
 }
-MAX_DELAY_S = 8.0
+MAX_PASSWORD_CHARS = 1024  # longer input is not hashed (it is refused, and counted as a failure)
+# the client address of the POST /login being answered (uvicorn has applied X-Forwarded-For from
+# the addresses in $FORWARDED_ALLOW_IPS, by default 127.0.0.1 only)
+CLIENT_ADDRESS: ContextVar[str | None] = ContextVar("diffdraft_client_address", default=None)
+MUST_CHANGE = ("{name} must choose a new password before using DiffDraft: open the Password tab, type the "
+               "password you logged in with, then the new one twice")
 
 
 class AccessDenied(Exception):
@@ -52,63 +62,49 @@ class AccessDenied(Exception):
 class Actor:
     name: str
     role: str
+    must_change_password: bool = False  # only ever True from actor_for(..., password_change=True)
 
 
-class LoginGuard:
-    def __init__(self, base_delay_s: float = 0.5, max_delay_s: float = MAX_DELAY_S) -> None:
-        self.base_delay_s = base_delay_s
-        self.max_delay_s = max_delay_s
-        self._failures: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def delay_for(self, name: str) -> float:
-        n = self._failures.get(name.lower(), 0)
-        return 0.0 if n == 0 else min(self.base_delay_s * 2 ** (n - 1), self.max_delay_s)
-
-    def failures(self, name: str) -> int:
-        return self._failures.get(name.lower(), 0)
-
-    def failed(self, name: str) -> None:
-        with self._lock:
-            key = name.lower()
-            self._failures[key] = self._failures.get(key, 0) + 1
-
-    def succeeded(self, name: str) -> None:
-        with self._lock:
-            self._failures.pop(name.lower(), None)
-
-
-def check_password(svc: Services, name: str, password: str) -> Actor | None:
-    """storage's authenticate (Argon2id; counts and audits the attempt), committed. No waiting."""
-    if not isinstance(name, str) or not isinstance(password, str) or not name or len(name) > 64 or len(password) > 1024:
-        return None
+def _begin(svc: Services, name: object, address: str | None) -> LoginAttempt:
+    """Count the attempt in the database (every replica sees it) and get its slot, committed."""
     with transaction(svc.factory) as s:
-        user = repo.authenticate(s, name, password)
-        actor = Actor(user.name, user.role) if user is not None else None
-    if actor is None:
-        svc.guard.failed(name)
-    else:
-        svc.guard.succeeded(name)
-    return actor
+        return repo.begin_attempt(s, name if isinstance(name, str) else "", address, svc.login_policy)
 
 
-def login(svc: Services, name: str, password: str) -> Actor | None:
-    """Wait as the guard says for this name, then check the password."""
-    delay = svc.guard.delay_for(name or "")
-    if delay:
-        time.sleep(delay)
-    return check_password(svc, name, password)
+def _check(svc: Services, attempt: LoginAttempt, password: object) -> Actor | None:
+    """Check the password (outside any transaction: Argon2id takes a while) and settle the attempt."""
+    ok_input = isinstance(password, str) and len(password) <= MAX_PASSWORD_CHARS
+    with svc.reader() as s:
+        user = repo.find_login_user(s, attempt.name)
+        seen = user.password_hash if user is not None and not user.disabled and not attempt.locked else None
+    ok = repo.check_password_hash(seen if ok_input else None, password if ok_input else "")
+    with transaction(svc.factory) as s:
+        found = repo.finish_login(s, attempt, password_ok=ok, seen_hash=seen,
+                                  password=password if ok_input and isinstance(password, str) else None,
+                                  policy=svc.login_policy)
+        return Actor(found.name, found.role) if found is not None else None
+
+
+def login(svc: Services, name: object, password: object, address: str | None = None) -> Actor | None:
+    """The whole login, waiting (blocking) for the attempt's slot: the user, or None."""
+    attempt = _begin(svc, name, address)
+    wait = attempt.wait_s()
+    if wait:
+        time.sleep(wait)
+    return _check(svc, attempt, password)
 
 
 def gradio_auth(svc: Services) -> Callable[[str, str], Awaitable[bool]]:
-    """The `auth=` callable for Blocks.launch: async, so waiting never blocks the server."""
+    """The `auth=` callable for Blocks.launch: async, so waiting never blocks the server. The
+    client's address comes from CLIENT_ADDRESS (set by app.session_guard around POST /login)."""
 
     async def auth(username: str, password: str) -> bool:
-        delay = svc.guard.delay_for(username or "")
-        if delay:
-            await asyncio.sleep(delay)
         try:
-            return await asyncio.to_thread(check_password, svc, username, password) is not None
+            attempt = await asyncio.to_thread(_begin, svc, username, CLIENT_ADDRESS.get())
+            wait = attempt.wait_s()
+            if wait:
+                await asyncio.sleep(wait)
+            return await asyncio.to_thread(_check, svc, attempt, password) is not None
         except Exception:  # the login page shows "Incorrect credentials"; the reason goes to the log
             log.exception("login check failed")
             return False
@@ -116,8 +112,30 @@ def gradio_auth(svc: Services) -> Callable[[str, str], Awaitable[bool]]:
     return auth
 
 
-def actor_for(svc: Services, username: str | None) -> Actor:
-    """The current user, fresh from the database; AccessDenied if not logged in, unknown or disabled."""
+def check_own_password(svc: Services, name: str, password: object) -> tuple[bool, str | None]:
+    """Whether `password` is the logged-in user's own (signing, changing the password), through the
+    same throttle and lock as a login; (right?, a refusal to show when the account is locked)."""
+    with transaction(svc.factory) as s:
+        attempt = repo.begin_attempt(s, name, None, svc.login_policy)
+    wait = attempt.wait_s()
+    if wait:
+        time.sleep(wait)
+    with svc.reader() as s:
+        user = repo.find_user(s, name)
+        seen = user.password_hash if user is not None and not attempt.locked else None
+    ok = isinstance(password, str) and len(password) <= MAX_PASSWORD_CHARS and repo.check_password_hash(seen, password)
+    with transaction(svc.factory) as s:
+        repo.end_attempt(s, attempt, ok, svc.login_policy)
+    if attempt.locked:
+        minutes = round(svc.login_policy.lock_s / 60)
+        return False, (f"too many wrong passwords in a row: the account is locked for up to {minutes} minutes "
+                       "or until an admin unlocks it")
+    return ok, None
+
+
+def actor_for(svc: Services, username: str | None, *, password_change: bool = False) -> Actor:
+    """The current user, fresh from the database; AccessDenied if not logged in, unknown or
+    disabled, or (unless password_change) while they must choose a new password."""
     if not username:
         raise AccessDenied("you are not logged in: reload the page and log in")
     with svc.reader() as s:
@@ -126,7 +144,9 @@ def actor_for(svc: Services, username: str | None) -> Actor:
             raise AccessDenied(f"unknown user {username!r}: log in again")
         if user.disabled:
             raise AccessDenied(f"user {username!r} is disabled")
-        return Actor(user.name, user.role)
+        if user.must_change_password and not password_change:
+            raise AccessDenied(MUST_CHANGE.format(name=user.name))
+        return Actor(user.name, user.role, bool(user.must_change_password))
 
 
 def require_screen(svc: Services, username: str | None, screen: str) -> Actor:

@@ -113,10 +113,13 @@ def short(value: str | None, n: int = 120) -> str:
     return value if len(value) <= n else value[: n - 1] + "…"
 
 
-def whoami(svc: Services, username: str | None) -> tuple[str, list[str]]:
-    """(a line for the page header, the screens this user may open)."""
+def whoami(svc: Services, username: str | None) -> tuple[str, list[str], bool]:
+    """(a line for the page header, the screens this user may open, whether they must choose a new
+    password first: then no screen opens but the Password tab)."""
     try:
-        actor = actor_for(svc, username)
-        return f"{actor.name} · {actor.role}", [k for k, roles in SCREENS.items() if actor.role in roles]
+        actor = actor_for(svc, username, password_change=True)
+        if actor.must_change_password:
+            return f"{actor.name} · {actor.role} · must choose a new password", [], True
+        return f"{actor.name} · {actor.role}", [k for k, roles in SCREENS.items() if actor.role in roles], False
     except Exception as exc:  # noqa: BLE001
-        return explain(exc), []
+        return explain(exc), [], False

@@ -2,18 +2,18 @@
 and the signed decision (approve / reject, signed by re-entering the password).
 
 Audit events
-  approve / reject -> review.approve / review.reject; a wrong password -> signature.failed;
+  approve / reject -> review.approve / review.reject; a wrong password -> signature.failed (it
+  counts towards the account's lock like a failed login, app.auth.check_own_password);
   a review the sign-off rules refuse (a draft, the reviewer's own work) -> review.refused
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
 from app import render
-from app.auth import require_permission, require_screen
+from app.auth import check_own_password, require_permission, require_screen
 from app.common import Refused, as_int, safe, short
 from app.services import Services
 from app.state import ReviewState
@@ -95,19 +95,12 @@ def sign_review(svc: Services, username: str | None, rstate: ReviewState | None,
     reason = (reason or "").strip()
     if decision == "reject" and not reason:
         raise Refused("say why you reject the draft")
-    delay = svc.guard.delay_for(actor.name)
-    if delay:
-        time.sleep(delay)
-    with transaction(svc.factory) as s:
-        user = repo.get_user(s, actor.name)
-        ok = isinstance(password, str) and bool(password) and repo.verify_password(user.password_hash, password)
-        if not ok:
+    ok, locked = check_own_password(svc, actor.name, password)
+    if not ok:
+        with transaction(svc.factory) as s:
             append_event(s, actor.name, actor.role, "signature.failed", "document", rstate.document_id,
                          new={"decision": decision, "version": rstate.document_version})
-    if not ok:
-        svc.guard.failed(actor.name)
-        raise Refused("the password is not right: the signature was not applied")
-    svc.guard.succeeded(actor.name)
+        raise Refused(locked or "the password is not right: the signature was not applied")
     signoff.sign(svc.factory, document_id=rstate.document_id, actor=actor.name, decision=decision,
                  expected_version=rstate.document_version, reason=reason or None,
                  signature_meaning=SIGNATURE_MEANINGS[decision], signature_method="password re-entry")

@@ -1,6 +1,7 @@
 """The heavy objects, built once by `build_services` (never at import): the model versions (the
 default one's checkpoint and noise), the denoiser batchers, the database engine and session
-factories, the run registry and the login guard.
+factories, the run registry, the login policy (how the database-backed throttle holds), the login
+sessions kept in the database and the owners of the page sessions of this process (app.sessions).
 
 Glossary
   data_dir    the app's folder: the SQLite file, exports, downloads and Gradio's temporary files
@@ -30,13 +31,14 @@ if TYPE_CHECKING:  # the runtime imports are in build_services: importing this m
     from sqlalchemy import Engine
     from sqlalchemy.orm import Session, sessionmaker
 
-    from app.auth import LoginGuard
     from app.models import ModelVersions
     from app.runs import RunRegistry
+    from app.sessions import LoginSessions, SessionOwners
     from engine.batching import Batcher
     from engine.checkpoint import Checkpoint
     from engine.diffusion import Denoiser, Diffusion
     from engine.tokenizer import Tokenizer
+    from storage.repository import LoginPolicy
 
 log = logging.getLogger("app")
 
@@ -95,7 +97,9 @@ class Services:
     data_dir: Path
     model_dir: Path
     runs: RunRegistry
-    guard: LoginGuard
+    login_policy: LoginPolicy
+    sessions: LoginSessions
+    owners: SessionOwners
     limits: Limits = field(default_factory=Limits)
     step_delay_s: float = 0.0  # an artificial pause between steps (demos and tests only)
     instance: str = field(default_factory=lambda: instance_id())  # this process, as run leases name it
@@ -183,14 +187,16 @@ def build_services(
 ) -> Services:
     """Load the model, open (and migrate) the database, copy the shipped templates in. With
     `batching` the steps of concurrent drafts share forwards (engine.batching; one worker thread,
-    stopped by Services.close)."""
+    stopped by Services.close). login_delay_s: the login throttle's base delay
+    (LoginPolicy.base_delay_s; 0 turns the waits off, the lock stays)."""
     import torch
 
-    from app.auth import LoginGuard
     from app.models import ModelVersions
     from app.runs import RunRegistry
+    from app.sessions import LoginSessions, SessionOwners
     from engine import checkpoint
     from storage import repository as repo
+    from storage.repository import LoginPolicy
     from storage.db import make_engine, make_session_factory, resolve_url
     from storage.migrations import migrate
 
@@ -204,15 +210,18 @@ def build_services(
     url = resolve_url(db_url, data)
     engine = make_engine(url)
     migrate(engine)
+    factory, reader = make_session_factory(engine), make_session_factory(engine, reads_only=True)
     svc = Services(
         models=ModelVersions(ckpt, mdir, data / "models"),
         engine=engine,
-        factory=make_session_factory(engine),
-        reader=make_session_factory(engine, reads_only=True),
+        factory=factory,
+        reader=reader,
         data_dir=data,
         model_dir=mdir,
         runs=RunRegistry(),
-        guard=LoginGuard(base_delay_s=login_delay_s),
+        login_policy=LoginPolicy(base_delay_s=max(0.0, login_delay_s)),
+        sessions=LoginSessions(factory, reader),
+        owners=SessionOwners(),
         step_delay_s=step_delay_s,
         batching=batching,
     )
@@ -253,8 +262,9 @@ def load_templates(svc: Services, folder: Path = TEMPLATES_DIR) -> int:
 
 def ensure_admin(svc: Services, *, env: str = ADMIN_PASSWORD_ENV) -> str | None:
     """On a database without users, create user "admin" with the role that may manage users (so
-    that it can add the others). Its password comes from $env or is generated; returns the
-    generated one-time password (None if none was generated or a user already existed).
+    that it can add the others). Its password comes from $env or is generated; either way it must
+    be changed at first login (no screen opens before). Returns the generated one-time password
+    (None if none was generated or a user already existed).
     ValidationError, naming the variable, when $env is set to a password that breaks the rules."""
     from storage import repository as repo
     from storage import validate
@@ -274,7 +284,8 @@ def ensure_admin(svc: Services, *, env: str = ADMIN_PASSWORD_ENV) -> str | None:
             except ValidationError as e:
                 raise ValidationError(f"${env} cannot be the admin's password: {e} (the rules: "
                                       f"{validate.PASSWORD_RULES})") from None
-        repo.create_user(s, ADMIN_NAME, role, password, actor="system", reason="first start: no users yet")
+        repo.create_user(s, ADMIN_NAME, role, password, actor="system", reason="first start: no users yet",
+                         must_change_password=True)
     return None if given else password
 
 

@@ -30,14 +30,17 @@ class AdminTab:
                 self.name = gr.Textbox(label="User", info=admin.NAME_RULES, elem_id="dd-admin-name")
                 self.role = gr.Dropdown(list(ROLES), value=ROLES[0], label="Role", allow_custom_value=False,
                                         filterable=False, elem_id="dd-admin-role")
-                self.password = gr.Textbox(label="Password (new users)", type="password", info=admin.PASSWORD_RULES,
-                                           elem_id="dd-admin-password")
-                self.reason = gr.Textbox(label="Reason (role changes, disabling; at most 2,000 characters)")
+                self.password = gr.Textbox(label="Password (new users, resets; the user changes it at first login)",
+                                           type="password", info=admin.PASSWORD_RULES, elem_id="dd-admin-password")
+                self.reason = gr.Textbox(label="Reason (role changes, disabling, unlocking; at most 2,000 characters)",
+                                         elem_id="dd-admin-reason")
             with gr.Row():
                 self.add_btn = gr.Button("Add user", size="sm", variant="primary", elem_id="dd-admin-add")
                 self.role_btn = gr.Button("Change role", size="sm")
                 self.disable_btn = gr.Button("Disable", size="sm")
                 self.enable_btn = gr.Button("Enable", size="sm")
+                self.reset_btn = gr.Button("Set password", size="sm", elem_id="dd-admin-reset")
+                self.unlock_btn = gr.Button("Unlock", size="sm", elem_id="dd-admin-unlock")
             with gr.Row():
                 self.self_review = gr.Checkbox(value=False, label=admin.SELF_REVIEW_LABEL, elem_id="dd-self-review")
                 self.self_review_btn = gr.Button("Save review setting", size="sm", elem_id="dd-self-review-save")
@@ -77,6 +80,17 @@ class AdminTab:
             return _outputs(admin.set_enabled(svc, user_of(request), n, True, reason))
 
         self.enable_btn.click(do_enable, [self.name, self.reason], outs, api_name="enable_user", **UNDOCUMENTED)
+
+        def do_reset(n: str, p: str, reason: str, request: gr.Request) -> list[Any]:
+            return _outputs(admin.reset_password(svc, user_of(request), n, p, reason)) + [""]
+
+        self.reset_btn.click(do_reset, [self.name, self.password, self.reason], outs + [self.password],
+                             api_name="reset_password", **UNDOCUMENTED)
+
+        def do_unlock(n: str, reason: str, request: gr.Request) -> list[Any]:
+            return _outputs(admin.unlock(svc, user_of(request), n, reason))
+
+        self.unlock_btn.click(do_unlock, [self.name, self.reason], outs, api_name="unlock_user", **UNDOCUMENTED)
 
         def do_self_review(allow: bool, request: gr.Request) -> list[Any]:
             return _outputs(admin.set_self_review(svc, user_of(request), allow))

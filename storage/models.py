@@ -1,7 +1,18 @@
 """ORM tables (SQLAlchemy 2.0 declarative, typed Mapped[...] columns).
 
 Glossary
-  user        a person who logs in; role is one of ROLES; password_hash is Argon2id
+  user        a person who logs in; role is one of ROLES; password_hash is Argon2id;
+              must_change_password: every screen refuses until the user sets a new password
+              (the first-run admin, users an admin added or whose password an admin reset)
+  login_throttle  one row per account name or client address that tried to log in lately:
+              key_hash is HMAC-SHA256(server secret "throttle", kind + name or address), so a
+              submitted name that is no user is never stored; failures counts consecutive
+              failures (an attempt counts from the moment it starts); last_slot_at the time the
+              last attempt was allowed to check its password; locked_until ends a lock
+  login_session   one logged-in browser session: token_hash is SHA-256 of the login cookie's
+              token (never the token); any replica of the app accepts it until expires_at
+  server_secret   random keys shared by the replicas of one database (the throttle's HMAC key,
+              the login cookie's name); made on first use, never changed
   template    a report skeleton ({{slot:N}} marks N tokens to generate)
   document    one report; `version` is the optimistic-locking counter (bumped on every UPDATE)
   run         one generation of a document: model id + checksum, seed, sampler settings; a branch
@@ -63,6 +74,7 @@ REVIEW_DECISIONS: tuple[str, ...] = ("approve", "reject")
 PIN_KINDS: tuple[str, ...] = ("token", "term", "edit")
 EDIT_UNITS: tuple[str, ...] = ("token", "char")
 EXPORT_FORMATS: tuple[str, ...] = ("csv", "xlsx", "parquet", "json")
+THROTTLE_KINDS: tuple[str, ...] = ("account", "address")
 GENESIS_HASH = "0" * 64
 
 NAMING = {
@@ -123,6 +135,7 @@ class User(Base):
     last_failed_login_at: Mapped[datetime | None]
     last_login_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    must_change_password: Mapped[bool] = mapped_column(Boolean, default=False)
 
     def __repr__(self) -> str:
         return f"User({self.name!r}, role={self.role!r}, disabled={self.disabled})"
@@ -302,6 +315,35 @@ class Setting(Base):
     value: Mapped[str] = mapped_column(Text)  # canonical JSON text, e.g. "true"
     updated_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class LoginThrottle(Base):
+    __tablename__ = "login_throttle"
+    __table_args__ = (CheckConstraint(_in("kind", THROTTLE_KINDS), name="kind"),)
+
+    key_hash: Mapped[str] = mapped_column(String(64), primary_key=True)  # HMAC-SHA256 hex
+    kind: Mapped[str] = mapped_column(String(8))
+    failures: Mapped[int] = mapped_column(Integer, default=0)  # consecutive, counted when an attempt starts
+    last_slot_at: Mapped[datetime | None]  # when the last attempt could check its password
+    locked_until: Mapped[datetime | None]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class LoginSession(Base):
+    __tablename__ = "login_sessions"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)  # SHA-256 hex of the cookie's token
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class ServerSecret(Base):
+    __tablename__ = "server_secrets"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    secret: Mapped[str] = mapped_column(String(128))  # hex
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class AuditEvent(Base):

@@ -5,7 +5,8 @@ rows of every table and the exported CSV must equal the recording in tests/golde
 The recording was made on the code before the app, storage and engine were reshaped into one
 concept per file, so this test is the proof that the reshaping changed no behaviour. Values that
 differ on every run (timestamps, hashes that cover them, password hashes, file names with a
-random part) are replaced by a marker before comparing; everything else is compared as stored.
+random part, the database's random server secrets) are replaced by a marker before comparing;
+everything else is compared as stored.
 
 To record again after a deliberate change of behaviour:
     DIFFDRAFT_RECORD_GOLDEN=1 bash .ci/dev test tests/test_session_replay.py
@@ -32,8 +33,8 @@ from storage.models import Base
 GOLDEN = Path(__file__).parent / "golden" / "session_replay.json"
 VOLATILE = "<volatile>"
 # columns whose values change on every run
-VOLATILE_NAME = re.compile(r"(^|_)(ts|at|hash|salt|when|time|path|elapsed_ms|token|owner|until)$|_at$|^password|hash|"
-                           r"sha256|^confidence$")
+VOLATILE_NAME = re.compile(r"(^|_)(ts|at|hash|salt|secret|when|time|path|elapsed_ms|token|owner|until)$|_at$|"
+                           r"^password|hash|sha256|^confidence$")
 STAMP = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([+-]\d{2}:?\d{2}|Z)?|\d{8}T\d{6}Z")
 
 

@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -249,8 +250,45 @@ def empty_db_url(request: pytest.FixtureRequest, tmp_path):
     sf.drop_pg_schema(url)
 
 
+def _rows_at_0001(engine) -> tuple[int, int]:
+    """The users of storage_fixtures, a document, a run and its first step, inserted as the 0001 code
+    wrote them (the models have columns 0001 lacks, so they cannot write these rows); returns
+    (document id, run id)."""
+    import sqlalchemy as sa
+
+    from storage.models import UTCDateTime
+
+    now, ts = datetime.now(timezone.utc), UTCDateTime()
+    users = sa.table("users", sa.column("name"), sa.column("role"), sa.column("password_hash"), sa.column("disabled"),
+                     sa.column("failed_logins"), sa.column("created_at", ts))
+    documents = sa.table("documents", sa.column("id"), sa.column("title"), sa.column("text"), sa.column("status"),
+                         sa.column("version"), sa.column("created_by_id"), sa.column("created_at", ts),
+                         sa.column("updated_by_id"), sa.column("updated_at", ts))
+    runs = sa.table("runs", sa.column("id"), sa.column("document_id"), sa.column("model_id"),
+                    sa.column("model_checksum"), sa.column("seed"), sa.column("sampler_settings", sa.JSON()),
+                    sa.column("status"), sa.column("started_by_id"), sa.column("started_at", ts))
+    steps = sa.table("steps", sa.column("run_id"), sa.column("step_index"), sa.column("n_tokens"),
+                     sa.column("token_ids", sa.LargeBinary()), sa.column("confidences", sa.LargeBinary()),
+                     sa.column("created_at", ts))
+    with engine.begin() as conn:
+        conn.execute(users.insert(), [{"name": n, "role": r, "password_hash": repo.hash_password(sf.PASSWORD),
+                                       "disabled": False, "failed_logins": 0, "created_at": now}
+                                      for n, r in sf.USERS.items()])
+        olga = conn.scalar(text("SELECT id FROM users WHERE name = 'olga'"))
+        conn.execute(documents.insert().values(id=1, title="Pump 7", text="old", status="draft", version=1,
+                                               created_by_id=olga, created_at=now, updated_by_id=olga,
+                                               updated_at=now))
+        conn.execute(runs.insert().values(id=1, document_id=1, model_id="m", model_checksum="c", seed=1,
+                                          sampler_settings={}, status="running", started_by_id=olga, started_at=now))
+        conn.execute(steps.insert().values(run_id=1, step_index=0, n_tokens=4,
+                                           token_ids=repo.encode_token_ids([1, 2, 3, 4]),
+                                           confidences=repo.encode_confidences([0.5] * 4), created_at=now))
+    return 1, 1
+
+
 def test_a_database_at_0001_is_upgraded_with_its_rows(empty_db_url, cheap_argon2, capsys):
-    """0002 adds pin history, edit token counts and review signatures; rows made at 0001 stay readable."""
+    """0002 adds pin history, edit token counts and review signatures, 0005 users.must_change_password
+    and the login tables; rows made at 0001 stay readable."""
     from storage.__main__ import main
 
     url = empty_db_url
@@ -259,19 +297,9 @@ def test_a_database_at_0001_is_upgraded_with_its_rows(empty_db_url, cheap_argon2
     try:
         assert current_revision(engine) == "0001"
         factory = make_session_factory(engine)
-        sf.seed_users(factory)  # users, documents, runs, steps and the audit chain did not change in 0002
-        with transaction(factory) as s:
-            doc = repo.create_document(s, actor="olga", title="Pump 7", text="old")
-            run = repo.create_run(s, document_id=doc.id, actor="olga", model_id="m", model_checksum="c", seed=1,
-                                  sampler_settings={})
-            doc_id, run_id = doc.id, run.id
+        doc_id, run_id = _rows_at_0001(engine)
         ts = "2026-11-28 16:11:41"
         with engine.begin() as conn:  # rows as the 0001 code wrote them
-            conn.execute(text(
-                "INSERT INTO steps (run_id, step_index, n_tokens, token_ids, confidences, created_at)"
-                " VALUES (:r, 0, 4, :ids, :conf, :ts)"),
-                {"r": run_id, "ids": repo.encode_token_ids([1, 2, 3, 4]), "conf": repo.encode_confidences([0.5] * 4),
-                 "ts": ts})
             conn.execute(text(
                 "INSERT INTO pins (document_id, run_id, step_index, span_start, span_end, text, kind, created_by_id,"
                 " created_at) VALUES (:d, :r, 0, 1, 2, 'kept', 'token', 2, :ts),"

@@ -12,9 +12,10 @@ Glossary
   step bytes  token ids as little-endian int32, confidences as little-endian float16  # (L,) each
 Errors: NotFound, ValidationError, PermissionDenied, StaleWrite, ReviewRefused (all StorageError).
 
-One module per concept: roles, accounts (users and passwords), templates, documents, runs (and
-their steps), pins, edits, reviews, settings, feedback; positions holds the rule for where positions and
-pins go after a length-changing edit. Import the names from here:
+One module per concept: roles, accounts (users and passwords), sessions (login sessions), logins
+(signing in: throttle, lock, audit of attempts), templates, documents, runs (and their steps), pins,
+edits, reviews, settings, feedback; positions holds the rule for where positions and pins go after a
+length-changing edit. Import the names from here:
 `from storage import repository as repo; repo.create_run(...)`.
 """
 
@@ -42,7 +43,29 @@ from storage.repository.accounts import (
     disable_user,
     enable_user,
     set_password,
+    check_password_hash,
+)
+from storage.repository.sessions import (
+    create_login_session,
+    login_session_user,
+    end_login_session,
+    end_user_sessions,
+    count_login_sessions,
+    logout,
+)
+from storage.repository.logins import (
+    UNKNOWN_USER,
+    DEFAULT_POLICY,
+    LoginPolicy,
+    LoginAttempt,
+    server_secret,
+    begin_attempt,
+    end_attempt,
+    finish_login,
+    find_login_user,
     authenticate,
+    user_locks,
+    unlock_user,
 )
 from storage.repository.templates import create_template, get_template, get_template_by_name, list_templates
 from storage.repository.documents import (
@@ -99,7 +122,11 @@ __all__ = [
     "StorageError", "RunBusy", "NotFound", "ValidationError", "PermissionDenied", "StaleWrite", "ReviewRefused", "PERMISSIONS",
     "ActorRef", "can", "require", "hash_password", "verify_password", "set_password_hasher", "create_user",
     "get_user", "find_user", "list_users", "set_role", "disable_user", "enable_user", "set_password",
-    "authenticate", "create_template", "get_template", "get_template_by_name", "list_templates",
+    "authenticate", "check_password_hash", "create_login_session", "login_session_user", "end_login_session",
+    "end_user_sessions", "count_login_sessions", "logout", "UNKNOWN_USER", "DEFAULT_POLICY", "LoginPolicy",
+    "LoginAttempt",
+    "server_secret", "begin_attempt", "end_attempt", "finish_login", "find_login_user", "user_locks", "unlock_user",
+    "create_template", "get_template", "get_template_by_name", "list_templates",
     "create_document", "get_document", "list_documents", "documents_awaiting_review", "update_document",
     "StepData", "encode_token_ids", "encode_confidences", "decode_token_ids", "decode_confidences",
     "create_run", "get_run", "list_runs", "last_open_run", "set_run_status", "record_step", "get_step", "list_steps",

@@ -1,6 +1,12 @@
-"""Users and passwords: Argon2id hashes, roles, enabling and disabling, sign-in.
+"""Users and passwords: Argon2id hashes, roles, enabling and disabling, setting a password.
 
 Part of storage.repository (see its docstring for the glossary); Session first, never commits.
+Signing in (the throttle, the lock, the audit of every attempt) is storage.repository.logins.
+
+A password set by somebody else (an admin in the app, "system" at the command line or on first
+start) is known to them: the user must choose a new one before any screen opens
+(must_change_password), and every login session of the user ends. A user who changes their own
+password clears the flag and ends their other sessions.
 """
 
 from __future__ import annotations
@@ -13,9 +19,10 @@ from sqlalchemy.orm import Session
 from storage import validate
 from storage.audit import append_event
 from storage.errors import NotFound, ValidationError
-from storage.models import User, utcnow
+from storage.models import User
 from storage.validate import SYSTEM_ACTOR
 from storage.repository.roles import ActorRef, _who, can, require
+from storage.repository.sessions import end_user_sessions
 
 
 _hasher = PasswordHasher()  # Argon2id with argon2-cffi's defaults (RFC 9106 low-memory profile)
@@ -39,9 +46,31 @@ def verify_password(password_hash: str, password: str) -> bool:
         return False
 
 
+def check_password_hash(password_hash: str | None, password: object) -> bool:
+    """verify_password, at the same cost when there is no hash to check (no user, a disabled or
+    locked one): then a dummy hash is checked and the answer is False, so the time taken tells
+    nothing about the user name."""
+    global _DUMMY_HASH
+    if not isinstance(password, str):
+        password = ""
+    if password_hash is None:
+        if _DUMMY_HASH is None:
+            _DUMMY_HASH = _hasher.hash("not a password, only equalises timing")
+        verify_password(_DUMMY_HASH, password)
+        return False
+    return verify_password(password_hash, password)
+
+
+def rehash_if_needed(user: User, password: str) -> None:
+    """Store a new hash when the hasher's parameters changed since this one was made."""
+    if _hasher.check_needs_rehash(user.password_hash):
+        user.password_hash = _hasher.hash(password)
+
+
 def create_user(session: Session, name: str, role: str, password: str, *, actor: ActorRef = SYSTEM_ACTOR,
-                reason: str | None = None) -> User:
-    """A new enabled user with an Argon2id password hash; the password keeps validate.PASSWORD_RULES."""
+                reason: str | None = None, must_change_password: bool = False) -> User:
+    """A new enabled user with an Argon2id password hash; the password keeps validate.PASSWORD_RULES.
+    must_change_password: the user must choose a new password before any screen opens."""
     by = require(session, actor, "user.manage")
     validate.user_name(name)
     validate.role(role)
@@ -49,10 +78,12 @@ def create_user(session: Session, name: str, role: str, password: str, *, actor:
     if find_user(session, name) is not None:
         raise ValidationError(f"user {name!r} already exists")
     validate.password(password, name)
-    user = User(name=name, role=role, password_hash=hash_password(password), disabled=False, failed_logins=0)
+    user = User(name=name, role=role, password_hash=hash_password(password), disabled=False, failed_logins=0,
+                must_change_password=bool(must_change_password))
     session.add(user)
     session.flush()
-    append_event(session, *_who(by), "user.create", "user", name, new={"name": name, "role": role}, reason=reason)
+    new = {"name": name, "role": role} | ({"must_change": True} if must_change_password else {})
+    append_event(session, *_who(by), "user.create", "user", name, new=new, reason=reason)
     return user
 
 
@@ -118,6 +149,8 @@ def _set_disabled(session: Session, name: str, disabled: bool, actor: ActorRef, 
     if disabled:
         _keep_an_admin(session, user, f"{name!r} cannot be disabled")
     user.disabled = disabled
+    if disabled:
+        end_user_sessions(session, user)
     session.flush()
     action = "user.disable" if disabled else "user.enable"
     append_event(session, *_who(by), action, "user", name, old={"disabled": not disabled},
@@ -125,49 +158,28 @@ def _set_disabled(session: Session, name: str, disabled: bool, actor: ActorRef, 
     return user
 
 
-def set_password(session: Session, name: str, password: str, *, actor: ActorRef, reason: str | None = None) -> User:
-    """Admins (or "system") set anyone's password; a user may set their own."""
+def set_password(session: Session, name: str, password: str, *, actor: ActorRef, reason: str | None = None,
+                 keep_token: str | None = None) -> User:
+    """Admins (or "system") set anyone's password: audited as user.set_password, the user must
+    choose a new one at next login, and all their sessions end. A user may set their own (the
+    caller has checked the old one): audited as user.password_change, the flag is cleared and
+    their sessions end but the one whose token is keep_token. The audit never holds a password."""
     acting_name = actor.name if isinstance(actor, User) else actor
-    by = require(session, actor, "user.manage") if acting_name != name else get_user(session, name)
+    own = acting_name == name
+    by = get_user(session, name) if own else require(session, actor, "user.manage")
     user = get_user(session, name)
     validate.password(password, name)
+    if own and verify_password(user.password_hash, password):
+        raise ValidationError("the new password is the old one: choose another")
+    reason = validate.reason(reason, required=False)
     user.password_hash = hash_password(password)
     user.failed_logins = 0
+    user.must_change_password = not own
+    end_user_sessions(session, user, keep_token=keep_token if own else None)
     session.flush()
-    append_event(session, *_who(by), "user.set_password", "user", name, reason=validate.reason(reason, required=False))
-    return user
-
-
-def authenticate(session: Session, name: str, password: str) -> User | None:
-    """The enabled user whose Argon2id hash matches, else None. Commit afterwards either way:
-    failures are counted (users.failed_logins, reset on success) and every attempt is audited."""
-    global _DUMMY_HASH
-    user = find_user(session, name) if isinstance(name, str) and name else None
-    if not isinstance(password, str):
-        password = ""
-    if user is None or user.disabled:
-        if _DUMMY_HASH is None:
-            _DUMMY_HASH = _hasher.hash("not a password, only equalises timing")
-        verify_password(_DUMMY_HASH, password)  # same cost as a real check: no user-name oracle
-        if user is None:
-            attempted = str(name or "").replace("\x00", "")[:64].strip() or "(empty)"
-            append_event(session, SYSTEM_ACTOR, SYSTEM_ACTOR, "login.failed", "user", attempted,
-                         new={"why": "unknown user"})
-        else:
-            append_event(session, user.name, user.role, "login.failed", "user", user.name, new={"why": "disabled"})
-        return None
-    now = utcnow()
-    if not verify_password(user.password_hash, password):
-        user.failed_logins += 1
-        user.last_failed_login_at = now
-        session.flush()
-        append_event(session, user.name, user.role, "login.failed", "user", user.name,
-                     new={"why": "wrong password", "failed_logins": user.failed_logins})
-        return None
-    if _hasher.check_needs_rehash(user.password_hash):
-        user.password_hash = _hasher.hash(password)
-    user.failed_logins = 0
-    user.last_login_at = now
-    session.flush()
-    append_event(session, user.name, user.role, "login", "user", user.name)
+    if own:
+        append_event(session, *_who(by), "user.password_change", "user", name, reason=reason)
+    else:
+        append_event(session, *_who(by), "user.set_password", "user", name, new={"must_change": True},
+                     reason=reason)
     return user
