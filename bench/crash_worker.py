@@ -47,6 +47,7 @@ def _max_run(svc: Any, document_id: int) -> int:
 
 def _ack(path: Path, svc: Any, ctrl: Any, act: str, extra: dict[str, Any] | None = None) -> None:
     line = {"act": act, "document_id": ctrl.document_id, "count": _count(svc, ctrl.document_id),
+            "version": ctrl.version,
             "max_run": _max_run(svc, ctrl.document_id),
             "snapshot": _snapshot(ctrl, svc), **(extra or {})}
     with open(path, "a", encoding="utf-8") as f:
@@ -156,7 +157,8 @@ def _verify(svc: Any, acked: list[dict[str, Any]]) -> tuple[Any, dict[str, Any]]
     if count == last["count"]:
         if {k: got[k] for k in ("length", "layout", "held")} != {k: snap[k] for k in ("length", "layout", "held")}:
             result["lost"] = 1
-            result["detail"] = {"want": snap, "got": got}
+            result["detail"] = {"want": snap, "got": got, "acked_version": last.get("version"),
+                                "version": ctrl.version, "act": last["act"], "cycle_of_ack": len(acked)}
     else:
         result["in_flight"] = 1
         want = sorted((t, k) for _, t, k in snap["held"] if k in ("pin", "term"))

@@ -26,7 +26,7 @@ import pytest
 import storage_fixtures as sf
 from sqlalchemy import func, select
 
-from app import admin, audit, draft, export_links, review, steering
+from app import account, admin, audit, draft, export_links, review, steering
 from app.audit import AuditQuery
 from app.state import DraftState, ReviewState
 from storage.models import ROLES, AuditEvent
@@ -51,7 +51,9 @@ EXPECTED: dict[str, set[str]] = {
     "audit_table": AUDITORS, "feedback_charts": AUDITORS, "export": AUDITORS, "verify": AUDITORS,
     # the admin screen
     "list_users": ADMINS, "add_user": ADMINS, "set_role": ADMINS, "disable_user": ADMINS, "enable_user": ADMINS,
-    "set_self_review": ADMINS, "promote_model": ADMINS,
+    "set_self_review": ADMINS, "promote_model": ADMINS, "reset_password": ADMINS, "unlock_user": ADMINS,
+    # the password tab: every logged-in user, for their own password
+    "change_password": {"operator", "reviewer", "manager", "admin"},
 }
 DENIED = re.compile(r"not logged in|is an? (operator|reviewer|manager|admin)(; the \w+ screen is for| and may not)")
 
@@ -126,6 +128,11 @@ def calls(svc, state: DraftState, accepted: DraftState, name: str):
         "enable_user": lambda u: admin.set_enabled(svc, u, "bob", True, "back"),
         "set_self_review": lambda u: admin.set_self_review(svc, u, bool(next(n) % 2)),
         "promote_model": lambda u: admin.promote(svc, u, svc.model_id, "keep the default"),
+        "reset_password": lambda u: admin.reset_password(svc, u, "bob", "another long password", "forgot it"),
+        "unlock_user": lambda u: admin.unlock(svc, u, "bob", "locked out"),
+        # a wrong current password: the act is allowed and refused for that reason, nothing changes
+        "change_password": lambda u: account.change_password(svc, u, "not the password", "a new long password",
+                                                             "a new long password"),
     }
     return table[name]
 
