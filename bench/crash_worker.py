@@ -147,12 +147,23 @@ def _verify(svc: Any, acked: list[dict[str, Any]]) -> tuple[Any, dict[str, Any]]
     with svc.reader() as s:  # a branch made but not acknowledged: the owner sees it in the runs list
         newer = s.scalars(select(Run.id).where(Run.parent_run_id == rid, Run.id > last["max_run"])
                           .order_by(Run.id.desc())).first()
-    if count > last["count"] and newer is not None:
+    branched = count > last["count"] and newer is not None
+    # the acknowledged acts are checked where they are: in the acknowledged run, or, when they were
+    # made on an earlier step (a branch point) and the branch was then made, in that branch
+    if branched and snap.get("branch_from") is not None:
         rid = newer
-    st = DraftState(document_id=last["document_id"], run_id=rid)
     up = draft.open_run(svc, USER, None, rid)
-    ctrl = runs.control_for(svc, st)
+    ctrl = runs.control_for(svc, DraftState(document_id=last["document_id"], run_id=rid))
+    st = DraftState(document_id=last["document_id"], run_id=newer if branched else rid)  # the owner goes on here
     got = _snapshot(ctrl, svc)
+    last_base = ctrl.base
+    if ctrl.live is not None and ctrl.branch_from is not None and snap.get("branch_from") is None:
+        # the person had gone back to an earlier step after the last acknowledged act (going back
+        # is no steering act): the acknowledged draft is the last step, kept aside (`live`)
+        held, kinds, _, base, layout = ctrl.live
+        last_base = base
+        got = {**got, "length": base.length, "layout": layout,
+               "held": sorted([p, t, kinds.get(p, "")] for p, t in held.items())}
     result: dict[str, Any] = {"lost": 0, "in_flight": 0, "mismatch": 0, "open": up.kind != "error"}
     if count == last["count"]:
         if {k: got[k] for k in ("length", "layout", "held")} != {k: snap[k] for k in ("length", "layout", "held")}:
@@ -163,7 +174,7 @@ def _verify(svc: Any, acked: list[dict[str, Any]]) -> tuple[Any, dict[str, Any]]
         result["in_flight"] = 1
         want = sorted((t, k) for _, t, k in snap["held"] if k in ("pin", "term"))
         have = sorted((t, k) for _, t, k in got["held"] if k in ("pin", "term"))
-        text = svc.tokenizer.decode(ctrl.base.tokens.tolist())
+        text = svc.tokenizer.decode(last_base.tokens.tolist())
         missing = [w for w in want if have.count(w) < want.count(w)]
         edits = [a["text"] for a in acked if a["act"] == "edit" and a["snapshot"]["run_id"] in (rid, snap["run_id"])]
         if missing or any(e.strip() not in text for e in edits[-1:]):
@@ -174,13 +185,8 @@ def _verify(svc: Any, acked: list[dict[str, Any]]) -> tuple[Any, dict[str, Any]]
     state_pins = {p for p, k in ctrl.kinds.items() if k in ("pin", "term")}
     result["mismatch"] = int(db_pins != state_pins)
     if result["mismatch"]:
-        with svc.reader() as s:
-            run = repo.get_run(s, rid)
-            result["mismatch_detail"] = {"db_only": sorted(db_pins - state_pins), "state_only": sorted(state_pins - db_pins),
-                                         "run": rid, "parent": run.parent_run_id, "at": run.parent_step_index,
-                                         "settings": {k: run.sampler_settings.get(k) for k in ("refined_from_step",)},
-                                         "pins": [(p.id, p.run_id, p.step_index, p.span_start, p.span_end, p.kind)
-                                                  for p in repo.active_pins(s, document_id=last["document_id"])]}
+        result["mismatch_detail"] = {"run": rid, "db_only": sorted(db_pins - state_pins),
+                                     "state_only": sorted(state_pins - db_pins)}
     return st, result
 
 
