@@ -182,7 +182,8 @@ def _verify(svc: Any, acked: list[dict[str, Any]]) -> tuple[Any, dict[str, Any]]
             result["detail"] = {"missing": missing, "edits": edits[-1:]}
     with svc.reader() as s:
         db_pins = {p for pin in repo.active_pins(s, run_id=rid) for p in range(pin.span_start, pin.span_end)}
-    state_pins = {p for p, k in ctrl.kinds.items() if k in ("pin", "term")}
+    kinds_now = ctrl.live[1] if ctrl.live is not None and ctrl.branch_from is not None else ctrl.kinds
+    state_pins = {p for p, k in kinds_now.items() if k in ("pin", "term")}
     result["mismatch"] = int(db_pins != state_pins)
     if result["mismatch"]:
         result["mismatch_detail"] = {"run": rid, "db_only": sorted(db_pins - state_pins),
