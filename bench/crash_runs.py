@@ -40,6 +40,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 from bench.crash_worker import USER, acks, check_finish, worker
+from bench.pg import pg_schema
 
 
 def run_cycles(db_url: str, model: str, workdir: Path, *, kills: int = 20, seed: int = 0) -> dict[str, Any]:
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         for db in args.db.split(","):
             work = Path(tmp) / db
             work.mkdir()
-            url, drop = (f"sqlite:///{work / 'crash.sqlite3'}", None) if db == "sqlite" else _pg_database(args.pg)
+            url, drop = (f"sqlite:///{work / 'crash.sqlite3'}", None) if db == "sqlite" else pg_schema(args.pg)
             try:
                 r = run_cycles(url, str(model), work, kills=args.kills, seed=args.seed)
             finally:
@@ -114,25 +115,6 @@ def main(argv: list[str] | None = None) -> int:
             for d in r["details"]:
                 print("  lost:", json.dumps(d)[:400])
     return 0
-
-
-def _pg_database(admin_url: str) -> tuple[str, Any]:
-    """A fresh PostgreSQL database for one run, and a function that drops it."""
-    import secrets
-
-    from sqlalchemy import create_engine, text
-
-    name = f"diffdraft_crash_{secrets.token_hex(4)}"
-    eng = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with eng.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-
-    def drop() -> None:
-        with eng.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        eng.dispose()
-
-    return admin_url.rsplit("/", 1)[0] + "/" + name, drop
 
 
 if __name__ == "__main__":

@@ -45,6 +45,8 @@ from typing import Any
 
 import httpx
 
+from bench.pg import pg_schema
+
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "bench password 1"
 ADMIN_PASSWORD = "first-run admin pw 1"
@@ -267,24 +269,6 @@ def measure_session(a: Replica, b: Replica) -> dict[str, Any]:
     return {"login_on_a_used_on_b": "accepted" if on_b == "carol" else "refused",
             "after_a_restarted": "accepted" if after_restart == "carol" else "refused",
             "admin_login_after_restart": admin_after_restart}
-
-
-def pg_schema(db_url: str) -> tuple[str, Any]:
-    """A fresh schema in the PostgreSQL database of db_url: (its URL, a function that drops it)."""
-    from sqlalchemy import create_engine, make_url, text
-
-    schema = f"bench_login_{uuid.uuid4().hex[:10]}"
-    engine = create_engine(db_url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-
-    def drop() -> None:
-        with engine.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        engine.dispose()
-
-    url = make_url(db_url).update_query_dict({"options": f"-csearch_path={schema}"})
-    return url.render_as_string(hide_password=False), drop
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

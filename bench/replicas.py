@@ -278,7 +278,7 @@ def run(db_url: str, model: str, work: Path, *, seconds: float = 180.0, clients:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.crash_runs import _pg_database
+    from bench.pg import pg_schema
     from engine.cli import Parser
     from engine.tiny import build_tiny
 
@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / "tiny"
         build_tiny(model)
-        url, drop = _pg_database(args.pg)
+        url, drop = pg_schema(args.pg)
         try:
             r = run(url, str(model), Path(tmp), seconds=args.seconds, clients=args.clients, kill_at=args.kill_at)
         finally:
