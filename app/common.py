@@ -106,6 +106,12 @@ def as_text(value: Any, what: str, max_chars: int, *, strip: bool = True) -> str
     return value
 
 
+def storable(text: str) -> str:
+    """Model text as the database may hold it (a document's text, a pin's text): a NUL, which no
+    database text column takes, becomes U+FFFD."""
+    return text.replace("\x00", "\ufffd")
+
+
 def short(value: str | None, n: int = 120) -> str:
     """A stored value cut to n characters for a table cell."""
     if not value:

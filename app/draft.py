@@ -23,7 +23,7 @@ from typing import Any
 
 from app import draft_view, render, run_store, runs
 from app.auth import require_permission, require_screen
-from app.common import Refused, as_float, as_int, as_text, explain, safe
+from app.common import Refused, as_float, as_int, as_text, explain, safe, storable
 from app.draft_view import DraftUpdate, error_update
 from app.runs import RunControl
 from app.services import Services
@@ -238,11 +238,6 @@ def come_back(svc: Services, username: str | None) -> DraftUpdate | None:
                                "Resume continues it.", kind="info")
 
 
-def _clean(text: str) -> str:
-    """Model text as a document may hold it: a NUL (which no database text column takes) becomes U+FFFD."""
-    return text.replace("\x00", "\ufffd")
-
-
 def _finish_checks(ctrl: RunControl) -> None:
     if ctrl.streaming:
         raise Refused("pause the run first")
@@ -258,7 +253,7 @@ def accept(svc: Services, username: str | None, state: DraftState | None) -> Dra
         base = ctrl.base
         if base is None or base.index < ctrl.total or (ctrl.branch_from is not None and not ctrl.refining):
             raise Refused("the draft is not complete: resume it to the last step first")
-        text = _clean(svc.tokenizer.decode(base.tokens.tolist()))
+        text = storable(svc.tokenizer.decode(base.tokens.tolist()))
         with transaction(svc.factory) as s:
             run = repo.get_run(s, ctrl.run_id)
             if run.status not in ("finished", "discarded"):
@@ -329,7 +324,7 @@ def download(svc: Services, username: str | None, state: DraftState | None, fmt:
             step = base.index if base is not None else 0
         meta = [("document", ctrl.document_id), ("status", status.replace("_", " ")), ("template", tpl or "none"),
                 ("run", ctrl.run_id), ("step", f"{step} of {ctrl.total}"), ("model", svc.model_id)]
-        text = _clean(text)
+        text = storable(text)
         body = render.to_markdown(title, text, meta) if fmt == "md" else render.to_plain_text(title, text)
         folder = svc.temp_dir / secrets.token_hex(8)
         folder.mkdir(parents=True)

@@ -13,6 +13,7 @@ import logging
 import threading
 from typing import TYPE_CHECKING
 
+from app.services import pause_interrupted
 from storage import repository as repo
 from storage.db import transaction
 
@@ -41,10 +42,8 @@ class LeaseKeeper:
         streaming = self.svc.runs.streaming_ids()
         with transaction(self.svc.factory) as s:
             repo.renew_leases(s, self.svc.instance, streaming, self.svc.lease_s)
-            if sweep:
-                paused = repo.pause_interrupted(s)
-        if sweep and paused:
-            log.info("paused %d interrupted run(s): %s", len(paused), ", ".join(map(str, paused)))
+        if sweep:
+            pause_interrupted(self.svc)
 
     def _loop(self) -> None:
         period = self.svc.lease_s / 3.0

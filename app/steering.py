@@ -17,7 +17,7 @@ from typing import Any
 
 from app import draft_view, runs
 from app.auth import require_permission
-from app.common import Refused, as_int, as_text, safe
+from app.common import Refused, as_int, as_text, safe, storable
 from app.draft_view import DraftUpdate, error_update
 from app.runs import RunControl
 from app.services import Services
@@ -45,9 +45,8 @@ def _when(ctrl: RunControl) -> str:
 
 
 def _piece_text(svc: Services, ids: list[int]) -> str:
-    """The pinned tokens as the pin's stored text: model text may hold a NUL, which no database
-    text column takes (U+FFFD stands in for it, as in documents)."""
-    text = svc.tokenizer.decode(ids).replace("\x00", "\ufffd")
+    """The pinned tokens as the pin's stored text (app.common.storable)."""
+    text = storable(svc.tokenizer.decode(ids))
     return text if text.strip() else repr(text)
 
 
