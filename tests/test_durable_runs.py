@@ -195,3 +195,23 @@ def test_a_run_recorded_before_run_states_still_opens(replicas):
     assert final.kind == "ok", final.message
     with b.reader() as s:
         assert repo.get_run_state(s, st.run_id) is not None  # stored from then on
+
+
+def test_the_keeper_renews_its_streams_and_pauses_a_dead_processs_runs(replicas):
+    from app.leases import LeaseKeeper
+
+    a, b = replicas
+    gen = draft.generate(a, "alice", DraftState(), template=None, length=24, steps=40, seed=2, temperature=1.0)
+    st = next(gen).state
+    for _ in range(4):  # longer than the 1 s lease, renewed only by A's keeper (no step recorded meanwhile)
+        time.sleep(0.4)
+        LeaseKeeper(a).tick(sweep=False)
+    LeaseKeeper(b).tick()  # B's sweep: A's lease holds, nothing to pause
+    with b.reader() as s:
+        assert repo.get_run(s, st.run_id).status == "running"
+        assert repo.holds_lease(s, st.run_id, a.instance)
+    time.sleep(1.2)  # A stops renewing, as a dead process would
+    LeaseKeeper(b).tick()
+    with b.reader() as s:
+        assert repo.get_run(s, st.run_id).status == "paused"
+    gen.close()
