@@ -88,6 +88,9 @@ def test_a_killed_server_loses_no_acknowledged_act(tiny_model_dir, tmp_path, che
     proc = _start(tiny_model_dir, data, port)
     try:
         alice = _client(port)  # logs in again: the old session died with the process
+        # Reopen takes a run id the restarted server never offered in the runs list
+        out = alice.predict(run_ref, run_ref, api_name="/open_run")
+        assert f"reopened run {run_ref}" in out[0], out[0]
         time.sleep(2.5)  # the dead process's lease runs out
         job = alice.submit("fast", run_ref, api_name="/resume")
         job.result(timeout=180)
