@@ -176,7 +176,10 @@ def _verify(svc: Any, acked: list[dict[str, Any]]) -> tuple[Any, dict[str, Any]]
         have = sorted((t, k) for _, t, k in got["held"] if k in ("pin", "term"))
         text = svc.tokenizer.decode(last_base.tokens.tolist())
         missing = [w for w in want if have.count(w) < want.count(w)]
-        edits = [a["text"] for a in acked if a["act"] == "edit" and a["snapshot"]["run_id"] in (rid, snap["run_id"])]
+        # an acknowledged view of an earlier step (a branch point) holds no edit made after that step:
+        # then the held pins say it all; otherwise the run's last acknowledged edit must be in the draft
+        edits = [a["text"] for a in acked if a["act"] == "edit" and a["snapshot"]["run_id"] in (rid, snap["run_id"])
+                 and snap.get("branch_from") is None]
         if missing or any(e.strip() not in text for e in edits[-1:]):
             result["lost"] = 1
             result["detail"] = {"missing": missing, "edits": edits[-1:]}
