@@ -157,9 +157,12 @@ def _verify(svc: Any, acked: list[dict[str, Any]]) -> tuple[Any, dict[str, Any]]
     st = DraftState(document_id=last["document_id"], run_id=newer if branched else rid)  # the owner goes on here
     got = _snapshot(ctrl, svc)
     last_base = ctrl.base
-    if ctrl.live is not None and ctrl.branch_from is not None and snap.get("branch_from") is None:
+    if ctrl.live is not None and ctrl.branch_from is not None and (snap.get("branch_from") is None
+                                                                   or rid != snap["run_id"]):
         # the person had gone back to an earlier step after the last acknowledged act (going back
-        # is no steering act): the acknowledged draft is the last step, kept aside (`live`)
+        # is no steering act): the acknowledged draft is the last step, kept aside (`live`). So
+        # too in a branch made after the acknowledged view of an earlier step: going back in it,
+        # even to a step before its branch point, keeps its last step aside
         held, kinds, _, base, layout = ctrl.live
         last_base = base
         got = {**got, "length": base.length, "layout": layout,
