@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from engine.diffusion import categorical
+
 
 def commit_target(writable: int, k: int, steps: int) -> int:
     """How many of the `writable` (not held) positions are committed once step k is done:
@@ -77,7 +79,7 @@ def spread_same_step(draw: Tensor, dist: Tensor, order: list[int], tokens: Tenso
         if int(word_of[draw[r]]) in near:
             d = dist[r].masked_fill(torch.isin(word_of, torch.tensor(sorted(near))), 0.0)  # (V,)
             if float(d.sum()) > 0:
-                draw[r] = d.argmax() if greedy else torch.multinomial(d, 1, generator=gen)[0]
+                draw[r] = d.argmax() if greedy else categorical(d[None], gen)[0]
         cur[p] = draw[r]
         final[p] = True
     return draw

@@ -42,7 +42,7 @@ from torch import Tensor
 
 from engine.commit import ban_nearby_words, commit_target, derive_committed, spread_same_step
 from engine.config import SamplerConfig
-from engine.diffusion import Denoiser, Diffusion
+from engine.diffusion import Denoiser, Diffusion, categorical
 from engine.kernels import FORBIDDEN_LOGIT
 from engine.positions import shift_positions
 from engine.words import WordRule
@@ -400,7 +400,7 @@ def _reverse_step(model: Denoiser, diffusion: Diffusion, cfg: SamplerConfig, tok
         if greedy:
             draw = dist.argmax(-1)  # (n,)
         else:
-            draw = torch.multinomial(dist, 1, generator=gen)[:, 0]  # (n,)
+            draw = categorical(dist, gen)  # (n,)
         p_draw = weights.gather(-1, draw[:, None])[:, 0] / total  # (n,)
         if cfg.commit_order == "frontier":  # grow the text from what is final: its right edges first
             left = (free_idx - 1).clamp(min=0)
