@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from engine.diffusion import categorical
+from engine.words import PHRASE_TRIES, WordRule
 
 
 def commit_target(writable: int, k: int, steps: int) -> int:
@@ -80,6 +81,31 @@ def spread_same_step(draw: Tensor, dist: Tensor, order: list[int], tokens: Tenso
             d = dist[r].masked_fill(torch.isin(word_of, torch.tensor(sorted(near))), 0.0)  # (V,)
             if float(d.sum()) > 0:
                 draw[r] = d.argmax() if greedy else categorical(d[None], gen)[0]
+        cur[p] = draw[r]
+        final[p] = True
+    return draw
+
+
+def avoid_phrases(draw: Tensor, dist: Tensor, order: list[int], tokens: Tensor, fixed: Tensor, free_idx: Tensor,
+                  phrases: list[tuple[str, ...]], rule: WordRule, greedy: bool, gen: torch.Generator) -> Tensor:
+    """Draws of the rows committed together in one step (`order`), each drawn again, up to
+    PHRASE_TRIES times, while it would write out one of `phrases` (a template's labels) with the
+    final tokens around its position, counting those committed before it in this step. A row
+    left with no mass keeps its last draw."""
+    cur, final, draw = tokens.clone(), fixed.clone(), draw.clone()  # (L,), (L,), (n,)
+    for r in order:
+        p = int(free_idx[r])
+        left, right = rule.neighbours(cur, final, p)
+        d = dist[r]  # (V,)
+        for _ in range(PHRASE_TRIES):
+            t = int(draw[r])
+            if not rule.completes_phrase(left, t, right, phrases):
+                break
+            d = d.clone()
+            d[t] = 0.0
+            if float(d.sum()) <= 0:
+                break
+            draw[r] = d.argmax() if greedy else categorical(d[None], gen)[0]
         cur[p] = draw[r]
         final[p] = True
     return draw

@@ -40,12 +40,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from engine.commit import ban_nearby_words, commit_target, derive_committed, spread_same_step
+from engine.commit import avoid_phrases, ban_nearby_words, commit_target, derive_committed, spread_same_step
 from engine.config import SamplerConfig
 from engine.diffusion import Denoiser, Diffusion, categorical
 from engine.kernels import FORBIDDEN_LOGIT
 from engine.positions import shift_positions
-from engine.words import WordRule
+from engine.words import LabelRule, WordRule
 
 
 
@@ -303,7 +303,8 @@ def sample(
     held at their current tokens of `start` and passed as clean (requires `start`). `words` is the
     model's word rule (`engine.words`), needed by cfg.whole_words, no_repeat and avoid_labels.
     `labels` are the token ids of a template's fixed text: with cfg.avoid_labels, free positions
-    never draw those that hold a capitalised word (`WordRule.label_ids`).
+    never draw those that hold a capitalised word (`WordRule.label_ids`), and a committed token
+    never completes a label of two words or more in any case (`WordRule.label_phrases`).
     Arguments are checked before the first step: ValueError for a bad config / length / start,
     ConstraintError for bad pins."""
     _check_config(cfg)
@@ -351,7 +352,7 @@ def sample(
         committed = start.committed if start.committed is not None and start.committed.shape == (length,) else derive_committed(start.confidence, held, start.index, start.total_steps)
         committed = committed.to("cpu", torch.bool) & ~held
     conf = start.confidence.to("cpu", torch.float32) if start is not None else torch.zeros(length)
-    avoid = torch.tensor(words.label_ids(labels) if cfg.avoid_labels and words is not None and labels else [], dtype=torch.long)
+    avoid = LabelRule.of(words, labels if cfg.avoid_labels else None)
     return _run(model, diffusion, cfg, tokens, held, k0, fresh=start is None, words=words, committed=committed, conf=conf,
                 avoid=avoid)
 
@@ -359,7 +360,7 @@ def sample(
 @torch.inference_mode()
 def _reverse_step(model: Denoiser, diffusion: Diffusion, cfg: SamplerConfig, tokens: Tensor, held: Tensor, free_idx: Tensor,
                   forbidden_idx: Tensor, k: int, t_prev: float, t_now: float, device: torch.device,
-                  words: WordRule | None, n_commit: int, avoid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+                  words: WordRule | None, n_commit: int, avoid: LabelRule) -> tuple[Tensor, Tensor, Tensor]:
     """Step k: tokens at t_prev -> (tokens at t_now, confidence, newly committed), all (L,), held
     positions kept. With cfg.commit, the n_commit free positions whose x̂0 draw is most
     confident take that draw and become final; the others take the posterior draw.
@@ -379,8 +380,8 @@ def _reverse_step(model: Denoiser, diffusion: Diffusion, cfg: SamplerConfig, tok
     weights = logits.sub_(top).exp_()  # (n, V) x̂0 up to a factor per row; logits is consumed
     if words is not None and cfg.whole_words:
         words.space_after_held_clause(weights, tokens, held, free_idx)
-    if avoid.numel():
-        cut = weights.index_fill(-1, avoid, 0.0)  # (n, V)
+    if avoid.ids.numel():
+        cut = weights.index_fill(-1, avoid.ids, 0.0)  # (n, V)
         weights = torch.where(cut.sum(-1, keepdim=True) > 0, cut, weights)  # a row left empty keeps x̂0
     total = weights.sum(-1)  # (n,)
     z = tokens[free_idx]  # (n,)
@@ -410,13 +411,15 @@ def _reverse_step(model: Denoiser, diffusion: Diffusion, cfg: SamplerConfig, tok
             order = sorted(range(free_idx.numel()), key=lambda r: (-float(p_draw[r]), r))[:n_commit]
         if cfg.no_repeat and words is not None:
             draw = spread_same_step(draw, dist, order, tokens, held, free_idx, cfg.no_repeat, words.word_of, greedy, gen)
+        if avoid.phrases and words is not None:
+            draw = avoid_phrases(draw, dist, order, tokens, held, free_idx, avoid.phrases, words, greedy, gen)
         final[torch.tensor(order)] = True
         chosen = torch.where(final, draw, chosen)
     elif k == S:
         final[:] = True
     new[free_idx] = chosen
     if words is not None and cfg.whole_words and bool(final.any()):
-        new = words.repair(new, held, weights, free_idx, fixable=final)
+        new = words.repair(new, held, weights, free_idx, fixable=final, phrases=avoid.phrases)
         chosen = new[free_idx]
     conf[free_idx] = weights.gather(-1, chosen[:, None])[:, 0] / total
     if cfg.commit:
@@ -425,7 +428,7 @@ def _reverse_step(model: Denoiser, diffusion: Diffusion, cfg: SamplerConfig, tok
 
 
 def _run(model: Denoiser, diffusion: Diffusion, cfg: SamplerConfig, tokens: Tensor, held: Tensor, k0: int, *, fresh: bool,
-         words: WordRule | None, committed: Tensor | None, conf: Tensor, avoid: Tensor) -> Iterator[Step]:
+         words: WordRule | None, committed: Tensor | None, conf: Tensor, avoid: LabelRule) -> Iterator[Step]:
     S = cfg.steps
     grid = time_grid(S)
     L = int(tokens.numel())

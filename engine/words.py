@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -38,6 +39,8 @@ _WORD = re.compile(r"[^\W_]+")
 LEXICON_FILE = "lexicon.txt"
 CLAUSE_ENDS = tuple(":;,.!?")
 _PASSES = 4
+PHRASE_WINDOW = 12  # final tokens on either side read for a label phrase
+PHRASE_TRIES = 8  # choices of a position before it keeps one that writes a label out
 
 
 def words(text: str) -> list[str]:
@@ -104,6 +107,46 @@ class WordRule:
                 out.append(i)
         return out
 
+    def label_phrases(self, ids: Iterable[int]) -> list[tuple[str, ...]]:
+        """The labels of two words or more in a template's fixed text `ids` (the text of a line
+        up to a ":", "Part name:" -> ("part", "name"); a title line counts too). Free text must
+        not write them out in full, in any case ("... part name : slide ..." inside a slot)."""
+        text = "".join(self.text[int(i)] for i in ids if 0 <= int(i) < len(self.text))
+        out: list[tuple[str, ...]] = []
+        for line in text.splitlines():
+            for part in line.split(":"):
+                ws = tuple(words(part))
+                if len(ws) >= 2 and ws not in out:
+                    out.append(ws)
+        return out
+
+    @staticmethod
+    def neighbours(tokens: Tensor, final: Tensor, p: int) -> tuple[list[int], list[int]]:
+        """The final tokens right before and after position p, up to PHRASE_WINDOW each side."""
+        L = tokens.shape[0]
+        a, b = p, p + 1
+        while a > 0 and p - a < PHRASE_WINDOW and bool(final[a - 1]):
+            a -= 1
+        while b < L and b - p <= PHRASE_WINDOW and bool(final[b]):
+            b += 1
+        return tokens[a:p].tolist(), tokens[p + 1:b].tolist()
+
+    def completes_phrase(self, left: list[int], token: int, right: list[int], phrases: list[tuple[str, ...]]) -> bool:
+        """Whether `token`, between the final tokens `left` and `right` (its contiguous final
+        neighbours), makes one of `phrases` appear as consecutive words with a word of its own."""
+        before = "".join(self.text[t] for t in left)
+        mine = self.text[token]
+        spans = [(m.start(), m.end(), m.group()) for m in _WORD.finditer((before + mine + "".join(
+            self.text[t] for t in right)).lower())]
+        lo, hi = len(before), len(before) + len(mine)
+        ws = [w for _, _, w in spans]
+        for ph in phrases:
+            n = len(ph)
+            for i in range(len(ws) - n + 1):
+                if tuple(ws[i:i + n]) == ph and spans[i][0] < hi and spans[i + n - 1][1] > lo:
+                    return True
+        return False
+
     def space_after_held_clause(self, weights: Tensor, tokens: Tensor, held: Tensor, free_idx: Tensor) -> None:
         """In place: rows of weights (n, V) for free positions right after a held token that ends a
         clause or a label (": , ; . ! ?") keep only tokens that start with a space, so that
@@ -150,12 +193,14 @@ class WordRule:
         close()
         return spans
 
-    def repair(self, tokens: Tensor, held: Tensor, weights: Tensor, free_idx: Tensor, fixable: Tensor | None = None) -> Tensor:
+    def repair(self, tokens: Tensor, held: Tensor, weights: Tensor, free_idx: Tensor, fixable: Tensor | None = None,
+               phrases: list[tuple[str, ...]] | None = None) -> Tensor:
         """tokens (L,) with every fixable token of a broken word replaced by its best opener.
 
         weights (n, V) are x̂0 up to a factor per row, for the positions free_idx (n,).
         fixable (n,) bool picks the rows whose tokens are final now (default: all); the other
-        free positions are still noise, so they end a word rather than belong to one."""
+        free positions are still noise, so they end a word rather than belong to one. An opener
+        that would write out one of `phrases` (a template's labels) gives way to the next best."""
         if fixable is None:
             fixable = torch.ones(free_idx.numel(), dtype=torch.bool)
         row_of = torch.full((tokens.shape[0],), -1, dtype=torch.long)  # (L,)
@@ -175,9 +220,45 @@ class WordRule:
             if fix:
                 w = weights[row_of[pos]]  # (m, V)
                 best = torch.where(self.opener, w, torch.full_like(w, -1.0)).argmax(-1)  # (m,)
+                if phrases:
+                    best = self._phrase_free(out, ~noise, pos, best, w, phrases)
             if not fix or torch.equal(out[pos], best):
                 break
             out = out.clone()
             out[pos] = best
         return out
 
+    def _phrase_free(self, tokens: Tensor, final: Tensor, pos: Tensor, best: Tensor, w: Tensor,
+                     phrases: list[tuple[str, ...]]) -> Tensor:
+        """best (m,) openers for positions pos (m,), each that writes out a phrase with its final
+        neighbours (the other repaired positions at their choices) replaced by the next best."""
+        cur, best = tokens.clone(), best.clone()
+        cur[pos] = best
+        for j, p in enumerate(pos.tolist()):
+            left, right = self.neighbours(cur, final, p)
+            if not self.completes_phrase(left, int(best[j]), right, phrases):
+                continue
+            ranked = torch.where(self.opener, w[j], torch.full_like(w[j], -1.0)).argsort(descending=True)
+            for t in ranked[1:PHRASE_TRIES + 1].tolist():
+                if float(w[j, t]) >= 0 and bool(self.opener[t]) and not self.completes_phrase(left, t, right, phrases):
+                    best[j] = t
+                    break
+            cur[p] = best[j]
+        return best
+
+
+@dataclass(frozen=True)
+class LabelRule:
+    """What a template's labels keep out of free text (the sampler's avoid_labels): token ids
+    never drawn (`WordRule.label_ids`) and word phrases never completed (`label_phrases`)."""
+
+    ids: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))  # (m,)
+    phrases: list[tuple[str, ...]] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, rule: WordRule | None, labels: Iterable[int] | None) -> LabelRule:
+        """The rule for a template's fixed-text ids `labels`; empty without labels or word rule."""
+        labels = list(labels or [])
+        if rule is None or not labels:
+            return cls()
+        return cls(torch.tensor(rule.label_ids(labels), dtype=torch.long), rule.label_phrases(labels))

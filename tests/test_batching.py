@@ -65,7 +65,7 @@ def _steps(model, ck, seed, length, steps, pins):
 
 def test_batched_runs_give_the_tokens_of_each_run_alone(tiny):
     alone = [[s.tokens for s in _steps(tiny.model, tiny, *r[:4])] for r in RUNS]
-    slow = SlowModel(tiny.model, delay_s=0.003)
+    slow = SlowModel(tiny.model, delay_s=0.02)
     batcher = Batcher(slow)
     reached = [threading.Event() for _ in RUNS for _ in range(32)]  # (run, step) -> event
     got: list[list[torch.Tensor] | None] = [None] * len(RUNS)

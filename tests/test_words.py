@@ -194,3 +194,77 @@ def test_amend_cli_sets_sampler_defaults_and_lexicon_and_refuses_bad_specs(tok, 
     assert (ck.sampler_cfg.steps, ck.sampler_cfg.commit) == (7, True)
     assert ck.words is not None and ck.words.lexicon == {"found", "the", "pump", "leaking"}
     assert capsys.readouterr().out.strip() == ck.checksum
+
+
+def test_label_phrases_are_the_labels_of_two_words_or_more(tok, rule) -> None:
+    from engine.template import expand
+
+    text = "SERVICE REPORT\nAircraft: {{slot:4}}\nAction taken: {{slot:4}}\nDiscrepancy / corrective action: {{slot:4}}"
+    layout = expand(text, tok)
+    assert rule.label_phrases(list(layout.pins.values())) == [
+        ("service", "report"), ("action", "taken"), ("discrepancy", "corrective", "action")]
+
+
+def test_a_phrase_is_completed_only_by_its_own_words_in_any_case(tok, rule) -> None:
+    phrases = [("part", "name")]
+
+    def check(text: str, at: str) -> bool:  # does the piece starting `at` complete a phrase?
+        ids = tok.encode(text)
+        pieces = [rule.text[i] for i in ids]
+        k = next(j for j in range(len(ids)) if "".join(pieces[:j + 1]).endswith(at) or pieces[j].startswith(at))
+        return rule.completes_phrase(ids[:k], ids[k], ids[k + 1:], phrases)
+
+    assert check(" found: part name slide", " n")  # a word of several pieces, lower case
+    assert check(" found: PART NAME slide", " N")
+    assert not check(" found: part names slide", " n")  # another word
+    assert not check(" found: part valve name", " v")
+    assert not rule.completes_phrase(tok.encode(" part"), tok.encode(" slide")[0], [], phrases)
+
+
+def test_avoid_labels_keeps_multi_word_labels_out_of_slots_in_any_case(tok, rule) -> None:
+    from engine.template import expand
+
+    layout = expand("Equipment: {{slot:18}}\nAction taken: {{slot:18}}", tok)
+    labels = list(layout.pins.values())
+    seq = tok.encode(" action taken")  # lower-case pieces: no capitalised label token among them
+
+    class PhraseLover(nn.Module):  # x̂0 at position p: the p-th piece of " action taken action taken ..."
+        def forward(self, x_t, t, clean):
+            logits = torch.zeros(x_t.shape + (tok.vocab_size,))
+            for p in range(x_t.shape[-1]):
+                logits[..., p, seq[p % len(seq)]] = 9.0
+            return logits
+
+    diffusion = make_diffusion(DiffusionConfig(), tok.vocab_size, tok.mask_id, forbidden_ids=tok.special_ids)
+    slots = [(s.start, s.start + s.length) for s in layout.slots]
+
+    def fills(avoid: bool) -> list[str]:
+        cfg = SamplerConfig(steps=6, seed=0, commit=True, avoid_labels=avoid)
+        last = list(sample(PhraseLover(), diffusion, cfg, length=layout.length, pins=layout.pins, words=rule,
+                           labels=labels))[-1]
+        return [" ".join(words(tok.decode(last.tokens[a:b].tolist()))) for a, b in slots]
+
+    assert any("action taken" in f for f in fills(False)), "without the option the label is written out"
+    kept = fills(True)
+    assert not any("action taken" in f for f in kept), kept
+    assert any("action" in f for f in kept), "the words themselves stay allowed"
+
+
+def test_repair_does_not_write_a_label_out(tok, rule) -> None:
+    openers = [i for i in range(4, tok.vocab_size) if rule.opener[i] and len(words(rule.text[i])) == 1]
+    last_word, other = openers[0], openers[1]
+    first = tok.encode(" check")
+    phrases = [("check", words(rule.text[last_word])[0])]
+    glue = next(i for i in range(4, tok.vocab_size) if rule.text[i][:1].isalpha() and not rule.opener[i]
+                and "check" + words(rule.text[i])[0] not in rule.lexicon)
+    tokens = torch.tensor([*first, glue])  # " check" + a glued piece: a broken word
+    L, V = tokens.numel(), tok.vocab_size
+    held = torch.zeros(L, dtype=torch.bool)
+    held[: len(first)] = True  # " check" is held (a pin): only the glued piece can be mended
+    weights = torch.full((L, V), 0.01)
+    weights[:, last_word], weights[:, other] = 5.0, 4.0
+    free_idx = torch.arange(len(first), L)
+    plain = rule.repair(tokens, held, weights[free_idx], free_idx)
+    assert plain[-1] == last_word and rule.completes_phrase(plain[:-1].tolist(), last_word, [], phrases)
+    kept = rule.repair(tokens, held, weights[free_idx], free_idx, phrases=phrases)
+    assert kept[-1] != last_word and not rule.completes_phrase(kept[:-1].tolist(), int(kept[-1]), [], phrases)
