@@ -52,7 +52,7 @@ RUNS = [
     (12, 40, 6, {}, 0, 2),  # joins at step 2 of run 0, leaves early
     (13, 64, 10, {3: 4}, 0, 4),  # another length: its own group
     (14, 20, 9, {19: 7}, 1, 1),
-    (15, 40, 15, {10: 3, 11: 4}, 2, 3),
+    (15, 40, 15, {10: 3, 11: 4}, 1, 2),  # joins while runs 0 and 1 still step: three rows of 40
     (16, 12, 7, {}, None, 0),  # shorter than min_length: runs alone
     (17, 100, 8, {50: 2}, 3, 2),
 ]
