@@ -8,6 +8,7 @@ import re
 import time
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from browser_fixtures import login, page  # noqa: F401  (page is a fixture)
 
 from sqlalchemy import func, select
@@ -53,6 +54,28 @@ def _streaming_step(page) -> int:
     return int(m.group(1)) if m else -1
 
 
+def _click_visible(tokens, first: int):
+    """Press the token element `first` of `tokens` (or the next ones): the element is kept,
+    whatever its text becomes, unless it shows nothing when pressed. The random tiny model may
+    put the first bytes of a character there, which the screen gives to the token that completes
+    it (engine.tokenizer.pieces): the span is empty and nobody can press it."""
+    for j in range(first, first + 3):
+        target = tokens.nth(j).element_handle()
+        try:
+            target.click(timeout=5_000)
+            return target
+        except PlaywrightTimeout:
+            if target.text_content() != "":
+                raise
+    raise AssertionError("three tokens in a row showed nothing")
+
+
+def _text(s: str) -> str:
+    """A token's text without U+FFFD: the bytes of a broken character are shown with the token
+    that ends them (engine.tokenizer.pieces) but belong to the one before in a pin's text."""
+    return s.replace("\ufffd", "")
+
+
 @pytest.mark.parametrize("pace", ["watch", "10 steps a second"])
 def test_clicks_during_a_stream_pin_the_token_that_was_seen(live_app, page, pace):
     url, svc = live_app
@@ -73,8 +96,7 @@ def test_clicks_during_a_stream_pin_the_token_that_was_seen(live_app, page, pace
     plain = page.locator(FREE).filter(has_text=re.compile(r"^[!-~][ -~]*$|^ [!-~]+$"))  # printable ASCII text
     for k in range(5):
         assert "complete" not in status.inner_text(), "the draft finished before the clicks"
-        target = plain.nth(2 + 3 * k).element_handle()  # this element, whatever its text becomes
-        target.click()
+        target = _click_visible(plain, 2 + 3 * k)
         pos = page.evaluate("window.__presses")[-1]["pos"]
         assert pos == int(target.get_attribute("data-pos"))
         _wait_text(msg, re.compile(rf"pinned position {pos}\b"))
@@ -92,8 +114,8 @@ def test_clicks_during_a_stream_pin_the_token_that_was_seen(live_app, page, pace
         last = repo.list_steps(s, run_id)[-1]
     assert sorted(pins) == sorted(clicked), "every click registered, on the position pressed"
     for p in presses:  # the token pinned is the one on screen at the press, and it stayed
-        assert pins[p["pos"]] in (storable(p["text"]), repr(p["text"]))  # a NUL is stored as U+FFFD
-        assert svc.tokenizer.decode([last.token_ids[p["pos"]]]) == p["text"]
+        assert _text(pins[p["pos"]]) in (_text(storable(p["text"])), _text(repr(p["text"])))  # NUL: stored as U+FFFD
+        assert _text(svc.tokenizer.decode([last.token_ids[p["pos"]]])) == _text(p["text"])
         assert "pinned" in (page.locator(f'#dd-view span[data-pos="{p["pos"]}"]').get_attribute("class") or "")
 
 
