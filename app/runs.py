@@ -316,23 +316,18 @@ def branch(svc: Services, actor: Actor, old: RunControl) -> RunControl:
         base = refine_start(old.base, old.held, max(1, round(old.total * REFINE_SHARE)))
         settings["refined_from_step"] = k
         k = base.index
-    try:
-        with transaction(svc.factory) as s:
-            ckpt, model_id = run_model(svc, old)
-            run = repo.create_run(s, document_id=old.document_id, actor=actor.name, model_id=model_id,
-                                  model_checksum=ckpt.checksum, seed=int(old.settings["seed"]),
-                                  sampler_settings=settings, parent_run_id=old.run_id, parent_step_index=k)
-            new = RunControl(run_id=run.id, document_id=old.document_id, template_id=old.template_id,
-                             user=actor.name, settings=settings, held=dict(old.held), kinds=dict(old.kinds),
-                             pin_rows=dict(old.pin_rows), frames={i: f for i, f in old.frames.items() if i <= k},
-                             base=base, view_step=k, layout=old.layout, layout_parent=dict(old.layout_parent),
-                             pace_s=old.pace_s, model_id=model_id)
-            run_store.save(s, svc, new, lease=True)
-            old.restore_live()
-            run_store.save(s, svc, old)
-    except BaseException:
-        run_store.read_into(svc, old)
-        raise
+    with act(svc, old) as s:  # the new run, its state and old's restored state land together
+        ckpt, model_id = run_model(svc, old)
+        run = repo.create_run(s, document_id=old.document_id, actor=actor.name, model_id=model_id,
+                              model_checksum=ckpt.checksum, seed=int(old.settings["seed"]),
+                              sampler_settings=settings, parent_run_id=old.run_id, parent_step_index=k)
+        new = RunControl(run_id=run.id, document_id=old.document_id, template_id=old.template_id,
+                         user=actor.name, settings=settings, held=dict(old.held), kinds=dict(old.kinds),
+                         pin_rows=dict(old.pin_rows), frames={i: f for i, f in old.frames.items() if i <= k},
+                         base=base, view_step=k, layout=old.layout, layout_parent=dict(old.layout_parent),
+                         pace_s=old.pace_s, model_id=model_id)
+        run_store.save(s, svc, new, lease=True)
+        old.restore_live()
     svc.runs.put(new)
     return new
 
