@@ -64,6 +64,11 @@ def ban_nearby_words(dist: Tensor, tokens: Tensor, fixed: Tensor, free_idx: Tens
     return torch.where(empty[:, None], dist, out)
 
 
+def _redraw(d: Tensor, greedy: bool, gen: torch.Generator) -> Tensor:
+    """One row's draw again from d (V,), the way the step draws: argmax at a greedy step."""
+    return d.argmax() if greedy else categorical(d[None], gen)[0]
+
+
 def spread_same_step(draw: Tensor, dist: Tensor, order: list[int], tokens: Tensor, fixed: Tensor, free_idx: Tensor,
                       window: int, word_of: Tensor, greedy: bool, gen: torch.Generator) -> Tensor:
     """Draws of the rows committed together in one step (`order`, most confident first), each
@@ -80,7 +85,7 @@ def spread_same_step(draw: Tensor, dist: Tensor, order: list[int], tokens: Tenso
         if int(word_of[draw[r]]) in near:
             d = dist[r].masked_fill(torch.isin(word_of, torch.tensor(sorted(near))), 0.0)  # (V,)
             if float(d.sum()) > 0:
-                draw[r] = d.argmax() if greedy else categorical(d[None], gen)[0]
+                draw[r] = _redraw(d, greedy, gen)
         cur[p] = draw[r]
         final[p] = True
     return draw
@@ -105,7 +110,7 @@ def avoid_phrases(draw: Tensor, dist: Tensor, order: list[int], tokens: Tensor, 
             d[t] = 0.0
             if float(d.sum()) <= 0:
                 break
-            draw[r] = d.argmax() if greedy else categorical(d[None], gen)[0]
+            draw[r] = _redraw(d, greedy, gen)
         cur[p] = draw[r]
         final[p] = True
     return draw
