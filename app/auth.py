@@ -115,8 +115,7 @@ def gradio_auth(svc: Services) -> Callable[[str, str], Awaitable[bool]]:
 def check_own_password(svc: Services, name: str, password: object) -> tuple[bool, str | None]:
     """Whether `password` is the logged-in user's own (signing, changing the password), through the
     same throttle and lock as a login; (right?, a refusal to show when the account is locked)."""
-    with transaction(svc.factory) as s:
-        attempt = repo.begin_attempt(s, name, None, svc.login_policy)
+    attempt = _begin(svc, name, None)
     wait = attempt.wait_s()
     if wait:
         time.sleep(wait)
