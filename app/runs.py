@@ -236,8 +236,10 @@ class RunRegistry:
 
 def refine_start(step: Step, held: Mapping[int, int], steps: int) -> Step:
     """A complete draft that a person changed, as the step to refine it from: index and time
-    moved back by `steps`, and only the share of free positions the commit schedule allows at
-    that index kept final, the positions near a change (step.changed) released first."""
+    moved back by `steps`, and only the share index / total of the free positions kept final, the
+    positions near a change (step.changed) released first. The share is the constant schedule's
+    whatever the run's commit_power, so that a refinement writes about `steps / total` of the
+    draft again; the sampler commits nothing more until its own schedule passes that share."""
     L, total = step.length, step.total_steps
     idx = max(0, total - steps)
     held_mask = torch.zeros(L, dtype=torch.bool)  # (L,)
@@ -252,10 +254,17 @@ def refine_start(step: Step, held: Mapping[int, int], steps: int) -> Step:
     return dataclasses.replace(step, index=idx, t=sampler.time_grid(total)[idx], committed=committed)
 
 
+# what a run recorded before a sampler field existed did without it: its value then
+BEFORE_FIELD = {"commit_power": 1.0}
+
+
 def sampler_config(svc: Services, settings: dict[str, Any]) -> SamplerConfig:
-    """A run keeps the settings it was started with; fields it did not record are the model's."""
+    """A run keeps the settings it was started with; fields it did not record are the model's,
+    except those it predates (BEFORE_FIELD): a run recorded with `commit` but no `commit_power`
+    committed a constant number of tokens a step and goes on doing so."""
     cfg = svc.ckpt.sampler_cfg
-    return dataclasses.replace(cfg, **{f.name: settings[f.name] for f in dataclasses.fields(cfg) if f.name in settings})
+    old = {k: v for k, v in BEFORE_FIELD.items() if "commit" in settings and k not in settings}
+    return dataclasses.replace(cfg, **old, **{f.name: settings[f.name] for f in dataclasses.fields(cfg) if f.name in settings})
 
 
 def load_control(svc: Services, run_id: int) -> RunControl:

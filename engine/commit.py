@@ -3,7 +3,9 @@
 Glossary
   writable   positions not held by a pin (or clean_extra): the ones the sampler writes
   committed  writable positions whose token is final; held and passed as clean from then on
-  target     commit_target(F, k, S) = ceil(F k / S) committed after step k, all of them at k = S
+  target     commit_target(F, k, S, p) = ceil(F (k / S)^p) committed after step k, all of them at
+             k = S; p = 1 (the default) is a constant number a step, p > 1 commits few tokens
+             while the draft is mostly noise and more once it has context (cfg.commit_power)
   near       within `window` positions of a row's position, on either side
 
 `engine.sampler` draws a candidate from x̂0 at every free position, ranks the candidates by the
@@ -15,6 +17,8 @@ earlier in the same step).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -22,18 +26,23 @@ from engine.diffusion import categorical
 from engine.words import PHRASE_TRIES, WordRule
 
 
-def commit_target(writable: int, k: int, steps: int) -> int:
+def commit_target(writable: int, k: int, steps: int, power: float = 1.0) -> int:
     """How many of the `writable` (not held) positions are committed once step k is done:
-    ceil(writable * k / steps), so that every one is final after the last step."""
-    return -(-writable * k // steps)
+    ceil(writable * (k / steps) ** power), so that every one is final after the last step (and
+    none before the first). power = 1 is exact integer arithmetic."""
+    if power == 1.0:
+        return -(-writable * k // steps)
+    if k >= steps:
+        return writable
+    return min(writable, max(0, math.ceil(writable * (k / steps) ** power - 1e-9)))
 
 
-def derive_committed(confidence: Tensor, held: Tensor, index: int, total_steps: int) -> Tensor:
+def derive_committed(confidence: Tensor, held: Tensor, index: int, total_steps: int, power: float = 1.0) -> Tensor:
     """Committed positions of a step that does not record them (step `index` of `total_steps`,
     its confidence (L,) and held (L,) positions): the commit_target free positions of highest
-    confidence (ties: the earlier position)."""
+    confidence (ties: the earlier position), under the schedule's `power`."""
     free = (~held).nonzero().flatten()  # (n,)
-    m = commit_target(int(free.numel()), index, total_steps)
+    m = commit_target(int(free.numel()), index, total_steps, power)
     out = torch.zeros(held.shape[0], dtype=torch.bool)  # (L,)
     if m:
         order = sorted(free.tolist(), key=lambda p: (-float(confidence[p]), p))
@@ -52,16 +61,20 @@ def ban_nearby_words(dist: Tensor, tokens: Tensor, fixed: Tensor, free_idx: Tens
     near = near.clamp(0, L - 1)
     near_word = word_of[tokens[near]]  # (n, 2w)
     ban = inside & fixed[near] & (near_word >= 0)  # (n, 2w)
-    if not bool(ban.any()):
+    hit_rows = ban.any(-1).nonzero().flatten()  # (m,) only these rows change
+    if not hit_rows.numel():
         return dist
-    n_words = int(word_of.max()) + 1
-    banned = torch.zeros(free_idx.numel(), n_words, dtype=torch.bool)  # (n, W)
+    ban = ban[hit_rows]  # (m, 2w)
+    banned = torch.zeros(hit_rows.numel(), int(word_of.max()) + 1, dtype=torch.bool)  # (m, W)
     rows, cols = ban.nonzero(as_tuple=True)
-    banned[rows, near_word[rows, cols]] = True
-    hit = banned[:, word_of.clamp(min=0)] & (word_of >= 0)  # (n, V)
-    out = dist.masked_fill(hit, 0.0)
-    empty = out.sum(-1) <= 0  # (n,)
-    return torch.where(empty[:, None], dist, out)
+    banned[rows, near_word[hit_rows][rows, cols]] = True
+    hit = banned[:, word_of.clamp(min=0)] & (word_of >= 0)  # (m, V)
+    part = dist[hit_rows]  # (m, V)
+    cut = part.masked_fill(hit, 0.0)
+    empty = cut.sum(-1) <= 0  # (m,) a row left with no mass keeps its distribution
+    out = dist.clone()
+    out[hit_rows] = torch.where(empty[:, None], part, cut)
+    return out
 
 
 def _redraw(d: Tensor, greedy: bool, gen: torch.Generator) -> Tensor:

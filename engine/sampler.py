@@ -221,13 +221,16 @@ def edit_step(step: Step, pins: Mapping[int, int], start: int, end: int, new_ids
 
 # ----- x̂0 shaping ------------------------------------------------------------------------------
 def shape_x0(probs: Tensor, temperature: float = 1.0, top_p: float = 1.0) -> Tensor:
-    """(n, V) x̂0 with temperature (p^(1/T), renormalised; T = 0 is argmax) and then top-p (keep
-    the most probable ids until their mass reaches top_p, at least one, renormalised)."""
+    """(n, V) x̂0 (or weights proportional to it, each row with some mass) with temperature
+    (p^(1/T), renormalised; T = 0 is argmax) and then top-p (keep the most probable ids until
+    their mass reaches top_p, at least one, renormalised)."""
     if temperature == 0.0:
         return torch.nn.functional.one_hot(probs.argmax(-1), probs.shape[-1]).to(probs.dtype)
-    out = probs
-    if temperature != 1.0:
-        out = torch.softmax(torch.log(probs) / temperature, dim=-1)
+    if temperature != 1.0:  # the row's largest weight raised is 1: no row underflows to nothing
+        out = (probs / probs.amax(-1, keepdim=True)).pow_(1.0 / temperature)
+    else:
+        out = probs.clone()
+    out.div_(out.sum(-1, keepdim=True))
     if top_p < 1.0:
         sorted_p, order = out.sort(dim=-1, descending=True)  # (n, V)
         before = sorted_p.cumsum(-1) - sorted_p  # mass strictly before each id
@@ -250,6 +253,8 @@ def _check_config(cfg: SamplerConfig) -> None:
         raise ValueError(f"sampler commit_order must be 'confidence' or 'frontier', got {cfg.commit_order!r}")
     if isinstance(cfg.no_repeat, bool) or not isinstance(cfg.no_repeat, int) or not 0 <= cfg.no_repeat <= 64:
         raise ValueError(f"sampler no_repeat must be an integer in 0..64, got {cfg.no_repeat!r}")
+    if not (math.isfinite(cfg.commit_power) and 0.25 <= cfg.commit_power <= 8.0):
+        raise ValueError(f"sampler commit_power must be in 0.25..8, got {cfg.commit_power}")
     end = cfg.temperature_end
     if end is not None and not (math.isfinite(end) and end >= 0.0):
         raise ValueError(f"sampler temperature_end must be >= 0 (0 = argmax), got {end}")
@@ -349,7 +354,9 @@ def sample(
         held |= extra
     committed = None
     if cfg.commit and start is not None:
-        committed = start.committed if start.committed is not None and start.committed.shape == (length,) else derive_committed(start.confidence, held, start.index, start.total_steps)
+        committed = start.committed
+        if committed is None or committed.shape != (length,):
+            committed = derive_committed(start.confidence, held, start.index, start.total_steps, cfg.commit_power)
         committed = committed.to("cpu", torch.bool) & ~held
     conf = start.confidence.to("cpu", torch.float32) if start is not None else torch.zeros(length)
     avoid = LabelRule.of(words, labels if cfg.avoid_labels else None)
@@ -388,7 +395,7 @@ def _reverse_step(model: Denoiser, diffusion: Diffusion, cfg: SamplerConfig, tok
     temperature = step_temperature(cfg, k)
     greedy = k == S and cfg.greedy_last
     gen = _generator(cfg.seed, k)
-    shaped = None if greedy or (temperature == 1.0 and cfg.top_p == 1.0) else shape_x0(weights / total[:, None], temperature, cfg.top_p)
+    shaped = None if greedy or (temperature == 1.0 and cfg.top_p == 1.0) else shape_x0(weights, temperature, cfg.top_p)
     if greedy:
         chosen = torch.where(diffusion.is_decided(z), z, weights.argmax(-1))  # (n,)
     else:
@@ -447,7 +454,7 @@ def _run(model: Denoiser, diffusion: Diffusion, cfg: SamplerConfig, tokens: Tens
         t_prev, t_now = grid[k - 1], grid[k]
         fixed = held | committed  # (L,) clean for the model, never resampled
         free_idx = (~fixed).nonzero().flatten()  # (n,)
-        n_commit = max(0, commit_target(writable, k, S) - int(committed.sum())) if cfg.commit else 0
+        n_commit = max(0, commit_target(writable, k, S, cfg.commit_power) - int(committed.sum())) if cfg.commit else 0
         new, conf, now = _reverse_step(model, diffusion, cfg, tokens, fixed, free_idx, forbidden_idx, k, t_prev, t_now,
                                        device, words, n_commit, avoid)
         new, conf = new.clone(), conf.clone()  # ordinary tensors for the caller, not inference tensors

@@ -88,8 +88,9 @@ class WordRule:
         self.opener = opener
         # the one word a token spells, as an index into a table of words (-1: none, or several)
         index: dict[str, int] = {}
-        self.word_of = torch.tensor([index.setdefault(ws[0], len(index)) if len(ws := words(piece)) == 1 else -1
-                                     for piece in self.text], dtype=torch.long)  # (V,)
+        self._words = [words(piece) for piece in self.text]  # per token id, the words its text holds
+        self.word_of = torch.tensor([index.setdefault(ws[0], len(index)) if len(ws) == 1 else -1
+                                     for ws in self._words], dtype=torch.long)  # (V,)
         self.spaced = torch.tensor([piece[:1] == " " for piece in self.text], dtype=torch.bool)  # (V,)
         self.clause_end = torch.tensor([piece[-1:] in CLAUSE_ENDS for piece in self.text], dtype=torch.bool)  # (V,)
 
@@ -100,12 +101,8 @@ class WordRule:
         (" Part", "PART", " Name" for "Part name:"). Lower-case forms stay allowed: "part" is
         also a word a report uses."""
         label_words = set(words("".join(self.text[int(i)] for i in ids if 0 <= int(i) < len(self.text))))
-        out = []
-        for i, piece in enumerate(self.text):
-            ws = words(piece)
-            if len(ws) == 1 and ws[0] in label_words and any(c.isupper() for c in piece):
-                out.append(i)
-        return out
+        return [i for i, ws in enumerate(self._words)
+                if len(ws) == 1 and ws[0] in label_words and any(c.isupper() for c in self.text[i])]
 
     def label_phrases(self, ids: Iterable[int]) -> list[tuple[str, ...]]:
         """The labels of two words or more in a template's fixed text `ids` (the text of a line

@@ -55,3 +55,14 @@ def test_a_committing_run_keeps_pins_edits_and_whole_words(commit_services):
     # every word made only of tokens the model wrote is a lexicon word
     broken = [sp for sp in svc.ckpt.words.broken_spans(list(last.token_ids)) if not set(sp) & held]
     assert broken == [], [svc.tokenizer.decode([last.token_ids[p] for p in sp]) for sp in broken]
+
+
+def test_a_run_recorded_before_the_schedule_power_keeps_committing_a_constant_share(commit_services):
+    from app.runs import sampler_config
+
+    svc = commit_services
+    svc.ckpt.sampler_cfg = dataclasses.replace(svc.ckpt.sampler_cfg, commit_power=2.0)
+    old = {k: v for k, v in dataclasses.asdict(svc.ckpt.sampler_cfg).items() if k != "commit_power"}
+    assert sampler_config(svc, old).commit_power == 1.0
+    assert sampler_config(svc, {**old, "commit_power": 2.5}).commit_power == 2.5
+    assert sampler_config(svc, {"steps": 12}).commit_power == 2.0, "a run that recorded no commitment takes the model's"

@@ -26,15 +26,28 @@ def test_commit_target_reaches_every_writable_position() -> None:
     assert commit_target(0, 3, 8) == 0
 
 
-@pytest.mark.parametrize("noise", ["uniform", "absorbing"])
-def test_committed_tokens_never_change_and_follow_the_schedule(model, noise: str) -> None:
-    cfg = SamplerConfig(steps=6, seed=1, commit=True)
+def test_a_schedule_power_above_one_commits_few_tokens_early_and_the_rest_late() -> None:
+    assert [commit_target(10, k, 4, 2.0) for k in range(5)] == [0, 1, 3, 6, 10]
+    assert [commit_target(100, k, 10, 2.0) for k in (1, 5, 9, 10)] == [1, 25, 81, 100]
+    assert [commit_target(7, k, 3, 0.5) for k in range(4)] == [0, 5, 6, 7]
+    assert commit_target(0, 2, 4, 3.0) == 0
+
+
+@pytest.mark.parametrize("power", [0.1, 0.0, -1.0, 9.0, float("nan"), float("inf")])
+def test_a_schedule_power_outside_its_range_is_refused(model, power: float) -> None:
+    with pytest.raises(ValueError, match="commit_power"):
+        run(model, make("uniform"), SamplerConfig(steps=4, commit=True, commit_power=power), length=L)
+
+
+@pytest.mark.parametrize("noise,power", [("uniform", 1.0), ("absorbing", 1.0), ("uniform", 2.0), ("absorbing", 2.5)])
+def test_committed_tokens_never_change_and_follow_the_schedule(model, noise: str, power: float) -> None:
+    cfg = SamplerConfig(steps=6, seed=1, commit=True, commit_power=power)
     steps = run(model, make(noise), cfg, length=L, pins=PINS)
     writable = L - len(PINS)
     prev = steps[0]
     assert not bool(prev.committed.any())
     for st in steps[1:]:
-        assert int(st.committed.sum()) == commit_target(writable, st.index, cfg.steps)
+        assert int(st.committed.sum()) == commit_target(writable, st.index, cfg.steps, power)
         assert not bool((st.committed & st.pinned).any()), "pins are held, not committed"
         was = prev.committed
         assert torch.equal(st.tokens[was], prev.tokens[was]), "a committed token is final"
@@ -75,16 +88,19 @@ def test_commit_runs_are_reproducible_and_resumable(model) -> None:
         assert same_runs(full[k + 1 :], rest), f"resume from step {k}"
 
 
-def test_a_step_without_its_committed_mask_resumes_from_derived_commitment(model) -> None:
-    cfg = SamplerConfig(steps=6, seed=6, commit=True)
+@pytest.mark.parametrize("power", [1.0, 2.0])
+def test_a_step_without_its_committed_mask_resumes_from_derived_commitment(model, power: float) -> None:
+    cfg = SamplerConfig(steps=6, seed=6, commit=True, commit_power=power)
     diffusion = make("uniform")
     full = run(model, diffusion, cfg, length=L, pins=PINS)
     bare = dataclasses.replace(full[3], committed=None)
-    derived = derive_committed(bare.confidence, bare.pinned, bare.index, bare.total_steps)
-    assert int(derived.sum()) == commit_target(L - len(PINS), 3, 6)
+    derived = derive_committed(bare.confidence, bare.pinned, bare.index, bare.total_steps, power)
+    assert int(derived.sum()) == commit_target(L - len(PINS), 3, 6, power)
     rest = run(model, diffusion, cfg, start=bare, pins=PINS)
     assert bool((rest[-1].committed | rest[-1].pinned).all())
     assert torch.equal(rest[0].tokens[derived], bare.tokens[derived])
+    assert bool(rest[0].committed[derived].all())
+    assert int(rest[0].committed.sum()) == commit_target(L - len(PINS), 4, 6, power), "the run's own schedule"
 
 
 def test_edits_and_new_pins_carry_the_committed_mask(model) -> None:
