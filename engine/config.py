@@ -55,17 +55,18 @@ class SamplerConfig:
     greedy_last: bool = True  # the final step writes argmax x̂_0 for every free position
     seed: int = 0
     temperature_end: float | None = None  # anneal: temperature at the last step (linear from `temperature`)
-    commit: bool = False  # commit the most confident tokens first, a share k/S of them by step k
+    commit: bool = False  # commit the most confident tokens first, a share (k/S)^commit_power of them by step k
     commit_order: str = "confidence"  # "confidence", or "frontier": positions right after final text first
     no_repeat: int = 0  # with commit: a committed word token differs from final ones this near (needs a word rule)
     whole_words: bool = False  # tokens that become final are mended into words (engine.words)
     avoid_labels: bool = False  # free positions never draw the capitalised words of the template's text
+    commit_power: float = 1.0  # commit schedule's exponent: > 1 commits few tokens early and more late
 
 
 # What engine.train writes into a new model folder (which always has a lexicon): the setting
 # chosen from bench.draft_quality's quality / latency table (docs/RESULTS.md, "Draft quality").
-RECOMMENDED_SAMPLER = SamplerConfig(steps=64, temperature=0.9, temperature_end=0.4, commit=True, no_repeat=5, whole_words=True,
-                                    avoid_labels=True)
+RECOMMENDED_SAMPLER = SamplerConfig(steps=16, temperature=0.5, temperature_end=0.2, commit=True, commit_power=2.0, no_repeat=5,
+                                    whole_words=True, avoid_labels=True)
 
 
 @dataclass(frozen=True)
