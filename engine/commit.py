@@ -22,7 +22,7 @@ import math
 import torch
 from torch import Tensor
 
-from engine.diffusion import categorical
+from engine.draws import categorical
 from engine.words import PHRASE_TRIES, WordRule
 
 
@@ -50,10 +50,13 @@ def derive_committed(confidence: Tensor, held: Tensor, index: int, total_steps: 
     return out
 
 
-def ban_nearby_words(dist: Tensor, tokens: Tensor, fixed: Tensor, free_idx: Tensor, window: int, word_of: Tensor) -> Tensor:
+def ban_nearby_words(dist: Tensor, tokens: Tensor, fixed: Tensor, free_idx: Tensor, window: int, rule: WordRule,
+                     inplace: bool = False) -> Tensor:
     """dist (n, V) with zero mass on every token that spells the same word as a token that is
     final (fixed) within `window` positions of the row's position (" slide", "slide", " Slide"
-    alike); a row left with no mass keeps its original distribution."""
+    alike); a row left with no mass keeps its original distribution. With `inplace`, dist itself
+    is changed and returned; otherwise a copy, where a row changes."""
+    word_of = rule.word_of
     L = tokens.shape[0]
     offsets = torch.cat([torch.arange(-window, 0), torch.arange(1, window + 1)])  # (2w,)
     near = free_idx[:, None] + offsets[None]  # (n, 2w)
@@ -61,19 +64,21 @@ def ban_nearby_words(dist: Tensor, tokens: Tensor, fixed: Tensor, free_idx: Tens
     near = near.clamp(0, L - 1)
     near_word = word_of[tokens[near]]  # (n, 2w)
     ban = inside & fixed[near] & (near_word >= 0)  # (n, 2w)
-    hit_rows = ban.any(-1).nonzero().flatten()  # (m,) only these rows change
-    if not hit_rows.numel():
+    rows, cols = ban.nonzero(as_tuple=True)  # one (row, near word) pair each
+    if not rows.numel():
         return dist
-    ban = ban[hit_rows]  # (m, 2w)
-    banned = torch.zeros(hit_rows.numel(), int(word_of.max()) + 1, dtype=torch.bool)  # (m, W)
-    rows, cols = ban.nonzero(as_tuple=True)
-    banned[rows, near_word[hit_rows][rows, cols]] = True
-    hit = banned[:, word_of.clamp(min=0)] & (word_of >= 0)  # (m, V)
-    part = dist[hit_rows]  # (m, V)
-    cut = part.masked_fill(hit, 0.0)
-    empty = cut.sum(-1) <= 0  # (m,) a row left with no mass keeps its distribution
-    out = dist.clone()
-    out[hit_rows] = torch.where(empty[:, None], part, cut)
+    w = near_word[rows, cols]  # (p,)
+    start, count = rule.word_start[w], rule.word_start[w + 1] - rule.word_start[w]  # (p,), (p,)
+    pair = torch.repeat_interleave(torch.arange(w.numel()), count)  # (q,) the pair of each banned id
+    ids = rule.ids_by_word[start[pair] + torch.arange(pair.numel()) - (count.cumsum(0) - count)[pair]]  # (q,)
+    at = rows[pair]  # (q,) its row
+    hit_rows = torch.unique(rows)  # (m,)
+    out = dist if inplace else dist.clone()
+    saved = out[hit_rows]  # (m, V)
+    out[at, ids] = 0.0
+    empty = hit_rows[out[hit_rows].sum(-1) <= 0]  # a row left with no mass keeps its distribution
+    if empty.numel():
+        out[empty] = saved[(hit_rows[:, None] == empty[None]).any(-1)]
     return out
 
 

@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from engine.config import DiffusionConfig
+from engine.draws import categorical
 from engine.kernels import forbidden_columns, head_cross_entropy, head_integrand, mask_forbidden, uniform_integrand
 from engine.schedule import Schedule, get_schedule
 
@@ -129,19 +130,6 @@ def _times(t: Tensor | float, n: int, device: torch.device) -> Tensor:
     """t as a float64 column (n, 1) on `device`."""
     t = torch.as_tensor(t, dtype=torch.float64, device=device)
     return t.expand(n).reshape(n, 1) if t.dim() == 0 else t.reshape(n, 1)
-
-
-def categorical(probs: Tensor, generator: torch.Generator, cdf: Tensor | None = None) -> Tensor:
-    """(n,) one draw per row of (n, V) probabilities by inverse CDF: one uniform per row and a
-    cumulative sum, instead of V random numbers per row. An id with probability 0 is never drawn
-    (the search takes the first id whose cumulative mass is strictly above u * total). Rows need
-    not be normalised; `cdf` may be passed when the caller already has probs.cumsum(-1)."""
-    cdf = probs.cumsum(-1) if cdf is None else cdf  # (n, V)
-    total = cdf[:, -1:]  # (n, 1)
-    u = torch.rand(probs.shape[0], 1, generator=generator, device=generator.device, dtype=cdf.dtype).to(cdf.device)
-    idx = torch.searchsorted(cdf, u * total, right=True)[:, 0]  # (n,)
-    over = idx >= probs.shape[-1]  # u * total rounded up to the total: take the most probable id
-    return torch.where(over, probs.argmax(-1), idx) if bool(over.any()) else idx
 
 
 class _DiffusionBase:
@@ -343,18 +331,18 @@ class UniformDiffusion(_DiffusionBase):
         - max)). With m = alpha_s x̂0 + (1 - alpha_s) / V (so sum m = 1) the posterior is the mixture
           x_s = z                with probability w = a_ts m_z / ((1 - a_ts) / V + a_ts m_z),
           x_s ~ m                otherwise, i.e. ~ x̂0 with probability alpha_s, else uniform.
-        Cost: one cumulative sum over (n, V) and O(n) random numbers."""
+        Cost: a few passes over (n, V) and O(n) random numbers."""
         n, V = x0_weights.shape
         a_t, a_s = float(self.schedule.alpha(t)), float(self.schedule.alpha(s))
         a_ts = a_t / a_s
-        cdf = x0_weights.cumsum(-1)  # (n, V)
-        p_z = (x0_weights.gather(-1, z[:, None].to(cdf.device))[:, 0] / cdf[:, -1]).to("cpu", torch.float64)  # (n,)
+        total = x0_weights.sum(-1)  # (n,)
+        p_z = (x0_weights.gather(-1, z[:, None].to(total.device))[:, 0] / total).to("cpu", torch.float64)  # (n,)
         m_z = a_s * p_z + (1.0 - a_s) / V  # (n,)
         w = a_ts * m_z / ((1.0 - a_ts) / V + a_ts * m_z)  # (n,)
         u_stay = torch.rand(n, generator=generator, dtype=torch.float64)
         u_src = torch.rand(n, generator=generator, dtype=torch.float64)
         uniform = torch.randint(V, (n,), generator=generator)
-        from_x0 = categorical(x0_weights, generator, cdf=cdf).cpu()
+        from_x0 = categorical(x0_weights, generator).cpu()
         moved = torch.where(u_src < a_s, from_x0, uniform)
         return torch.where(u_stay < w, z.cpu(), moved)
 
@@ -442,7 +430,7 @@ class AbsorbingDiffusion(_DiffusionBase):
         """(n,) one draw of x_s ~ `posterior`: an unmasked z stays; a mask is revealed with
         probability (alpha_s - alpha_t)(1 - x̂0_m) / ((1 - alpha_s) + alpha_s x̂0_m + (alpha_s - alpha_t)(1 - x̂0_m)),
         as a draw from x̂0 without m, else it stays m.
-        `x0_weights` (n, V) is x̂0 up to a positive factor per row. Cost: one cumulative sum over
+        `x0_weights` (n, V) is x̂0 up to a positive factor per row. Cost: a few passes over
         (n, V) and O(n) random numbers."""
         n = z.shape[0]
         a_t, a_s = float(self.schedule.alpha(t)), float(self.schedule.alpha(s))

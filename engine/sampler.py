@@ -24,7 +24,7 @@ Glossary
              clause ends, no near repeats, no label echo (cfg.whole_words, no_repeat, avoid_labels)
 
 Determinism: step k draws its randomness from a generator seeded by step_seed(cfg.seed, k) (the
-initial noise uses k = 0). Sampling happens on the CPU in float64, so a run is a function of
+initial noise uses k = 0). Sampling happens on the CPU, so a run is a function of
 (seed, pins, start) and of the denoiser's outputs only. Resuming from a recorded step k with
 the same pins therefore reproduces the original steps k+1..S exactly; resuming with new pins
 (or edited tokens, see `resume_from` / `edit_step`) continues from step k with them.
@@ -42,11 +42,12 @@ from torch import Tensor
 
 from engine.commit import avoid_phrases, ban_nearby_words, commit_target, derive_committed, spread_same_step
 from engine.config import SamplerConfig
-from engine.diffusion import Denoiser, Diffusion, categorical
+from engine.diffusion import Denoiser, Diffusion
+from engine.draws import categorical
 from engine.kernels import FORBIDDEN_LOGIT
 from engine.positions import shift_positions
 from engine.words import LabelRule, WordRule
-
+from engine.x0 import shape_x0, step_weights, tempered  # noqa: F401  (shape_x0, tempered: the sampler's API)
 
 
 class ConstraintError(ValueError):
@@ -219,29 +220,6 @@ def edit_step(step: Step, pins: Mapping[int, int], start: int, end: int, new_ids
     return _held_step(step, tokens, new_pins, conf, changed, committed), new_pins
 
 
-# ----- x̂0 shaping ------------------------------------------------------------------------------
-def shape_x0(probs: Tensor, temperature: float = 1.0, top_p: float = 1.0) -> Tensor:
-    """(n, V) x̂0 (or weights proportional to it, each row with some mass) with temperature
-    (p^(1/T), renormalised; T = 0 is argmax) and then top-p (keep the most probable ids until
-    their mass reaches top_p, at least one, renormalised)."""
-    if temperature == 0.0:
-        return torch.nn.functional.one_hot(probs.argmax(-1), probs.shape[-1]).to(probs.dtype)
-    if temperature != 1.0:  # the row's largest weight raised is 1: no row underflows to nothing
-        out = (probs / probs.amax(-1, keepdim=True)).pow_(1.0 / temperature)
-    else:
-        out = probs.clone()
-    out.div_(out.sum(-1, keepdim=True))
-    if top_p < 1.0:
-        sorted_p, order = out.sort(dim=-1, descending=True)  # (n, V)
-        before = sorted_p.cumsum(-1) - sorted_p  # mass strictly before each id
-        keep_sorted = before < top_p
-        keep_sorted[..., 0] = True
-        keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
-        out = torch.where(keep, out, torch.zeros_like(out))
-        out = out / out.sum(-1, keepdim=True)
-    return out
-
-
 def _check_config(cfg: SamplerConfig) -> None:
     if isinstance(cfg.steps, bool) or not isinstance(cfg.steps, int) or cfg.steps < 1:
         raise ValueError(f"sampler steps must be an integer >= 1, got {cfg.steps!r}")
@@ -383,19 +361,11 @@ def _reverse_step(model: Denoiser, diffusion: Diffusion, cfg: SamplerConfig, tok
     logits = _free_logits(model, x, t_in, held[None].to(device), free_idx).to("cpu", torch.float32)  # (n, V)
     if forbidden_idx.numel():
         logits.index_fill_(-1, forbidden_idx, FORBIDDEN_LOGIT)  # ours to change: fresh from the head
-    top = logits.amax(-1, keepdim=True)  # (n, 1)
-    weights = logits.sub_(top).exp_()  # (n, V) x̂0 up to a factor per row; logits is consumed
-    if words is not None and cfg.whole_words:
-        words.space_after_held_clause(weights, tokens, held, free_idx)
-    if avoid.ids.numel():
-        cut = weights.index_fill(-1, avoid.ids, 0.0)  # (n, V)
-        weights = torch.where(cut.sum(-1, keepdim=True) > 0, cut, weights)  # a row left empty keeps x̂0
-    total = weights.sum(-1)  # (n,)
-    z = tokens[free_idx]  # (n,)
-    temperature = step_temperature(cfg, k)
     greedy = k == S and cfg.greedy_last
+    weights, shaped, total = step_weights(logits, step_temperature(cfg, k), cfg.top_p, greedy, tokens, held, free_idx,
+                                          words if cfg.whole_words else None, avoid)
+    z = tokens[free_idx]  # (n,)
     gen = _generator(cfg.seed, k)
-    shaped = None if greedy or (temperature == 1.0 and cfg.top_p == 1.0) else shape_x0(weights, temperature, cfg.top_p)
     if greedy:
         chosen = torch.where(diffusion.is_decided(z), z, weights.argmax(-1))  # (n,)
     else:
@@ -404,7 +374,7 @@ def _reverse_step(model: Denoiser, diffusion: Diffusion, cfg: SamplerConfig, tok
     if cfg.commit and n_commit > 0:
         dist = weights if shaped is None else shaped  # (n, V)
         if cfg.no_repeat and words is not None:
-            dist = ban_nearby_words(dist, tokens, held, free_idx, cfg.no_repeat, words.word_of)
+            dist = ban_nearby_words(dist, tokens, held, free_idx, cfg.no_repeat, words, inplace=shaped is not None)
         if greedy:
             draw = dist.argmax(-1)  # (n,)
         else:

@@ -91,6 +91,12 @@ class WordRule:
         self._words = [words(piece) for piece in self.text]  # per token id, the words its text holds
         self.word_of = torch.tensor([index.setdefault(ws[0], len(index)) if len(ws) == 1 else -1
                                      for ws in self._words], dtype=torch.long)  # (V,)
+        # the token ids of each word, grouped: ids_by_word[word_start[w]:word_start[w + 1]] spell word w
+        has_word = (self.word_of >= 0).nonzero().flatten()
+        order = torch.argsort(self.word_of[has_word], stable=True)
+        self.ids_by_word = has_word[order]  # (k,)
+        counts = torch.bincount(self.word_of[has_word], minlength=len(index))  # (W,)
+        self.word_start = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])  # (W + 1,)
         self.spaced = torch.tensor([piece[:1] == " " for piece in self.text], dtype=torch.bool)  # (V,)
         self.clause_end = torch.tensor([piece[-1:] in CLAUSE_ENDS for piece in self.text], dtype=torch.bool)  # (V,)
 
@@ -144,10 +150,12 @@ class WordRule:
                     return True
         return False
 
-    def space_after_held_clause(self, weights: Tensor, tokens: Tensor, held: Tensor, free_idx: Tensor) -> None:
+    def space_after_held_clause(self, weights: Tensor, tokens: Tensor, held: Tensor, free_idx: Tensor,
+                                also: Tensor | None = None) -> None:
         """In place: rows of weights (n, V) for free positions right after a held token that ends a
         clause or a label (": , ; . ! ?") keep only tokens that start with a space, so that
-        "Part name:" is followed by " word", never by a glued piece ("Part name:ed")."""
+        "Part name:" is followed by " word", never by a glued piece ("Part name:ed"). `also`
+        (n, V), if given, loses the same tokens in the same rows (the rows are chosen on weights)."""
         left = free_idx - 1  # (n,)
         ok = left >= 0
         left = left.clamp(min=0)
@@ -156,6 +164,8 @@ class WordRule:
             masked = weights[rows] * self.spaced  # (r, V)
             keep = masked.sum(-1) > 0  # a row with no spaced token left keeps its x̂0
             weights[rows[keep]] = masked[keep]
+            if also is not None:
+                also[rows[keep]] = also[rows[keep]] * self.spaced
 
     def broken_spans(self, ids: list[int]) -> list[list[int]]:
         """Token positions of each word of `ids` that is not in the lexicon. An id < 0 is a
