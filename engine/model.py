@@ -40,10 +40,14 @@ class SFDLMBlock(nn.Module):
         self.mlp = ChannelMLP(d, cfg.mlp_mult)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, h: Tensor, c: Tensor) -> Tensor:
+    def forward(self, h: Tensor, c: Tensor, rows: Tensor | None = None) -> Tensor:
+        """h (B, L, D) -> (B, L, D); with `rows` (n,) only those positions come out, (B, n, D):
+        the channel MLP, the last sublayer, works position by position, so it runs on them only."""
         m = self.adaln(c)  # (B, 3, 3, 1, D): sublayer x (shift, scale, gate)
         inplace = not torch.is_grad_enabled()
         for i, sub in enumerate((self.ssm, self.fourier, self.mlp)):
+            if i == 2 and rows is not None:
+                h = h[:, rows]  # (B, n, D) a copy: ours to change in place
             y = sub(modulated_norm(h, m[:, i, 0], m[:, i, 1]))  # (B, L, D)
             if inplace and i > 0:  # h is our own tensor after the first residual
                 h.addcmul_(m[:, i, 2], y)
@@ -55,13 +59,17 @@ class SFDLMBlock(nn.Module):
 class SFDLM(DenoiserBase):
     """State-Fourier diffusion LM denoiser (the layers: engine.ssm, engine.fourier_mlp)."""
 
+    features_of_rows = True  # features(..., rows=) gives those positions only (engine.sampler)
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg, SFDLMBlock)
         self.n_skips = cfg.n_layers // 2
         self.skip_gate = nn.Parameter(torch.full((self.n_skips, cfg.d_model), 0.5))  # (S, D)
 
-    def features(self, x_t: Tensor, t: Tensor, clean: Tensor) -> Tensor:
-        """Final-normed hidden states (B, L, D); logits = head(features)."""
+    def features(self, x_t: Tensor, t: Tensor, clean: Tensor, rows: Tensor | None = None) -> Tensor:
+        """Final-normed hidden states (B, L, D); logits = head(features). With `rows` (n,), those
+        positions only, (B, n, D): the sampler needs the free ones, and everything after the last
+        block's Fourier mix works position by position."""
         h, c = self.embed_inputs(x_t, t, clean)  # (B, L, D), (B, D)
         n = len(self.blocks)
         skips: list[Tensor] = []
@@ -69,7 +77,7 @@ class SFDLM(DenoiserBase):
             j = n - 1 - i  # partner block in the first half
             if j < self.n_skips and i >= n - self.n_skips:
                 h = torch.addcmul(h, self.skip_gate[j], skips[j])
-            h = block(h, c)
+            h = block(h, c, rows) if i == n - 1 and rows is not None else block(h, c)
             if i < self.n_skips:
                 skips.append(h)
         return self.final_norm(h, c)

@@ -259,6 +259,8 @@ def _free_logits(model: Denoiser, x: Tensor, t: Tensor, clean: Tensor, free_idx:
     """(n, V) logits at the free positions only; uses model.features + model.head when present."""
     with torch.inference_mode():
         features, head = getattr(model, "features", None), getattr(model, "head", None)
+        if callable(features) and callable(head) and getattr(model, "features_of_rows", False):
+            return head(features(x, t, clean, rows=free_idx.to(x.device))[0])  # (n, V)
         if callable(features) and callable(head):
             h = features(x, t, clean)[0]  # (L, D)
             return head(h if free_idx.numel() == h.shape[0] else h[free_idx.to(h.device)])  # (n, V)

@@ -179,6 +179,20 @@ def test_any_length(length: int) -> None:
         assert torch.allclose(m(x, t, clean), out, atol=1e-5)
 
 
+@pytest.mark.parametrize("length", [7, 300])
+def test_features_of_some_rows_are_those_rows_of_all(length: int) -> None:
+    m = model()
+    randomise_gates(m)
+    x, t, clean = inputs(1, length)
+    rows = torch.tensor(sorted({0, length // 2, length - 1, 3 % length}))
+    with torch.inference_mode():
+        whole = m.features(x, t, clean)  # (1, L, D)
+        some = m.features(x, t, clean, rows=rows)  # (1, n, D)
+    assert some.shape == (1, rows.numel(), TINY.d_model)
+    torch.testing.assert_close(some, whole[:, rows], atol=1e-5, rtol=1e-5)
+    assert SFDLM.features_of_rows and not getattr(TransformerDenoiser, "features_of_rows", False)
+
+
 def test_gradient_reaches_every_parameter() -> None:
     """adaLN-Zero gates block the gradient to sublayers at step 0 (as in DiT), so take two
     optimiser steps first; then every parameter must receive a finite, non-zero gradient."""
