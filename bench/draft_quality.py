@@ -12,7 +12,8 @@ Rows
   main     the model's stored sampler settings: every template in --templates, free drafts of
            --free lengths (prefix: the first --prefix-words words of a test report), --drafts
            drafts each (seeds 0..N-1); the real text each row is compared with; with --ar-model,
-           the causal transformer writing the same slots (left to right, KV cache)
+           the causal transformer writing the same slots (left to right, KV cache); with
+           --ar-labels it keeps the template's labels out of them as avoid_labels does
   sweep    --sweep SPEC ... : the quality-against-latency table on --sweep-rows, one line per
            setting. A SPEC is comma-separated SamplerConfig fields, e.g.
            "steps=64,temperature=0.7,temperature_end=0.3,whole_words=1"
@@ -44,6 +45,7 @@ from engine import checkpoint, template
 from engine.cli import Parser
 from engine.config import SamplerConfig, parse_sampler_spec
 from engine.sampler import sample
+from engine.words import PHRASE_WINDOW, LabelRule
 
 MEASURES = ("ppl", "oov", "distinct2", "repeat", "entropy")
 REAL_PER_DRAFT = 20  # real-text twins per draft: the reference is cheap, and one twin each was noisy
@@ -117,10 +119,22 @@ def sfdlm_draft(ck: checkpoint.Checkpoint, cfg: SamplerConfig, job: Job, seed: i
 
 
 def ar_draft(ar: checkpoint.Checkpoint, cfg: SamplerConfig, job: Job, seed: int, test: Sequence[str],
-             prefix_words: int) -> tuple[list[str], float, None]:
-    """(fill texts, seconds) of the causal transformer writing the same places left to right."""
+             prefix_words: int, labels: bool = False) -> tuple[list[str], float, None]:
+    """(fill texts, seconds) of the causal transformer writing the same places left to right.
+    With `labels`, it keeps the template's labels out of its slots by the SFDLM's avoid_labels
+    rule: no capitalised label-word token, and no draw that completes a label of two words or
+    more with the tokens before it (drawn again without it)."""
     tok = ar.tokenizer
     gen = torch.Generator().manual_seed(seed)
+    banned, veto = None, None
+    if labels and job.layout is not None:
+        if ar.words is None:
+            raise ValueError("the label rule needs the causal model's lexicon (lexicon.txt in its folder)")
+        rule, label_rule = ar.words, LabelRule.of(ar.words, list(job.layout.pins.values()))
+        banned = label_rule.ids
+
+        def veto(ids: list[int], t: int) -> bool:
+            return bool(label_rule.phrases) and rule.completes_phrase(ids[-PHRASE_WINDOW:], t, [], label_rule.phrases)
     t0 = time.perf_counter()
     if job.layout is not None:
         seq = [tok.bos_id]
@@ -128,7 +142,8 @@ def ar_draft(ar: checkpoint.Checkpoint, cfg: SamplerConfig, job: Job, seed: int,
         pos = 0
         for slot in job.layout.slots:
             seq += [job.layout.pins[p] for p in range(pos, slot.start)]
-            out = ar.model.generate(torch.tensor([seq]), slot.length, cfg.temperature, cfg.top_p, gen)[0].tolist()
+            out = ar.model.generate(torch.tensor([seq]), slot.length, cfg.temperature, cfg.top_p, gen,
+                                    banned=banned, veto=veto)[0].tolist()
             fills.append(out[len(seq):])
             seq = out
             pos = slot.start + slot.length
@@ -204,6 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--ar-only", action="store_true", help="with --ar-model: only the causal transformer's main rows")
     p.add_argument("--ar-temperature", type=float, default=1.0, help="the causal transformer's temperature (default 1.0)")
     p.add_argument("--ar-top-p", type=float, default=1.0, help="the causal transformer's top-p (default 1.0)")
+    p.add_argument("--ar-labels", action="store_true",
+                   help="the causal transformer keeps a template's labels out of its slots, as avoid_labels does")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     p.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")
     args = p.parse_args(argv)
@@ -235,9 +252,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             ar = checkpoint.load(args.ar_model)
             for job in jobs_for(ar, templates, free):
                 ar_cfg = SamplerConfig(temperature=args.ar_temperature, top_p=args.ar_top_p)
-                r = measure(judge, lambda j, s: ar_draft(ar, ar_cfg, j, s, test, args.prefix_words), job, range(args.drafts), test)
+                r = measure(judge, lambda j, s: ar_draft(ar, ar_cfg, j, s, test, args.prefix_words, args.ar_labels), job,
+                            range(args.drafts), test)
                 out["ar"].append(r)
-                print(_fmt_row(f"{job.name} (causal)", r), flush=True)
+                print(_fmt_row(f"{job.name} (causal{', label rule' if args.ar_labels else ''})", r), flush=True)
         rows = out["main"] or out["ar"]
         pooled = [(r["model"].ppl, r["real"].ppl) for r in rows]
         print("\nreal text per row: " + ", ".join(f"{r['row']} ppl {r['real'].ppl:.1f} OOV {100 * r['real'].oov:.1f} %"

@@ -14,6 +14,9 @@ the same time conditioning (sinusoidal -> MLP -> adaLN-Zero) and clean embedding
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -23,6 +26,7 @@ from engine.layers import AdaLN, ChannelMLP, modulated_norm
 from engine.denoiser import DenoiserBase
 
 _ROPE_CACHE: dict[tuple, tuple[Tensor, Tensor]] = {}
+VETO_TRIES = 8  # CausalLM.generate: draws again after a vetoed one, at most
 
 
 def rope_tables(length: int, head_dim: int, device: torch.device,
@@ -181,11 +185,17 @@ class CausalLM(nn.Module):
 
     @torch.inference_mode()
     def generate(self, prefix: Tensor, n_new: int, temperature: float = 1.0, top_p: float = 1.0,
-                 generator: torch.Generator | None = None) -> Tensor:
+                 generator: torch.Generator | None = None, banned: Tensor | None = None,
+                 veto: Callable[[list[int], int], bool] | None = None) -> Tensor:
         """Decode n_new tokens after `prefix` (B, P), P >= 1 -> (B, P + n_new).
 
         temperature <= 0 is greedy. The KV cache (layers, B, H, P + n_new, hd) is allocated once.
+        `banned` ids (m,) are never drawn. `veto(ids so far, id)` (B = 1 only) rejects a draw,
+        which is then drawn again without that id, up to VETO_TRIES times (the rules the SFDLM's
+        sampler keeps in a template's slots, for a like-for-like comparison).
         """
+        if veto is not None and prefix.shape[0] != 1:
+            raise ValueError("veto works on one sequence at a time (B = 1)")
         b, p = prefix.shape
         assert p >= 1, "generate needs at least one prefix token (e.g. BOS)"
         total = p + n_new
@@ -204,7 +214,16 @@ class CausalLM(nn.Module):
         logits = self.head(self.ln_f(h[:, -1]))  # (B, V)
         cos_all, sin_all = rope_tables(total, hd, w.device, w.dtype)
         for pos in range(p, total):
+            if banned is not None and banned.numel():
+                logits = logits.index_fill(-1, banned.to(logits.device), -math.inf)
             tok = sample_next(logits, temperature, top_p, generator)  # (B,)
+            for _ in range(VETO_TRIES if veto is not None else 0):
+                if not veto(out[0, :pos].tolist(), int(tok[0])):
+                    break
+                logits = logits.index_fill(-1, tok, -math.inf)
+                if not bool(torch.isfinite(logits).any()):
+                    break
+                tok = sample_next(logits, temperature, top_p, generator)
             out[:, pos] = tok
             if pos == total - 1:
                 break

@@ -97,6 +97,28 @@ def test_generate_with_kv_cache_equals_no_cache_sampling() -> None:
     assert torch.equal(m.generate(prefix, 0), prefix)
 
 
+def test_banned_ids_are_never_drawn_and_a_veto_draws_again() -> None:
+    m = make("causal")
+    prefix = torch.zeros(1, 1, dtype=torch.long)
+    plain = m.generate(prefix, 30, temperature=0.0)[0, 1:].tolist()
+    favourite = max(set(plain), key=plain.count)  # what greedy decoding writes most
+    banned = m.generate(prefix, 30, temperature=0.0, banned=torch.tensor([favourite]))[0, 1:].tolist()
+    assert favourite not in banned
+    seen: list[tuple[int, int]] = []
+
+    def no_repeat(ids: list[int], t: int) -> bool:  # veto a token equal to the one before it
+        seen.append((len(ids), t))
+        return t == ids[-1]
+
+    for temperature in (0.0, 1.0):
+        out = m.generate(prefix, 40, temperature=temperature, generator=torch.Generator().manual_seed(1), veto=no_repeat)
+        ids = out[0].tolist()
+        assert all(a != b for a, b in zip(ids[1:], ids[2:])), "a vetoed draw was kept"
+    assert seen and seen[0][0] == 1, "the veto sees the ids written so far"
+    with pytest.raises(ValueError, match="B = 1"):
+        m.generate(torch.zeros(2, 1, dtype=torch.long), 3, veto=no_repeat)
+
+
 def test_top_p_keeps_only_the_nucleus() -> None:
     logits = torch.log(torch.tensor([[0.6, 0.3, 0.05, 0.05]]))
     g = torch.Generator().manual_seed(0)

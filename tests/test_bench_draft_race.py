@@ -44,3 +44,38 @@ def test_a_bad_setting_is_refused_with_a_message(tmp_path, capsys) -> None:
     else:
         raise AssertionError("a bad spec must exit with status 2")
     assert "steps" in capsys.readouterr().err
+
+
+def test_the_causal_model_under_the_label_rule_gets_the_samplers_cuts(tmp_path) -> None:
+    from bench.draft_quality import Job, ar_draft
+    from engine import template
+    from engine.config import SamplerConfig
+    from engine.tiny import corpus
+    from engine.words import build_lexicon
+
+    tok = build_tiny_tokenizer()
+    cfg = dataclasses.replace(tiny_config(tok.vocab_size), arch="causal")
+    torch.manual_seed(0)
+    checkpoint.save(tmp_path / "ar", build_model(cfg), cfg, tok, name="tiny-causal", lexicon=build_lexicon(corpus()))
+    ar = checkpoint.load(tmp_path / "ar")
+    text = "Aircraft: {{slot:4}}\nBrake pump: {{slot:6}}\n"
+    job = Job("t", layout=template.expand(text, ar.tokenizer), labels=(("brake", "pump"),))
+    calls: list[dict] = []
+    real = ar.model.generate
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    ar.model.generate = spy
+    fills, _, _ = ar_draft(ar, SamplerConfig(temperature=0.8), job, 0, [], 3, labels=True)
+    assert len(fills) == 2 and len(calls) == 2
+    banned, veto = calls[0]["banned"], calls[0]["veto"]
+    assert set(banned.tolist()) == set(ar.words.label_ids(list(job.layout.pins.values())))
+    assert "Aircraft" in {ar.tokenizer.decode([i]).strip() for i in banned.tolist()}
+    brake, pump = ar.tokenizer.encode(" brake"), ar.tokenizer.encode(" pump")
+    assert veto(brake + pump[:-1], pump[-1]), "a draw that writes out 'brake pump' is drawn again"
+    assert not veto(ar.tokenizer.encode(" the") + pump[:-1], pump[-1])
+    calls.clear()
+    ar_draft(ar, SamplerConfig(temperature=0.8), job, 0, [], 3)
+    assert calls[0]["banned"] is None and calls[0]["veto"] is None, "without the rule the causal model is left alone"
