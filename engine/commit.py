@@ -76,9 +76,9 @@ def ban_nearby_words(dist: Tensor, tokens: Tensor, fixed: Tensor, free_idx: Tens
     out = dist if inplace else dist.clone()
     saved = out[hit_rows]  # (m, V)
     out[at, ids] = 0.0
-    empty = hit_rows[out[hit_rows].sum(-1) <= 0]  # a row left with no mass keeps its distribution
-    if empty.numel():
-        out[empty] = saved[(hit_rows[:, None] == empty[None]).any(-1)]
+    empty = out[hit_rows].sum(-1) <= 0  # (m,) a row left with no mass keeps its distribution
+    if bool(empty.any()):
+        out[hit_rows[empty]] = saved[empty]
     return out
 
 

@@ -78,13 +78,14 @@ def step_weights(logits: Tensor, temperature: float, top_p: float, greedy: bool,
         weights.index_fill_(-1, avoid.ids, 0.0)
         total = weights.sum(-1)  # (n,)
         empty = (total <= 0).nonzero().flatten()  # rows the cut would leave with nothing: they keep x̂0
+        saved_s = None if shaped is None else shaped[:, avoid.ids]  # (n, m)
         if shaped is not None:
-            saved_s = shaped[:, avoid.ids]
             shaped.index_fill_(-1, avoid.ids, 0.0)
-            shaped[empty[:, None], avoid.ids] = saved_s[empty]
         if empty.numel():
             weights[empty[:, None], avoid.ids] = saved[empty]
             total[empty] = weights[empty].sum(-1)
+            if saved_s is not None:
+                shaped[empty[:, None], avoid.ids] = saved_s[empty]
     else:
         total = weights.sum(-1)  # (n,)
     if shaped is not None:  # a row whose best id was cut: its shaped weights from its best left

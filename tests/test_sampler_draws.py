@@ -7,17 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bench.draw_cost import flat_cdf
 from engine.commit import ban_nearby_words
 from engine.draws import DRAW_BLOCK, categorical
 from engine.x0 import shape_x0, step_weights, tempered
 from engine.words import LabelRule
-
-
-def flat_draw(probs: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """The definition: one uniform per row, the first id whose cumulative mass passes u * total."""
-    cdf = probs.cumsum(-1)
-    u = torch.rand(probs.shape[0], 1, generator=gen, dtype=probs.dtype)
-    return torch.searchsorted(cdf, u * cdf[:, -1:], right=True)[:, 0].clamp(max=probs.shape[1] - 1)
 
 
 @pytest.mark.parametrize("V", [DRAW_BLOCK * 3, 200, 5])
@@ -48,7 +42,7 @@ def test_draws_follow_the_row_weights_and_need_not_be_normalised() -> None:
 def test_a_draw_uses_one_uniform_per_row_and_matches_the_flat_search() -> None:
     gen_a, gen_b = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     probs = torch.rand(500, 1000, generator=torch.Generator().manual_seed(6)) ** 6
-    ours, flat = categorical(probs, gen_a), flat_draw(probs, gen_b)
+    ours, flat = categorical(probs, gen_a), flat_cdf(probs, gen_b)  # the plain one-level search
     assert torch.equal(torch.rand(3, generator=gen_a), torch.rand(3, generator=gen_b)), "the same random numbers used"
     assert float((ours == flat).double().mean()) > 0.99, "the same u lands on the same id but for rounding"
 
