@@ -390,3 +390,27 @@ def test_power_table_in_place_equals_autograd_path_and_has_no_subnormals(count: 
         assert torch.allclose(inner, power_table(base2, count).movedim(0, 1), rtol=1e-6, atol=0)
     inner_grad = power_table(base2.clone().requires_grad_(True), count, dim=1)
     assert torch.allclose(inner_grad.detach(), inner, rtol=1e-6, atol=0)
+
+
+def test_remembered_time_conditioning_is_what_a_fresh_product_gives() -> None:
+    """AdaLN and TimeEmbedding remember their rows at inference (layers.RowMemo): a hit is the
+    computed value, a batch is its rows alone, and a change of the weights is never served stale."""
+    from engine.layers import AdaLN, TimeEmbedding
+    torch.manual_seed(0)
+    ada, emb = AdaLN(16, 3), TimeEmbedding(8, 16)
+    torch.nn.init.normal_(ada.mod.weight)
+    t = torch.tensor([0.3, 0.7, 0.3])
+    with torch.no_grad():
+        c = emb(t)
+        assert torch.equal(c[0], c[2])
+        assert torch.equal(emb(t[1:2])[0], c[1])  # remembered, and equal to the row of the batch
+        m1 = ada(c[:1])
+        assert ada(c[:1]).data_ptr() == m1.data_ptr(), "the second call is served from memory"
+        fresh = ada.mod(torch.nn.functional.silu(c[:1])).view(1, 3, 3, 1, 16)
+        assert torch.equal(m1, fresh)
+        ada.mod.weight.add_(1.0)
+        m2 = ada(c[:1])
+        assert torch.equal(m2, ada.mod(torch.nn.functional.silu(c[:1])).view(1, 3, 3, 1, 16))
+        assert not torch.equal(m1, m2)
+    out = emb(t)  # training: computed, with gradients
+    assert out.requires_grad
