@@ -92,19 +92,25 @@ def spread_same_step(draw: Tensor, dist: Tensor, order: list[int], tokens: Tenso
     """Draws of the rows committed together in one step (`order`, most confident first), each
     drawn again without the words that are final within `window` positions of it, counting
     those committed before it in this step; a row left with no mass keeps its draw."""
-    cur = tokens.clone()  # (L,) with this step's accepted draws written in
-    final = fixed.clone()  # (L,)
+    cur, final = tokens.tolist(), fixed.tolist()  # (L,) with this step's accepted draws written in
+    pos, drawn = free_idx.tolist(), draw.tolist()
+    word = word_of.tolist() if len(order) > 8 else None  # a table for many lookups, else one by one
+
+    def word_at(tid: int) -> int:
+        return word[tid] if word is not None else int(word_of[tid])
+
     draw = draw.clone()
-    L = tokens.shape[0]
+    L = len(cur)
     for r in order:
-        p = int(free_idx[r])
+        p = pos[r]
         lo, hi = max(0, p - window), min(L, p + window + 1)
-        near = {int(word_of[cur[q]]) for q in range(lo, hi) if q != p and bool(final[q])} - {-1}
-        if int(word_of[draw[r]]) in near:
+        near = {word_at(cur[q]) for q in range(lo, hi) if q != p and final[q]} - {-1}
+        if word_at(drawn[r]) in near:
             d = dist[r].masked_fill(torch.isin(word_of, torch.tensor(sorted(near))), 0.0)  # (V,)
             if float(d.sum()) > 0:
                 draw[r] = _redraw(d, greedy, gen)
-        cur[p] = draw[r]
+                drawn[r] = int(draw[r])
+        cur[p] = drawn[r]
         final[p] = True
     return draw
 
@@ -115,13 +121,14 @@ def avoid_phrases(draw: Tensor, dist: Tensor, order: list[int], tokens: Tensor, 
     PHRASE_TRIES times, while it would write out one of `phrases` (a template's labels) with the
     final tokens around its position, counting those committed before it in this step. A row
     left with no mass keeps its last draw."""
-    cur, final, draw = tokens.clone(), fixed.clone(), draw.clone()  # (L,), (L,), (n,)
+    cur, final, draw = tokens.tolist(), fixed.tolist(), draw.clone()  # (L,), (L,), (n,)
+    pos = free_idx.tolist()
     for r in order:
-        p = int(free_idx[r])
+        p = pos[r]
         left, right = rule.neighbours(cur, final, p)
         d = dist[r]  # (V,)
+        t = int(draw[r])
         for _ in range(PHRASE_TRIES):
-            t = int(draw[r])
             if not rule.completes_phrase(left, t, right, phrases):
                 break
             d = d.clone()
@@ -129,6 +136,7 @@ def avoid_phrases(draw: Tensor, dist: Tensor, order: list[int], tokens: Tensor, 
             if float(d.sum()) <= 0:
                 break
             draw[r] = _redraw(d, greedy, gen)
-        cur[p] = draw[r]
+            t = int(draw[r])
+        cur[p] = t
         final[p] = True
     return draw

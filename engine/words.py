@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from itertools import groupby
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,6 +87,8 @@ class WordRule:
             if piece and not _alnum(piece[0]) and all(w in self.lexicon for w in words(piece)):
                 opener[i] = True
         self.opener = opener
+        # per token id, its text as runs of (is letter or digit, characters): broken_spans reads runs
+        self._runs = [tuple((alnum, "".join(g)) for alnum, g in groupby(piece, key=_alnum)) for piece in self.text]
         # the one word a token spells, as an index into a table of words (-1: none, or several)
         index: dict[str, int] = {}
         self._words = [words(piece) for piece in self.text]  # per token id, the words its text holds
@@ -124,15 +127,20 @@ class WordRule:
         return out
 
     @staticmethod
-    def neighbours(tokens: Tensor, final: Tensor, p: int) -> tuple[list[int], list[int]]:
-        """The final tokens right before and after position p, up to PHRASE_WINDOW each side."""
-        L = tokens.shape[0]
+    def neighbours(tokens: Tensor | list[int], final: Tensor | list[bool], p: int) -> tuple[list[int], list[int]]:
+        """The final tokens right before and after position p, up to PHRASE_WINDOW each side
+        (tokens and final as tensors (L,) or as lists)."""
+        if isinstance(tokens, Tensor):
+            tokens = tokens.tolist()
+        if isinstance(final, Tensor):
+            final = final.tolist()
+        L = len(tokens)
         a, b = p, p + 1
-        while a > 0 and p - a < PHRASE_WINDOW and bool(final[a - 1]):
+        while a > 0 and p - a < PHRASE_WINDOW and final[a - 1]:
             a -= 1
-        while b < L and b - p <= PHRASE_WINDOW and bool(final[b]):
+        while b < L and b - p <= PHRASE_WINDOW and final[b]:
             b += 1
-        return tokens[a:p].tolist(), tokens[p + 1:b].tolist()
+        return tokens[a:p], tokens[p + 1:b]
 
     def completes_phrase(self, left: list[int], token: int, right: list[int], phrases: list[tuple[str, ...]]) -> bool:
         """Whether `token`, between the final tokens `left` and `right` (its contiguous final
@@ -185,12 +193,12 @@ class WordRule:
                 close()
                 word, span, blind, prev_noise = "", [], False, True
                 continue
-            piece = self.text[tid] if tid < len(self.text) else ""
-            for i, ch in enumerate(piece):
-                if _alnum(ch):
+            runs = self._runs[tid] if tid < len(self._runs) else ()
+            for i, (alnum, chars) in enumerate(runs):
+                if alnum:
                     if not word:
                         blind = prev_noise and i == 0
-                    word += ch
+                    word += chars
                     if not span or span[-1] != pos:
                         span.append(pos)
                 else:
@@ -222,7 +230,8 @@ class WordRule:
         for _ in range(_PASSES):
             ids = torch.where(noise, torch.full_like(out, -1), out).tolist()
             spans = self.broken_spans(ids)
-            fix = sorted({p for span in spans for p in span if bool(can_fix[p]) and not bool(held[p])})
+            ok = (can_fix & ~held).tolist()
+            fix = sorted({p for span in spans for p in span if ok[p]})
             pos = torch.tensor(fix, dtype=torch.long)  # (m,)
             if fix:
                 w = weights[row_of[pos]]  # (m, V)
@@ -241,8 +250,9 @@ class WordRule:
         neighbours (the other repaired positions at their choices) replaced by the next best."""
         cur, best = tokens.clone(), best.clone()
         cur[pos] = best
+        cur_l, final_l = cur.tolist(), final.tolist()
         for j, p in enumerate(pos.tolist()):
-            left, right = self.neighbours(cur, final, p)
+            left, right = self.neighbours(cur_l, final_l, p)
             if not self.completes_phrase(left, int(best[j]), right, phrases):
                 continue
             ranked = torch.where(self.opener, w[j], torch.full_like(w[j], -1.0)).argsort(descending=True)
@@ -250,7 +260,7 @@ class WordRule:
                 if float(w[j, t]) >= 0 and bool(self.opener[t]) and not self.completes_phrase(left, t, right, phrases):
                     best[j] = t
                     break
-            cur[p] = best[j]
+            cur_l[p] = int(best[j])
         return best
 
 

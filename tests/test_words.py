@@ -268,3 +268,36 @@ def test_repair_does_not_write_a_label_out(tok, rule) -> None:
     assert plain[-1] == last_word and rule.completes_phrase(plain[:-1].tolist(), last_word, [], phrases)
     kept = rule.repair(tokens, held, weights[free_idx], free_idx, phrases=phrases)
     assert kept[-1] != last_word and not rule.completes_phrase(kept[:-1].tolist(), int(kept[-1]), [], phrases)
+
+
+def _spans_char_by_char(rule: WordRule, ids: list[int]) -> list[list[int]]:
+    """broken_spans read off its definition one character at a time (the rule reads runs)."""
+    spans, word, span, blind, prev_noise = [], "", [], False, False
+    for pos, tid in enumerate(ids):
+        if tid < 0:
+            if word and (blind or word.lower() not in rule.lexicon):
+                spans.append(span)
+            word, span, blind, prev_noise = "", [], False, True
+            continue
+        for i, ch in enumerate(rule.text[tid]):
+            if ch.isalnum():
+                if not word:
+                    blind = prev_noise and i == 0
+                word += ch
+                if not span or span[-1] != pos:
+                    span = [*span, pos]
+            else:
+                if word and (blind or word.lower() not in rule.lexicon):
+                    spans.append(span)
+                word, span, blind = "", [], False
+        prev_noise = False
+    if word and (blind or word.lower() not in rule.lexicon):
+        spans.append(span)
+    return spans
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_broken_spans_read_by_runs_are_those_read_by_characters(tok, rule, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(-1, tok.vocab_size, (60,), generator=g).tolist()
+    assert rule.broken_spans(ids) == _spans_char_by_char(rule, ids)
