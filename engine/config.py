@@ -61,6 +61,7 @@ class SamplerConfig:
     whole_words: bool = False  # tokens that become final are mended into words (engine.words)
     avoid_labels: bool = False  # free positions never draw the capitalised words of the template's text
     commit_power: float = 1.0  # commit schedule's exponent: > 1 commits few tokens early and more late
+    end_of_slot: bool = False  # with commit: <eos> ends a slot's fill and stays a suffix of it (engine.slot_end)
 
 
 # What engine.train writes into a new model folder (which always has a lexicon): the setting
@@ -83,6 +84,7 @@ class TrainConfig:
     clean_prob: float = 0.5  # chance a training sequence gets clean spans (prefix / spans / headings)
     max_seconds: float = 0.0  # > 0: stop after this much training time; the cosine schedule then runs over time
     feedback_share: float = 0.0  # fine-tuning on feedback (engine.feedback): share of each batch drawn from it
+    slot_share: float = 0.0  # share of each batch drawn as template-shaped rows (engine.slot_data: fills end in <eos>)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -46,6 +46,8 @@ from engine.diffusion import Denoiser, Diffusion
 from engine.draws import categorical
 from engine.kernels import FORBIDDEN_LOGIT
 from engine.positions import shift_positions
+from engine.slot_end import end_cut, same_step
+from engine.tokenizer import EOS
 from engine.words import LabelRule, WordRule
 from engine.x0 import shape_x0, step_weights, tempered  # noqa: F401  (shape_x0, tempered: the sampler's API)
 
@@ -233,6 +235,8 @@ def _check_config(cfg: SamplerConfig) -> None:
         raise ValueError(f"sampler no_repeat must be an integer in 0..64, got {cfg.no_repeat!r}")
     if not (math.isfinite(cfg.commit_power) and 0.25 <= cfg.commit_power <= 8.0):
         raise ValueError(f"sampler commit_power must be in 0.25..8, got {cfg.commit_power}")
+    if cfg.end_of_slot and not cfg.commit:
+        raise ValueError("end_of_slot needs commit=True: the rule orders a step's draws by their commit order")
     end = cfg.temperature_end
     if end is not None and not (math.isfinite(end) and end >= 0.0):
         raise ValueError(f"sampler temperature_end must be >= 0 (0 = argmax), got {end}")
@@ -347,10 +351,12 @@ def sample(
 @torch.inference_mode()
 def _reverse_step(model: Denoiser, diffusion: Diffusion, cfg: SamplerConfig, tokens: Tensor, held: Tensor, free_idx: Tensor,
                   forbidden_idx: Tensor, k: int, t_prev: float, t_now: float, device: torch.device,
-                  words: WordRule | None, n_commit: int, avoid: LabelRule) -> tuple[Tensor, Tensor, Tensor]:
+                  words: WordRule | None, n_commit: int, avoid: LabelRule, pins: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Step k: tokens at t_prev -> (tokens at t_now, confidence, newly committed), all (L,), held
     positions kept. With cfg.commit, the n_commit free positions whose x̂0 draw is most
-    confident take that draw and become final; the others take the posterior draw.
+    confident take that draw and become final; the others take the posterior draw. `held` is
+    what is fixed at this step (the caller's holds and the committed); `pins` (L,) the caller's
+    holds alone, which bound the slots of cfg.end_of_slot (default: held).
     Runs under inference mode; the mode ends before the generator yields to its caller."""
     S = cfg.steps
     new = tokens.clone()  # (L,)
@@ -364,8 +370,10 @@ def _reverse_step(model: Denoiser, diffusion: Diffusion, cfg: SamplerConfig, tok
     if forbidden_idx.numel():
         logits.index_fill_(-1, forbidden_idx, FORBIDDEN_LOGIT)  # ours to change: fresh from the head
     greedy = k == S and cfg.greedy_last
+    pins = held if pins is None else pins
+    ends = end_cut(tokens, pins, held, free_idx, EOS) if cfg.end_of_slot else None
     weights, shaped, total = step_weights(logits, step_temperature(cfg, k), cfg.top_p, greedy, tokens, held, free_idx,
-                                          words if cfg.whole_words else None, avoid)
+                                          words if cfg.whole_words else None, avoid, ends)
     z = tokens[free_idx]  # (n,)
     gen = _generator(cfg.seed, k)
     if greedy:
@@ -382,16 +390,19 @@ def _reverse_step(model: Denoiser, diffusion: Diffusion, cfg: SamplerConfig, tok
         else:
             draw = categorical(dist, gen)  # (n,)
         p_draw = weights.gather(-1, draw[:, None])[:, 0] / total  # (n,)
+        p_list = p_draw.tolist()  # Python floats: the sort reads each many times
         if cfg.commit_order == "frontier":  # grow the text from what is final: its right edges first
             left = (free_idx - 1).clamp(min=0)
             edge = ((free_idx > 0) & held[left]).tolist()
-            order = sorted(range(free_idx.numel()), key=lambda r: (not edge[r], -float(p_draw[r]), r))[:n_commit]
+            order = sorted(range(free_idx.numel()), key=lambda r: (not edge[r], -p_list[r], r))[:n_commit]
         else:
-            order = sorted(range(free_idx.numel()), key=lambda r: (-float(p_draw[r]), r))[:n_commit]
+            order = sorted(range(free_idx.numel()), key=lambda r: (-p_list[r], r))[:n_commit]
         if cfg.no_repeat and words is not None:
             draw = spread_same_step(draw, dist, order, tokens, held, free_idx, cfg.no_repeat, words.word_of, greedy, gen)
         if avoid.phrases and words is not None:
             draw = avoid_phrases(draw, dist, order, tokens, held, free_idx, avoid.phrases, words, greedy, gen)
+        if ends is not None:
+            draw = same_step(draw, dist, order, tokens, pins, held, free_idx, EOS, greedy, gen)
         final[torch.tensor(order)] = True
         chosen = torch.where(final, draw, chosen)
     elif k == S:
@@ -428,7 +439,7 @@ def _run(model: Denoiser, diffusion: Diffusion, cfg: SamplerConfig, tokens: Tens
         free_idx = (~fixed).nonzero().flatten()  # (n,)
         n_commit = max(0, commit_target(writable, k, S, cfg.commit_power) - int(committed.sum())) if cfg.commit else 0
         new, conf, now = _reverse_step(model, diffusion, cfg, tokens, fixed, free_idx, forbidden_idx, k, t_prev, t_now,
-                                       device, words, n_commit, avoid)
+                                       device, words, n_commit, avoid, held)
         new, conf = new.clone(), conf.clone()  # ordinary tensors for the caller, not inference tensors
         if cfg.commit:
             conf = torch.where(committed, last_conf, conf)  # a committed token keeps its confidence

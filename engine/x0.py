@@ -19,6 +19,7 @@ import math
 import torch
 from torch import Tensor
 
+from engine.slot_end import EndCut, apply_cut
 from engine.words import LabelRule, WordRule
 
 TEMPER_FLOOR = -80.0  # `tempered`: exponents below it give weight 0, never a subnormal float
@@ -59,11 +60,13 @@ def tempered(log_w: Tensor, temperature: float) -> Tensor:
 
 
 def step_weights(logits: Tensor, temperature: float, top_p: float, greedy: bool, tokens: Tensor, held: Tensor,
-                 free_idx: Tensor, words: WordRule | None, avoid: LabelRule) -> tuple[Tensor, Tensor | None, Tensor]:
+                 free_idx: Tensor, words: WordRule | None, avoid: LabelRule,
+                 ends: EndCut | None = None) -> tuple[Tensor, Tensor | None, Tensor]:
     """From the head's logits (n, V) at the free positions free_idx (consumed): (weights, x̂0 up
     to a factor per row with the step's cuts; the draw's shaped weights or None; the weights'
     row totals). Cuts: with `words`, only spaced tokens right after a held clause end; none of
-    the template's label ids in `avoid`; a row a cut would leave empty keeps its x̂0. Shaped:
+    the template's label ids in `avoid`; the end_of_slot rule's <eos> rows in `ends`
+    (engine.slot_end); a row a cut would leave empty keeps its x̂0. Shaped:
     None where x̂0 itself is drawn (T = 1 without top-p, or a greedy step), else weights ∝
     x̂0^(1/T) (`tempered`, with the same cuts) or shape_x0 (T = 0, top-p)."""
     top, top_id = logits.max(-1, keepdim=True)  # (n, 1), (n, 1)
@@ -73,6 +76,8 @@ def step_weights(logits: Tensor, temperature: float, top_p: float, greedy: bool,
     shaped = tempered(log_w, temperature) if tempering else None
     if words is not None:
         words.space_after_held_clause(weights, tokens, held, free_idx, also=shaped)
+    if ends is not None:
+        apply_cut(ends, weights, shaped)
     if avoid.ids.numel():
         saved = weights[:, avoid.ids]  # (n, m)
         weights.index_fill_(-1, avoid.ids, 0.0)

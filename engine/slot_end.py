@@ -1,0 +1,108 @@
+"""The end_of_slot rule: <eos> ends a slot's fill, and after it the slot holds only <eos>.
+
+A model trained on template-shaped rows (engine.slot_data) writes a short fill and then <eos> up
+to the slot's end, where one trained on running text runs on into the next label's line. The
+rule keeps that shape whatever the draws: <eos> stays a suffix of its slot.
+
+Glossary
+  run     a maximal run of positions the caller does not hold (template text, pins, edits held
+          as clean): a template's slot, or a free draft after its prefix
+  final   a position whose token is fixed at this step: held, or committed earlier
+  end     the first final <eos> of a run; the fill is the tokens before it
+
+Per step (rows are the free positions, as in engine.x0):
+  - a row with a final <eos> before it in its run may draw only <eos>;
+  - a row with a final token other than <eos> after it in its run, or the first position of
+    its run (a fill keeps at least one token), may not draw <eos>;
+  - rows committed together are checked in their commit order (`same_step`), each against
+    those accepted before it, as engine.commit does for repeated words.
+A row that the cut would leave with no mass keeps its x̂0, as the other cuts do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from engine.draws import categorical
+
+
+@dataclass(frozen=True)
+class EndCut:
+    """The rule's rows at one step, as indexes into free_idx: `no` may not draw eos, `only` may
+    draw nothing else."""
+
+    eos: int
+    no: Tensor  # (a,)
+    only: Tensor  # (b,)
+
+
+def end_cut(tokens: Tensor, held: Tensor, fixed: Tensor, free_idx: Tensor, eos: int) -> EndCut:
+    """The rule's rows for the free positions free_idx (n,); tokens, held (the caller's holds,
+    which bound the runs) and fixed (held or committed) are (L,)."""
+    L = tokens.shape[0]
+    pos = torch.arange(L)
+    run = torch.cumsum(held.long(), 0)  # (L,) positions of one run share it
+    own = fixed & ~held  # (L,) final tokens written in the runs
+    is_eos = tokens == eos
+    last_eos = torch.where(own & is_eos, pos, torch.full_like(pos, -1)).cummax(0).values  # (L,) at or before q
+    before = torch.cat([torch.full((1,), -1, dtype=torch.long), last_eos[:-1]])  # (L,) strictly before q
+    eos_before = (before >= 0) & (run[before.clamp(min=0)] == run)
+    words_at = torch.where(own & ~is_eos, pos, torch.full_like(pos, L))
+    next_word = words_at.flip(0).cummin(0).values.flip(0)  # (L,) at or after q
+    after = torch.cat([next_word[1:], torch.full((1,), L, dtype=torch.long)])  # (L,) strictly after q
+    word_after = (after < L) & (run[after.clamp(max=L - 1)] == run)
+    first = torch.cat([torch.ones(1, dtype=torch.bool), held[:-1]])  # (L,) a run starts here
+    only = eos_before & ~word_after  # (L,)
+    no = (first | word_after) & ~only  # (L,)
+    only, no = only[free_idx], no[free_idx]  # (n,)
+    return EndCut(eos, no.nonzero().flatten(), only.nonzero().flatten())
+
+
+def apply_cut(cut: EndCut, weights: Tensor, shaped: Tensor | None) -> None:
+    """In place on weights (n, V) (and `shaped`, the draw's weights, when given)."""
+    if cut.no.numel():
+        kept = weights[cut.no, cut.eos].clone()  # (a,)
+        weights[cut.no, cut.eos] = 0.0
+        empty = weights[cut.no].sum(-1) <= 0  # rows whose only mass was eos keep it
+        weights[cut.no[empty], cut.eos] = kept[empty]
+        if shaped is not None:
+            shaped[cut.no[~empty], cut.eos] = 0.0
+    if cut.only.numel():
+        for w in (weights, shaped):
+            if w is not None:
+                w[cut.only] = 0.0
+                w[cut.only, cut.eos] = 1.0
+
+
+def same_step(draw: Tensor, dist: Tensor, order: list[int], tokens: Tensor, held: Tensor, fixed: Tensor,
+              free_idx: Tensor, eos: int, greedy: bool, gen: torch.Generator) -> Tensor:
+    """Draws of the rows committed together in one step (`order`, most confident first), each
+    checked against the final tokens of its run, those accepted before it in this step included:
+    after an end, eos; an eos with a written token after it in the run, or at the run's first
+    position, drawn again without eos (kept where nothing else has mass)."""
+    cur, final, hold = tokens.tolist(), fixed.tolist(), held.tolist()
+    pos = free_idx.tolist()
+    draw = draw.clone()
+    L = len(cur)
+    for r in order:
+        p = pos[r]
+        a = p
+        while a > 0 and not hold[a - 1]:
+            a -= 1
+        b = p + 1
+        while b < L and not hold[b]:
+            b += 1
+        t = int(draw[r])
+        if any(final[q] and cur[q] == eos for q in range(a, p)):
+            t = eos
+        elif t == eos and (p == a or any(final[q] and cur[q] != eos for q in range(p + 1, b))):
+            d = dist[r].clone()
+            d[eos] = 0.0
+            if float(d.sum()) > 0:
+                t = int(d.argmax()) if greedy else int(categorical(d[None], gen)[0])
+        draw[r] = t
+        cur[p], final[p] = t, True
+    return draw

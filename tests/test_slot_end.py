@@ -1,0 +1,157 @@
+"""engine.slot_end: with end_of_slot, <eos> ends a slot's fill and stays a suffix of its slot."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+from engine.config import SamplerConfig
+from engine.slot_end import EndCut, apply_cut, end_cut, same_step
+from engine.tokenizer import EOS
+from test_sampler import V, FakeDenoiser, make, run
+
+L = 24
+PINS = {0: 5, 1: 6, 9: 7, 16: 8, 17: 9}  # runs 2..8, 10..15, 18..23
+
+
+class EosLeaning(nn.Module):
+    """FakeDenoiser's logits with <eos> raised, so that drafts draw it often and everywhere."""
+
+    def __init__(self, seed: int, lift: float = 2.5) -> None:
+        super().__init__()
+        self.inner, self.lift = FakeDenoiser(seed=seed), lift
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+        out = self.inner(x_t, t, clean).clone()
+        out[..., EOS] += self.lift
+        return out
+
+
+def runs_of(held: list[bool]) -> list[list[int]]:
+    out: list[list[int]] = []
+    for q, h in enumerate(held):
+        if h:
+            continue
+        if q == 0 or held[q - 1]:
+            out.append([])
+        out[-1].append(q)
+    return out
+
+
+def reference_cut(tokens: list[int], held: list[bool], fixed: list[bool], free: list[int]) -> tuple[set[int], set[int]]:
+    """The rule read off its definition, position by position."""
+    no, only = set(), set()
+    for run in runs_of(held):
+        for q in run:
+            if q not in free:
+                continue
+            r = free.index(q)
+            eos_before = any(fixed[p] and tokens[p] == EOS for p in run if p < q)
+            word_after = any(fixed[p] and tokens[p] != EOS for p in run if p > q)
+            if eos_before and not word_after:
+                only.add(r)
+            elif q == run[0] or word_after:
+                no.add(r)
+    return no, only
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_the_cut_rows_are_those_of_the_definition(seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    n = 40
+    held = torch.rand(n, generator=g) < 0.2
+    fixed = held | (torch.rand(n, generator=g) < 0.4)
+    tokens = torch.randint(0, 6, (n,), generator=g)
+    tokens[torch.rand(n, generator=g) < 0.3] = EOS
+    free_idx = (~fixed).nonzero().flatten()
+    cut = end_cut(tokens, held, fixed, free_idx, EOS)
+    no, only = reference_cut(tokens.tolist(), held.tolist(), fixed.tolist(), free_idx.tolist())
+    assert set(cut.no.tolist()) == no
+    assert set(cut.only.tolist()) == only
+
+
+def test_the_cut_takes_eos_from_some_rows_and_everything_else_from_others() -> None:
+    w = torch.rand(3, V) + 0.1
+    w[2] = 0.0
+    w[2, EOS] = 1.0  # a row whose only mass is eos keeps it
+    shaped = w.clone()
+    apply_cut(EndCut(EOS, torch.tensor([0, 2]), torch.tensor([1])), w, shaped)
+    assert float(w[0, EOS]) == 0.0 and float(shaped[0, EOS]) == 0.0
+    assert float(w[2, EOS]) == 1.0
+    assert torch.equal(w[1], torch.nn.functional.one_hot(torch.tensor(EOS), V).float())
+    assert torch.equal(shaped[1], w[1])
+
+
+def test_rows_committed_together_keep_eos_a_suffix() -> None:
+    held = torch.tensor([True] + [False] * 6 + [True])
+    tokens = torch.tensor([5, 1, 1, 1, 1, 1, 1, 6])
+    fixed = held.clone()
+    free_idx = torch.arange(1, 7)
+    # the most confident row (position 5) writes a word; position 3 then draws eos, which that
+    # word after it forbids, so it is drawn again; position 6 keeps its word
+    draw = torch.tensor([2, 2, EOS, 2, 4, 4])
+    dist = torch.ones(6, V)
+    out = same_step(draw, dist, [4, 2, 5], tokens, held, fixed, free_idx, EOS, True, torch.Generator())
+    assert int(out[4]) == 4 and int(out[2]) != EOS and int(out[5]) == 4
+    # an eos accepted first turns the words after it in its run into eos
+    draw = torch.tensor([2, EOS, 2, 2, 4, 4])
+    out = same_step(draw, dist, [1, 5, 0], tokens, held, fixed, free_idx, EOS, True, torch.Generator())
+    assert int(out[1]) == EOS and int(out[5]) == EOS
+    assert int(out[0]) != EOS, "a run's first position keeps a token"
+
+
+def _suffix_violations(tokens: list[int], held: list[bool]) -> int:
+    bad = 0
+    for run in runs_of(held):
+        ids = [tokens[q] for q in run]
+        if EOS in ids:
+            first = ids.index(EOS)
+            bad += first == 0 or any(t != EOS for t in ids[first:])
+    return bad
+
+
+@pytest.mark.parametrize("noise", ["uniform", "absorbing"])
+def test_eos_is_a_suffix_of_every_slot_at_every_step(noise: str) -> None:
+    cfg = SamplerConfig(steps=6, commit=True, commit_power=2.0, temperature=0.8, end_of_slot=True)
+    ended = 0
+    for seed in range(12):
+        steps = run(EosLeaning(seed), make(noise), dataclasses.replace(cfg, seed=seed), length=L, pins=PINS)
+        for st in steps[1:]:
+            fixed = (st.committed | st.pinned).tolist()
+            final = [t if f else -1 for t, f in zip(st.tokens.tolist(), fixed)]
+            held = st.pinned.tolist()
+            for run_ in runs_of(held):
+                ids = [final[q] for q in run_]
+                if EOS in ids:
+                    e = ids.index(EOS)
+                    assert e > 0 and all(t in (EOS, -1) for t in ids[e:]), (seed, st.index, ids)
+        last = steps[-1]
+        assert _suffix_violations(last.tokens.tolist(), last.pinned.tolist()) == 0
+        ended += EOS in last.tokens.tolist()
+    assert ended >= 6, "the model leans to eos: most drafts end a slot early"
+
+
+def test_without_the_rule_the_same_drafts_put_eos_inside_slots() -> None:
+    cfg = SamplerConfig(steps=6, commit=True, commit_power=2.0, temperature=0.8)
+    bad = 0
+    for seed in range(12):
+        last = run(EosLeaning(seed), make("uniform"), dataclasses.replace(cfg, seed=seed), length=L, pins=PINS)[-1]
+        bad += _suffix_violations(last.tokens.tolist(), last.pinned.tolist())
+    assert bad > 0
+
+
+def test_end_of_slot_needs_commit() -> None:
+    with pytest.raises(ValueError, match="end_of_slot needs commit"):
+        run(EosLeaning(0), make("uniform"), SamplerConfig(steps=4, end_of_slot=True), length=L, pins=PINS)
+
+
+def test_a_run_without_eos_is_unchanged_by_the_rule() -> None:
+    """Where the model never leans to eos the rule only forbids it at a run's first position."""
+    cfg = SamplerConfig(steps=6, commit=True, seed=3, temperature=0.0)
+    lean = EosLeaning(3, lift=-50.0)
+    a = run(lean, make("uniform"), cfg, length=L, pins=PINS)[-1]
+    b = run(lean, make("uniform"), dataclasses.replace(cfg, end_of_slot=True), length=L, pins=PINS)[-1]
+    assert torch.equal(a.tokens, b.tokens)
