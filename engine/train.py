@@ -39,6 +39,7 @@ from engine.clean_mask import random_clean_mask
 from engine.cli import Parser, one_line, out_path
 from engine.feedback import FeedbackError, FeedbackMix
 from engine.fine_tune import feedback_run, kept_name, record_forgetting_check
+from engine.slot_data import SlotMix
 from engine.config import RECOMMENDED_SAMPLER, DiffusionConfig, ModelConfig, TrainConfig, from_dict, to_dict
 from engine.tokenizer import Tokenizer
 from engine.train_data import (  # the data half of training, also imported from here by callers
@@ -124,7 +125,7 @@ def _rng_state(gens: dict[str, torch.Generator]) -> dict[str, Tensor]:
 def train(setup: Setup, train_texts: Sequence[str], val_texts: Sequence[str], out: Path, *,
           resume: bool = False, init_state: dict[str, Tensor] | None = None, device: str = "cpu",
           log_every: int = 10, save_every: int = 0, name: str = "sfdlm", stop_after: int | None = None,
-          keep_best: bool = False, mix: FeedbackMix | None = None, meta: dict[str, Any] | None = None,
+          keep_best: bool = False, mix: FeedbackMix | SlotMix | None = None, meta: dict[str, Any] | None = None,
           lineage: dict[str, str] | None = None) -> dict[str, Any]:
     """Run (or resume) training; returns the last validation metrics. Rank 0 writes the run dir.
 
@@ -286,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-from", type=Path, help="fine-tune: start from this model folder's weights, configs and tokenizer")
     p.add_argument("--feedback", type=Path, help="with --init-from: also train on this feedback folder (python -m storage.export training)")
     p.add_argument("--feedback-share", type=float, help="share of each batch drawn from --feedback (default 0.5)")
+    p.add_argument("--slot-share", type=float, help="share of each batch drawn as template-shaped rows whose fills end in <eos> (engine.slot_data; default 0)")
     p.add_argument("--version", help="version label written into the model's manifest (default: the --out folder's name)")
     p.add_argument("--tokenizer", type=Path, help="tokenizer.json to use (default: train one on the training split)")
     p.add_argument("--vocab-size", type=int, help="vocabulary size of a newly trained tokenizer (default: the model config's)")
@@ -372,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ("train", "batch_size"): args.batch_size, ("train", "max_steps"): args.max_steps, ("train", "lr"): args.lr,
             ("train", "warmup_steps"): args.warmup_steps, ("train", "eval_every"): args.eval_every, ("train", "seed"): args.seed,
             ("train", "max_seconds"): None if args.max_minutes is None else 60.0 * args.max_minutes,
-            ("train", "feedback_share"): args.feedback_share}
+            ("train", "feedback_share"): args.feedback_share, ("train", "slot_share"): args.slot_share}
     given.update({k: v for k, v in flag.items() if v is not None})
     tokenizer: Tokenizer | None = None
     init_state, lineage = None, None
@@ -420,6 +422,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         sections["model"]["vocab_size"] = tokenizer.vocab_size
         mcfg = from_dict(ModelConfig, sections["model"])
         meta, mix = feedback_run(args, tokenizer, tcfg)
+        if tcfg.slot_share:
+            if mix is not None:
+                raise TrainError("--slot-share and --feedback cannot be mixed in one run (fine-tune on one, then the other)")
+            mix = SlotMix(train_texts, tokenizer, tcfg.seq_len, tcfg.slot_share)
         if args.resume:
             lineage = checkpoint.read_lineage(args.out / "model") or None
             started = json.loads((args.out / "model" / "config.json").read_text())["meta"].get("init_from")
