@@ -23,7 +23,10 @@ Seconds per draft are wall-clock per draft with --threads torch threads (model l
 last quarter of the steps, and at the last step: how far the draft a reviewer watches still
 moves before it is done. "label echo" is the share of a template's fills that contain one of its
 own labels of two words or more ("part name", "nature of condition"), beside the same share in
-the real text cut to the same shape (SDR reports often carry such fields).
+the real text cut to the same shape (SDR reports often carry such fields). "fills ending a
+sentence" is the share of fills whose text ends with ". ! ?", beside the real text cut to the
+same word counts: a fill that stopped where its text did rather than at its slot's last position
+(a model trained with template rows, engine.slot_data, ends fills with <eos>).
 """
 
 from __future__ import annotations
@@ -84,6 +87,13 @@ def echo_rate(drafts: Sequence[Sequence[str]], labels: Sequence[tuple[str, ...]]
         return any(tuple(ws[i : i + len(lab)]) == lab for lab in labels for i in range(len(ws) - len(lab) + 1))
 
     return sum(has(ws) for ws in fills) / len(fills)
+
+
+def end_rate(drafts: Sequence[Sequence[str]]) -> float:
+    """Share of non-empty fills whose text ends a sentence (".", "!" or "?" last): a fill that
+    stopped where its text did, not one cut off by its slot's last position."""
+    fills = [f.rstrip() for d in drafts for f in d if f.strip()]
+    return sum(f[-1] in ".!?" for f in fills) / len(fills) if fills else float("nan")
 
 
 def _prefix_ids(ck: checkpoint.Checkpoint, test: Sequence[str], seed: int, n_words: int) -> list[int]:
@@ -177,7 +187,8 @@ def measure(judge: Judge, draw, job: Job, seeds: Sequence[int], test: Sequence[s
     late = (statistics.mean(c[0] for c in churn), statistics.mean(c[1] for c in churn)) if churn else None
     return {"row": job.name, "model": judge.score(drafts), "real": judge.score(real),
             "s_per_draft": statistics.median(secs), "churn": late, "example": drafts[0],
-            "echo": (echo_rate(drafts, job.labels), echo_rate(real, job.labels))}
+            "echo": (echo_rate(drafts, job.labels), echo_rate(real, job.labels)),
+            "ends": (end_rate(drafts), end_rate(real))}
 
 
 def ratios(model: Scores, real: Scores) -> dict[str, float]:
@@ -188,7 +199,7 @@ def _fmt_row(label: str, r: dict) -> str:
     m, q = r["model"], ratios(r["model"], r["real"])
     return (f"| {label} | {m.ppl:.1f} | {q['ppl']:.2f}x | {100 * m.oov:.1f} % | {q['oov']:.2f}x | {m.distinct2:.3f} | "
             f"{q['distinct2']:.2f}x | {100 * m.repeat:.1f} % | {q['repeat']:.2f}x | {m.entropy:.2f} | {q['entropy']:.2f}x | "
-            f"{r['s_per_draft']:.2f} | {_churn(r.get('churn'))} | {_echo(r.get('echo'))} |")
+            f"{r['s_per_draft']:.2f} | {_churn(r.get('churn'))} | {_echo(r.get('echo'))} | {_echo(r.get('ends'))} |")
 
 
 def _echo(e: tuple[float, float] | None) -> str:
@@ -200,7 +211,8 @@ def _churn(c: tuple[float, float] | None) -> str:
 
 
 HEADER = ("| {} | judge ppl | vs real | OOV | vs real | distinct-2 | vs real | repeat | vs real | entropy | vs real | s/draft "
-          "| changed / step, last ¼ / last | label echo (real) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| changed / step, last ¼ / last | label echo (real) | fills ending a sentence (real) |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -292,7 +304,7 @@ def _merge(judge: Judge, parts: Sequence[dict]) -> dict:
     return {"row": "+".join(p["row"] for p in parts), "model": pool("model"), "real": pool("real"),
             "s_per_draft": statistics.median(p["s_per_draft"] for p in parts), "example": parts[0]["example"],
             "churn": parts[0]["churn"] and tuple(statistics.mean(p["churn"][i] for p in parts) for i in (0, 1)),
-            "echo": parts[0]["echo"]}
+            "echo": parts[0]["echo"], "ends": parts[0].get("ends")}
 
 
 def _jsonable(obj: object) -> object:

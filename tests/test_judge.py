@@ -106,3 +106,9 @@ def test_samples_writes_every_template_and_seed(tmp_path) -> None:
     for name in ("corrective_action", "shift_handover"):
         assert f"## {name}" in text
     assert text.count("**Seed 0**") == text.count("**Seed 1**") == 5 and "**Seed 2**" not in text
+
+
+def test_end_rate_is_the_share_of_fills_that_end_a_sentence() -> None:
+    drafts = [["found crack at sta 540 .", "replaced the"], ["", "ops check ok! "]]
+    assert draft_quality.end_rate(drafts) == pytest.approx(2 / 3)
+    assert draft_quality.end_rate([[""]]) != draft_quality.end_rate([[""]])  # nan: nothing to rate
