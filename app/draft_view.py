@@ -61,7 +61,7 @@ def payload(svc: Services, ctrl: RunControl, frame: render.Frame, status: str = 
     """The draft view's value for `frame` of the run."""
     tok = svc.tokenizer
     return render.draft_payload(tok.pieces(frame.token_ids), frame, special=tok.special_ids, status=status,
-                                run_id=ctrl.run_id)
+                                run_id=ctrl.run_id, end=(tok.eos_id,))
 
 
 def view(svc: Services, ctrl: RunControl, status: str = "") -> DraftUpdate:

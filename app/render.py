@@ -6,7 +6,8 @@ Glossary
            (never innerHTML), so model text is never parsed as HTML there.
   kind     flags of a cell, one letter each: "p" pinned by a person, "m" fixed text of the template,
            "e" inside an edited span, "c" changed since the previous step, "s" special token
-           (noise / mask, shown as a placeholder)
+           (noise / mask, shown as a placeholder), "x" the end of a slot's text (<eos>, shown as
+           END_GLYPH: the fill stopped before its slot's last position)
   level    the model's confidence in the token bucketed into 5 colours (LEVELS)
   payload  the JSON value of the draft view: cells plus step, total steps, layout, timing and a
            caption; a click on a token sends back its position with the step and layout it was
@@ -24,7 +25,8 @@ from typing import Any
 
 LEVELS = (0.2, 0.4, 0.6, 0.8)  # upper bounds of levels 0..3; level 4 is >= 0.8
 SPECIAL_GLYPH = "\u2591"  # light shade: a position that holds no text yet (noise / mask)
-KIND_NAMES = {"p": "pinned", "m": "template", "e": "edited", "c": "changed", "s": "special"}
+END_GLYPH = "\u00b6"  # pilcrow: the text of this slot ends here (an <eos> position)
+KIND_NAMES = {"p": "pinned", "m": "template", "e": "edited", "c": "changed", "s": "special", "x": "end"}
 
 
 def confidence_level(c: float) -> int:
@@ -54,15 +56,18 @@ class Frame:
 _KIND_FLAG = {"pin": "p", "term": "p", "template": "m", "edit": "e"}
 
 
-def cells(pieces: Sequence[str], frame: Frame, special: Iterable[int] = ()) -> list[dict[str, Any]]:
-    """One cell per token (see the glossary)."""
-    special = frozenset(special)
+def cells(pieces: Sequence[str], frame: Frame, special: Iterable[int] = (), end: Iterable[int] = ()) -> list[dict[str, Any]]:
+    """One cell per token (see the glossary); `end` ids (<eos>) end a slot's text."""
+    special, end = frozenset(special), frozenset(end)
     out: list[dict[str, Any]] = []
     for i, (text, tid) in enumerate(zip(pieces, frame.token_ids, strict=True)):
         flags = _KIND_FLAG.get(frame.kinds[i], "") if i < len(frame.kinds) else ""
         if i < len(frame.changed) and frame.changed[i]:
             flags += "c"
-        if tid in special:
+        if tid in end:
+            flags += "x"
+            text = END_GLYPH
+        elif tid in special:
             flags += "s"
             text = SPECIAL_GLYPH
         conf = frame.confidence[i] if i < len(frame.confidence) else 0.0
@@ -89,10 +94,10 @@ def caption(frame: Frame, status: str = "") -> str:
 
 
 def draft_payload(pieces: Sequence[str], frame: Frame, *, special: Iterable[int] = (), status: str = "",
-                  run_id: int | None = None, selectable: bool = True) -> dict[str, Any]:
+                  run_id: int | None = None, selectable: bool = True, end: Iterable[int] = ()) -> dict[str, Any]:
     """The JSON value of the live draft view."""
     return {
-        "cells": cells(pieces, frame, special),
+        "cells": cells(pieces, frame, special, end),
         "step": frame.index,
         "total": frame.total,
         "layout": frame.layout,

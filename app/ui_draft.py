@@ -24,7 +24,7 @@ from app.ui_common import UNDOCUMENTED, event_value, keep, message, user_of
 TOKEN_TEMPLATE = '<div class="dd-view"><div class="dd-caption"></div><div class="dd-tokens" aria-label="draft"></div></div>'
 
 TOKEN_JS = r"""
-const FLAG = {p: 'pinned', m: 'template', e: 'edited', c: 'changed', s: 'special'};
+const FLAG = {p: 'pinned', m: 'template', e: 'edited', c: 'changed', s: 'special', x: 'end'};
 let shown = {step: 0, layout: 0};
 let press = null;
 let held = false, pending = false;  // while a button is down over the draft, the text holds still
@@ -109,7 +109,8 @@ LEGEND = (
     '<span class="tok c3">·</span><span class="tok c4">high</span> confidence &nbsp; '
     '<span class="tok c4 pinned">pinned</span> <span class="tok c4 template">template</span> '
     '<span class="tok c4 edited">edited</span> <span class="tok c2 changed">changed this step</span> '
-    f'<span class="tok c0 special">{render.SPECIAL_GLYPH}</span> noise, not written yet'
+    f'<span class="tok c0 special">{render.SPECIAL_GLYPH}</span> noise, not written yet &nbsp; '
+    f'<span class="tok c4 end">{render.END_GLYPH}</span> end of a slot\'s text'
     '</div>'
 )
 

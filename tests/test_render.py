@@ -62,3 +62,11 @@ def test_markdown_and_plain_text_downloads():
     assert md.startswith("# Shift handover\n") and "- **run:** 3" in md and md.endswith("line 1\nline 2\n")
     txt = render.to_plain_text("T", "body")
     assert txt.startswith("T\n===\n\nbody")
+
+
+def test_an_end_token_shows_the_end_glyph_not_the_noise_placeholder():
+    cells = render.cells(["", "x", "", ""], frame(token_ids=[3, 11, 1, 13]), special={1, 3}, end={3})
+    assert cells[0]["t"] == render.END_GLYPH and "x" in cells[0]["k"] and "s" not in cells[0]["k"]
+    assert cells[2]["t"] == render.SPECIAL_GLYPH and "s" in cells[2]["k"]
+    first = render.draft_html({"cells": cells}).split("<span")[1]
+    assert "end" in first.split('"')[1].split(), "the static view names the end class"
