@@ -12,8 +12,10 @@ Glossary
 
 Per step (rows are the free positions, as in engine.x0):
   - a row with a final <eos> before it in its run may draw only <eos>;
-  - a row with a final token other than <eos> after it in its run, or the first position of
-    its run (a fill keeps at least one token), may not draw <eos>;
+  - a row with a final token other than <eos> after it in its run, or one whose left neighbour
+    is not yet a final token of its run (the first position of a run included: a fill keeps at
+    least one token), may not draw <eos>: a fill's end is placed right after written text and
+    grows to the right, never back over positions still to be written;
   - rows committed together are checked in their commit order (`same_step`), each against
     those accepted before it, as engine.commit does for repeated words.
 A row that the cut would leave with no mass keeps its x̂0, as the other cuts do.
@@ -54,9 +56,9 @@ def end_cut(tokens: Tensor, held: Tensor, fixed: Tensor, free_idx: Tensor, eos: 
     next_word = words_at.flip(0).cummin(0).values.flip(0)  # (L,) at or after q
     after = torch.cat([next_word[1:], torch.full((1,), L, dtype=torch.long)])  # (L,) strictly after q
     word_after = (after < L) & (run[after.clamp(max=L - 1)] == run)
-    first = torch.cat([torch.ones(1, dtype=torch.bool), held[:-1]])  # (L,) a run starts here
+    left_open = torch.cat([torch.ones(1, dtype=torch.bool), ~own[:-1]])  # (L,) left neighbour not written and final
     only = eos_before & ~word_after  # (L,)
-    no = (first | word_after) & ~only  # (L,)
+    no = (left_open | word_after) & ~only  # (L,)
     only, no = only[free_idx], no[free_idx]  # (n,)
     return EndCut(eos, no.nonzero().flatten(), only.nonzero().flatten())
 
@@ -81,8 +83,9 @@ def same_step(draw: Tensor, dist: Tensor, order: list[int], tokens: Tensor, held
               free_idx: Tensor, eos: int, greedy: bool, gen: torch.Generator) -> Tensor:
     """Draws of the rows committed together in one step (`order`, most confident first), each
     checked against the final tokens of its run, those accepted before it in this step included:
-    after an end, eos; an eos with a written token after it in the run, or at the run's first
-    position, drawn again without eos (kept where nothing else has mass)."""
+    after an end, eos; an eos with a written token after it in the run, or whose left neighbour
+    is not final (the run's first position included), drawn again without eos (kept where
+    nothing else has mass)."""
     cur, final, hold = tokens.tolist(), fixed.tolist(), held.tolist()
     pos = free_idx.tolist()
     draw = draw.clone()
@@ -98,7 +101,7 @@ def same_step(draw: Tensor, dist: Tensor, order: list[int], tokens: Tensor, held
         t = int(draw[r])
         if any(final[q] and cur[q] == eos for q in range(a, p)):
             t = eos
-        elif t == eos and (p == a or any(final[q] and cur[q] != eos for q in range(p + 1, b))):
+        elif t == eos and (p == a or not final[p - 1] or any(final[q] and cur[q] != eos for q in range(p + 1, b))):
             d = dist[r].clone()
             d[eos] = 0.0
             if float(d.sum()) > 0:

@@ -20,7 +20,7 @@ PINS = {0: 5, 1: 6, 9: 7, 16: 8, 17: 9}  # runs 2..8, 10..15, 18..23
 class EosLeaning(nn.Module):
     """FakeDenoiser's logits with <eos> raised, so that drafts draw it often and everywhere."""
 
-    def __init__(self, seed: int, lift: float = 2.5) -> None:
+    def __init__(self, seed: int, lift: float = 4.0) -> None:
         super().__init__()
         self.inner, self.lift = FakeDenoiser(seed=seed), lift
 
@@ -53,7 +53,7 @@ def reference_cut(tokens: list[int], held: list[bool], fixed: list[bool], free: 
             word_after = any(fixed[p] and tokens[p] != EOS for p in run if p > q)
             if eos_before and not word_after:
                 only.add(r)
-            elif q == run[0] or word_after:
+            elif q == run[0] or not fixed[q - 1] or word_after:
                 no.add(r)
     return no, only
 
@@ -96,10 +96,15 @@ def test_rows_committed_together_keep_eos_a_suffix() -> None:
     dist = torch.ones(6, V)
     out = same_step(draw, dist, [4, 2, 5], tokens, held, fixed, free_idx, EOS, True, torch.Generator())
     assert int(out[4]) == 4 and int(out[2]) != EOS and int(out[5]) == 4
-    # an eos accepted first turns the words after it in its run into eos
+    # an eos right after written text turns the words accepted after it in its run into eos
     draw = torch.tensor([2, EOS, 2, 2, 4, 4])
-    out = same_step(draw, dist, [1, 5, 0], tokens, held, fixed, free_idx, EOS, True, torch.Generator())
-    assert int(out[1]) == EOS and int(out[5]) == EOS
+    out = same_step(draw, dist, [0, 1, 5], tokens, held, fixed, free_idx, EOS, True, torch.Generator())
+    assert int(out[0]) == 2 and int(out[1]) == EOS and int(out[5]) == EOS
+    # an eos whose left neighbour is still to be written waits: drawn again without eos
+    out = same_step(draw, dist, [1, 0, 5], tokens, held, fixed, free_idx, EOS, True, torch.Generator())
+    assert int(out[1]) != EOS and int(out[5]) == 4
+    draw = torch.tensor([EOS, 2, 2, 2, 4, 4])
+    out = same_step(draw, dist, [0], tokens, held, fixed, free_idx, EOS, True, torch.Generator())
     assert int(out[0]) != EOS, "a run's first position keeps a token"
 
 
