@@ -24,9 +24,10 @@ last quarter of the steps, and at the last step: how far the draft a reviewer wa
 moves before it is done. "label echo" is the share of a template's fills that contain one of its
 own labels of two words or more ("part name", "nature of condition"), beside the same share in
 the real text cut to the same shape (SDR reports often carry such fields). "fills ending a
-sentence" is the share of fills whose text ends with ". ! ?", beside the real text cut to the
-same word counts: a fill that stopped where its text did rather than at its slot's last position
-(a model trained with template rows, engine.slot_data, ends fills with <eos>).
+sentence" is the share of fills whose text ends with ". ! ?": a fill that stopped where its text
+did rather than at its slot's last position (a model trained with template rows,
+engine.slot_data, ends fills with <eos>). Real text has no such figure here: it is cut to the
+drafts' word counts as words, without punctuation.
 """
 
 from __future__ import annotations
@@ -188,7 +189,7 @@ def measure(judge: Judge, draw, job: Job, seeds: Sequence[int], test: Sequence[s
     return {"row": job.name, "model": judge.score(drafts), "real": judge.score(real),
             "s_per_draft": statistics.median(secs), "churn": late, "example": drafts[0],
             "echo": (echo_rate(drafts, job.labels), echo_rate(real, job.labels)),
-            "ends": (end_rate(drafts), end_rate(real))}
+            "ends": end_rate(drafts)}
 
 
 def ratios(model: Scores, real: Scores) -> dict[str, float]:
@@ -199,11 +200,15 @@ def _fmt_row(label: str, r: dict) -> str:
     m, q = r["model"], ratios(r["model"], r["real"])
     return (f"| {label} | {m.ppl:.1f} | {q['ppl']:.2f}x | {100 * m.oov:.1f} % | {q['oov']:.2f}x | {m.distinct2:.3f} | "
             f"{q['distinct2']:.2f}x | {100 * m.repeat:.1f} % | {q['repeat']:.2f}x | {m.entropy:.2f} | {q['entropy']:.2f}x | "
-            f"{r['s_per_draft']:.2f} | {_churn(r.get('churn'))} | {_echo(r.get('echo'))} | {_echo(r.get('ends'))} |")
+            f"{r['s_per_draft']:.2f} | {_churn(r.get('churn'))} | {_echo(r.get('echo'))} | {_share(r.get('ends'))} |")
 
 
 def _echo(e: tuple[float, float] | None) -> str:
     return "-" if e is None or e[0] != e[0] else f"{100 * e[0]:.0f} % ({100 * e[1]:.0f} %)"
+
+
+def _share(x: float | None) -> str:
+    return "-" if x is None or x != x else f"{100 * x:.0f} %"
 
 
 def _churn(c: tuple[float, float] | None) -> str:
@@ -211,7 +216,7 @@ def _churn(c: tuple[float, float] | None) -> str:
 
 
 HEADER = ("| {} | judge ppl | vs real | OOV | vs real | distinct-2 | vs real | repeat | vs real | entropy | vs real | s/draft "
-          "| changed / step, last ¼ / last | label echo (real) | fills ending a sentence (real) |\n"
+          "| changed / step, last ¼ / last | label echo (real) | fills ending a sentence |\n"
           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
