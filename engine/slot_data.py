@@ -33,7 +33,8 @@ from engine.tokenizer import EOS, Tokenizer
 from engine.train_data import windows
 from engine.words import words
 
-SLOT_MIN, SLOT_MAX = 4, 48  # slot lengths drawn, tokens
+SLOT_MIN, SLOT_MAX = 4, 48  # a fill's budget, tokens
+TIGHT = 0.7  # share of fills that end early whose slot is sized to them (up to a third more)
 LABEL_WORDS = 3  # at most, per label
 SENTENCE_END = " ."
 
@@ -75,19 +76,26 @@ class SlotMix:
         label = " ".join(ws[i:i + n])
         return label.upper() if title else label.capitalize()
 
-    def _fill(self, rnd: list[float], n: int) -> list[int]:
-        """n ids: whole sentences of one report from a random sentence on, then <eos>; or the first
-        n ids of that sentence when it alone is longer."""
+    def _fill(self, rnd: list[float]) -> list[int]:
+        """A slot's ids: whole sentences of one report from a random sentence on, within a budget
+        of SLOT_MIN..SLOT_MAX tokens (a first sentence over it is cut to it: a long answer runs to
+        the slot's end), then <eos>. Where the text ends early the slot is mostly sized to it
+        (TIGHT of the time: up to a third more positions than the text), as a template's author
+        sizes slots to the usual answer; otherwise it keeps the whole budget."""
         report = self.reports[_pick(rnd, len(self.reports))]
         i = _pick(rnd, len(report))
+        budget = SLOT_MIN + _pick(rnd, SLOT_MAX - SLOT_MIN + 1)
         ids: list[int] = []
         for s in report[i:]:
             more = self.tok.encode(" " + s)
-            if len(ids) + len(more) > n:
+            if len(ids) + len(more) > budget:
                 if not ids:  # the first sentence alone is longer: it runs to the slot's end
-                    return more[:n]
+                    return more[:budget]
                 break
             ids += more
+        n = budget
+        if len(ids) < budget and rnd.pop() < TIGHT:
+            n = min(budget, len(ids) + _pick(rnd, max(2, len(ids) // 3) + 1))
         return ids + [EOS] * (n - len(ids))
 
     def row(self, rnd: list[float]) -> tuple[Tensor, Tensor]:
@@ -101,9 +109,9 @@ class SlotMix:
             lines = []
             layout = expand(("\n" if ids else "") + text, self.tok)
             fixed = [layout.pins[p] for p in range(layout.slots[0].start)]
-            n = SLOT_MIN + _pick(rnd, SLOT_MAX - SLOT_MIN + 1)
-            ids += fixed + self._fill(rnd, n)
-            clean += [True] * len(fixed) + [False] * n
+            fill = self._fill(rnd)
+            ids += fixed + fill
+            clean += [True] * len(fixed) + [False] * len(fill)
         row, mask = torch.tensor(ids[:L]), torch.tensor(clean[:L])
         if bool(mask.all()):  # at least one position is learnt
             mask[-1] = False

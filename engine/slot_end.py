@@ -63,8 +63,12 @@ def end_cut(tokens: Tensor, held: Tensor, fixed: Tensor, free_idx: Tensor, eos: 
     return EndCut(eos, no.nonzero().flatten(), only.nonzero().flatten())
 
 
-def apply_cut(cut: EndCut, weights: Tensor, shaped: Tensor | None) -> None:
-    """In place on weights (n, V) (and `shaped`, the draw's weights, when given)."""
+def apply_cut(cut: EndCut, weights: Tensor, shaped: Tensor | None) -> tuple[Tensor, Tensor]:
+    """In place on weights (n, V) (and `shaped`, the draw's weights, when given). Returns the
+    rows that lost eos and the weight each lost: the caller counts it in the row's total, so a
+    draw's confidence is still its share of x̂0 (a position the model thinks has ended is not
+    made confident by the cut, and is committed late, once the text before it is written)."""
+    rows, lost = cut.no, weights.new_zeros(0)
     if cut.no.numel():
         kept = weights[cut.no, cut.eos].clone()  # (a,)
         weights[cut.no, cut.eos] = 0.0
@@ -72,11 +76,13 @@ def apply_cut(cut: EndCut, weights: Tensor, shaped: Tensor | None) -> None:
         weights[cut.no[empty], cut.eos] = kept[empty]
         if shaped is not None:
             shaped[cut.no[~empty], cut.eos] = 0.0
+        rows, lost = cut.no[~empty], kept[~empty]
     if cut.only.numel():
         for w in (weights, shaped):
             if w is not None:
                 w[cut.only] = 0.0
                 w[cut.only, cut.eos] = 1.0
+    return rows, lost
 
 
 def same_step(draw: Tensor, dist: Tensor, order: list[int], tokens: Tensor, held: Tensor, fixed: Tensor,

@@ -76,8 +76,7 @@ def step_weights(logits: Tensor, temperature: float, top_p: float, greedy: bool,
     shaped = tempered(log_w, temperature) if tempering else None
     if words is not None:
         words.space_after_held_clause(weights, tokens, held, free_idx, also=shaped)
-    if ends is not None:
-        apply_cut(ends, weights, shaped)
+    held_back = apply_cut(ends, weights, shaped) if ends is not None else None
     if avoid.ids.numel():
         saved = weights[:, avoid.ids]  # (n, m)
         weights.index_fill_(-1, avoid.ids, 0.0)
@@ -93,6 +92,8 @@ def step_weights(logits: Tensor, temperature: float, top_p: float, greedy: bool,
                 shaped[empty[:, None], avoid.ids] = saved_s[empty]
     else:
         total = weights.sum(-1)  # (n,)
+    if held_back is not None:  # eos mass a row may not draw yet still counts against its draw's confidence
+        total.index_add_(0, held_back[0], held_back[1])
     if shaped is not None:  # a row whose best id was cut: its shaped weights from its best left
         rows = (weights.gather(-1, top_id)[:, 0] == 0).nonzero().flatten()  # (r,)
         if rows.numel():

@@ -160,3 +160,22 @@ def test_a_run_without_eos_is_unchanged_by_the_rule() -> None:
     a = run(lean, make("uniform"), cfg, length=L, pins=PINS)[-1]
     b = run(lean, make("uniform"), dataclasses.replace(cfg, end_of_slot=True), length=L, pins=PINS)[-1]
     assert torch.equal(a.tokens, b.tokens)
+
+
+def test_eos_a_row_may_not_draw_still_counts_against_its_confidence() -> None:
+    """The cut takes eos out of the draw, not out of the row's total: a position the model
+    thinks has ended is not made confident by the cut (so it is committed late)."""
+    from engine.words import LabelRule
+    from engine.x0 import step_weights
+    logits = torch.zeros(2, V)
+    logits[:, EOS] = 3.0  # eos is the model's best guess at both rows
+    tokens = torch.tensor([5, 1, 1, 6])
+    held = torch.tensor([True, False, False, True])
+    free_idx = torch.tensor([1, 2])
+    cut = end_cut(tokens, held, held, free_idx, EOS)  # row 0 opens its run, row 1 has no final left neighbour
+    assert set(cut.no.tolist()) == {0, 1}
+    weights, shaped, total = step_weights(logits.clone(), 0.5, 1.0, False, tokens, held, free_idx, None, LabelRule(), cut)
+    assert float(weights[:, EOS].max()) == 0.0 and float(shaped[:, EOS].max()) == 0.0
+    full = torch.exp(logits - 3.0).sum(-1)  # the rows' x̂0 totals before the cut
+    assert torch.allclose(total, full)
+    assert float((weights.max(-1).values / total).max()) < 0.1, "a word here is a low-confidence draw"
