@@ -112,6 +112,7 @@ class Setup:
     diffusion_cfg: DiffusionConfig
     train_cfg: TrainConfig
     tokenizer: Tokenizer
+    end_of_slot: bool = False  # the saved sampler settings turn on end_of_slot (the weights learnt <eos> in slots)
 
 
 def _dist() -> tuple[int, int]:
@@ -194,7 +195,8 @@ def train(setup: Setup, train_texts: Sequence[str], val_texts: Sequence[str], ou
                 "world_size": world, "device": device, "validation": history[-1] if history else None, **(meta or {})}
 
     def save_model(folder: Path) -> None:
-        checkpoint.save(folder, model, mcfg, tok, diffusion_cfg=setup.diffusion_cfg, sampler_cfg=RECOMMENDED_SAMPLER,
+        sampler = dataclasses.replace(RECOMMENDED_SAMPLER, end_of_slot=setup.end_of_slot or cfg.slot_share > 0)
+        checkpoint.save(folder, model, mcfg, tok, diffusion_cfg=setup.diffusion_cfg, sampler_cfg=sampler,
                         name=name, meta=model_meta(), lexicon=lexicon, lineage=lineage)
 
     def save() -> None:
@@ -378,6 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     given.update({k: v for k, v in flag.items() if v is not None})
     tokenizer: Tokenizer | None = None
     init_state, lineage = None, None
+    inherited_end = False
     if args.resume and (args.init_from or args.tokenizer or args.vocab_size):
         _fail("--resume continues the run in --out with its own weights and tokenizer; "
               "--init-from, --tokenizer and --vocab-size start a new run (give a new --out)")
@@ -401,6 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _fail(f"--init-from keeps the architecture of {args.init_from}, but this command asks for " + ", ".join(changed)
                   + " (drop those settings, or train from scratch without --init-from)")
         tokenizer, init_state = ck.tokenizer, ck.model.state_dict()
+        inherited_end = ck.sampler_cfg.end_of_slot  # a fine-tune keeps writing fills that end
         lineage = {"version": args.version or args.out.resolve().name, "parent": ck.model_id}
     elif args.version:
         lineage = {"version": args.version}
@@ -428,8 +432,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             mix = SlotMix(train_texts, tokenizer, tcfg.seq_len, tcfg.slot_share)
         if args.resume:
             lineage = checkpoint.read_lineage(args.out / "model") or None
-            started = json.loads((args.out / "model" / "config.json").read_text())["meta"].get("init_from")
+            saved = json.loads((args.out / "model" / "config.json").read_text())
+            started = saved["meta"].get("init_from")
             meta |= {"init_from": started} if started else {}
+            inherited_end = bool(saved.get("sampler", {}).get("end_of_slot"))
         elif args.init_from:
             meta["init_from"] = str(args.init_from.resolve())
     except (ValueError, TypeError, OSError, TrainError, FeedbackError) as exc:
@@ -448,7 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   + (" and --keep-best keeps nothing" if args.keep_best else "")
                   + " (prepare the corpus with a validation share, engine.corpus prepare --split)", file=sys.stderr)
     try:
-        metrics = train(Setup(mcfg, dcfg, tcfg, tokenizer), train_texts, val_texts, args.out, resume=args.resume,
+        metrics = train(Setup(mcfg, dcfg, tcfg, tokenizer, inherited_end), train_texts, val_texts, args.out, resume=args.resume,
                         init_state=init_state, device=device, log_every=args.log_every, save_every=args.save_every, name=name,
                         keep_best=args.keep_best, mix=mix, meta=meta, lineage=lineage)
         if rank == 0 and meta.get("init_from") and Path(meta["init_from"]).is_dir():

@@ -106,3 +106,23 @@ def test_cli_refuses_a_bad_slot_share(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit):
         main(["--data", str(data), "--out", str(tmp_path / "o"), "--slot-share", "1.5", "--max-steps", "1", "--vocab-size", "300"])
     assert "share" in capsys.readouterr().err
+
+
+def test_a_model_that_learnt_eos_in_slots_keeps_end_of_slot_through_fine_tunes(tmp_path: Path) -> None:
+    """--slot-share writes end_of_slot into the model's sampler settings, and a later fine-tune
+    of that model (on plain text, say) keeps it: its weights still write <eos> in slots."""
+    data = tmp_path / "docs"
+    data.mkdir()
+    for i, s in enumerate(SENTENCES):
+        (data / f"r{i}.txt").write_text(s)
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"model": {"d_model": 32, "n_layers": 2, "d_state": 8, "fourier_blocks": 2, "n_heads": 2, "time_dim": 16},
+                               "train": {"seq_len": 48, "batch_size": 2, "warmup_steps": 1}}))
+    common = ["--max-steps", "1", "--seq-len", "48", "--batch-size", "2"]
+    assert main(["--data", str(data), "--out", str(tmp_path / "plain"), "--config", str(cfg), "--vocab-size", "300", *common]) == 0
+    assert not checkpoint.load(tmp_path / "plain" / "model").sampler_cfg.end_of_slot
+    assert main(["--data", str(data), "--out", str(tmp_path / "slots"), "--init-from", str(tmp_path / "plain" / "model"),
+                 "--slot-share", "0.5", *common]) == 0
+    assert checkpoint.load(tmp_path / "slots" / "model").sampler_cfg.end_of_slot
+    assert main(["--data", str(data), "--out", str(tmp_path / "again"), "--init-from", str(tmp_path / "slots" / "model"), *common]) == 0
+    assert checkpoint.load(tmp_path / "again" / "model").sampler_cfg.end_of_slot
