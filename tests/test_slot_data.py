@@ -82,7 +82,8 @@ def test_a_share_outside_its_range_is_refused(tok) -> None:
         SlotMix(list(SENTENCES), tok, L, 0.0)
 
 
-def test_cli_fine_tunes_with_template_rows_and_records_the_share(tmp_path: Path) -> None:
+def _tiny_run(tmp_path: Path) -> tuple[Path, Path]:
+    """(a folder of the tiny sentences as documents, a config of a very small model)."""
     data = tmp_path / "docs"
     data.mkdir()
     for i, s in enumerate(SENTENCES):
@@ -90,6 +91,11 @@ def test_cli_fine_tunes_with_template_rows_and_records_the_share(tmp_path: Path)
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps({"model": {"d_model": 32, "n_layers": 2, "d_state": 8, "fourier_blocks": 2, "n_heads": 2, "time_dim": 16},
                                "train": {"seq_len": 48, "batch_size": 2, "warmup_steps": 1}}))
+    return data, cfg
+
+
+def test_cli_fine_tunes_with_template_rows_and_records_the_share(tmp_path: Path) -> None:
+    data, cfg = _tiny_run(tmp_path)
     assert main(["--data", str(data), "--out", str(tmp_path / "base"), "--config", str(cfg), "--vocab-size", "300",
                  "--max-steps", "1"]) == 0
     assert main(["--data", str(data), "--out", str(tmp_path / "ft"), "--init-from", str(tmp_path / "base" / "model"),
@@ -111,13 +117,7 @@ def test_cli_refuses_a_bad_slot_share(tmp_path: Path, capsys) -> None:
 def test_a_model_that_learnt_eos_in_slots_keeps_end_of_slot_through_fine_tunes(tmp_path: Path) -> None:
     """--slot-share writes end_of_slot into the model's sampler settings, and a later fine-tune
     of that model (on plain text, say) keeps it: its weights still write <eos> in slots."""
-    data = tmp_path / "docs"
-    data.mkdir()
-    for i, s in enumerate(SENTENCES):
-        (data / f"r{i}.txt").write_text(s)
-    cfg = tmp_path / "cfg.json"
-    cfg.write_text(json.dumps({"model": {"d_model": 32, "n_layers": 2, "d_state": 8, "fourier_blocks": 2, "n_heads": 2, "time_dim": 16},
-                               "train": {"seq_len": 48, "batch_size": 2, "warmup_steps": 1}}))
+    data, cfg = _tiny_run(tmp_path)
     common = ["--max-steps", "1", "--seq-len", "48", "--batch-size", "2"]
     assert main(["--data", str(data), "--out", str(tmp_path / "plain"), "--config", str(cfg), "--vocab-size", "300", *common]) == 0
     assert not checkpoint.load(tmp_path / "plain" / "model").sampler_cfg.end_of_slot
