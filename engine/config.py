@@ -61,7 +61,7 @@ class SamplerConfig:
     whole_words: bool = False  # tokens that become final are mended into words (engine.words)
     avoid_labels: bool = False  # free positions never draw the capitalised words of the template's text
     commit_power: float = 1.0  # commit schedule's exponent: > 1 commits few tokens early and more late
-    end_of_slot: bool = False  # with commit: <eos> ends a slot's fill and stays a suffix of it (engine.slot_end)
+    end_of_slot: bool = False  # <eos> ends a slot's fill and stays a suffix of it (engine.slot_end; without commit: no <eos>)
 
 
 # What engine.train writes into a new model folder (which always has a lexicon): the setting

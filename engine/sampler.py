@@ -235,8 +235,6 @@ def _check_config(cfg: SamplerConfig) -> None:
         raise ValueError(f"sampler no_repeat must be an integer in 0..64, got {cfg.no_repeat!r}")
     if not (math.isfinite(cfg.commit_power) and 0.25 <= cfg.commit_power <= 8.0):
         raise ValueError(f"sampler commit_power must be in 0.25..8, got {cfg.commit_power}")
-    if cfg.end_of_slot and not cfg.commit:
-        raise ValueError("end_of_slot needs commit=True: the rule orders a step's draws by their commit order")
     end = cfg.temperature_end
     if end is not None and not (math.isfinite(end) and end >= 0.0):
         raise ValueError(f"sampler temperature_end must be >= 0 (0 = argmax), got {end}")

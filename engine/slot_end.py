@@ -18,7 +18,9 @@ Per step (rows are the free positions, as in engine.x0):
     grows to the right, never back over positions still to be written;
   - rows committed together are checked in their commit order (`same_step`), each against
     those accepted before it, as engine.commit does for repeated words.
-A row that the cut would leave with no mass keeps its x̂0, as the other cuts do.
+A row that the cut would leave with no mass keeps its x̂0, as the other cuts do. Without commit
+nothing in a run is final before the last step, so no row may draw <eos>: the rule then only
+keeps <eos> out of slots.
 """
 
 from __future__ import annotations

@@ -148,9 +148,14 @@ def test_without_the_rule_the_same_drafts_put_eos_inside_slots() -> None:
     assert bad > 0
 
 
-def test_end_of_slot_needs_commit() -> None:
-    with pytest.raises(ValueError, match="end_of_slot needs commit"):
-        run(EosLeaning(0), make("uniform"), SamplerConfig(steps=4, end_of_slot=True), length=L, pins=PINS)
+def test_without_commit_the_rule_keeps_eos_out_of_slots() -> None:
+    cfg = SamplerConfig(steps=4, temperature=0.8, end_of_slot=True)
+    for seed in range(6):
+        steps = run(EosLeaning(seed), make("uniform"), dataclasses.replace(cfg, seed=seed), length=L, pins=PINS)
+        free = ~steps[-1].pinned
+        assert not bool((steps[-1].tokens[free] == EOS).any())
+        plain = run(EosLeaning(seed), make("uniform"), dataclasses.replace(cfg, seed=seed, end_of_slot=False), length=L, pins=PINS)
+        assert bool((plain[-1].tokens[free] == EOS).any()), "the model leans to eos: without the rule it writes some"
 
 
 def test_a_run_without_eos_is_unchanged_by_the_rule() -> None:
