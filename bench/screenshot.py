@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="docs/screenshot.png", help="PNG to write (default docs/screenshot.png)")
     p.add_argument("--template", default="Corrective action", help="template to draft (default Corrective action)")
     p.add_argument("--seed", type=int, default=1, help="seed of the draft (default 1)")
-    p.add_argument("--term", default="iaw amm", help="term to lock while it streams (default \"iaw amm\")")
+    p.add_argument("--term", default="corrosion", help="term to lock while it streams (default \"corrosion\")")
     args = p.parse_args(argv)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
