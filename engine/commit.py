@@ -94,18 +94,14 @@ def spread_same_step(draw: Tensor, dist: Tensor, order: list[int], tokens: Tenso
     those committed before it in this step; a row left with no mass keeps its draw."""
     cur, final = tokens.tolist(), fixed.tolist()  # (L,) with this step's accepted draws written in
     pos, drawn = free_idx.tolist(), draw.tolist()
-    word = word_of.tolist() if len(order) > 8 else None  # a table for many lookups, else one by one
-
-    def word_at(tid: int) -> int:
-        return word[tid] if word is not None else int(word_of[tid])
-
+    word = word_of.tolist()  # (V,) read once per step: the loop looks words up many times
     draw = draw.clone()
     L = len(cur)
     for r in order:
         p = pos[r]
         lo, hi = max(0, p - window), min(L, p + window + 1)
-        near = {word_at(cur[q]) for q in range(lo, hi) if q != p and final[q]} - {-1}
-        if word_at(drawn[r]) in near:
+        near = {word[cur[q]] for q in range(lo, hi) if q != p and final[q]} - {-1}
+        if word[drawn[r]] in near:
             d = dist[r].masked_fill(torch.isin(word_of, torch.tensor(sorted(near))), 0.0)  # (V,)
             if float(d.sum()) > 0:
                 draw[r] = _redraw(d, greedy, gen)

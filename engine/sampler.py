@@ -349,12 +349,12 @@ def sample(
 @torch.inference_mode()
 def _reverse_step(model: Denoiser, diffusion: Diffusion, cfg: SamplerConfig, tokens: Tensor, held: Tensor, free_idx: Tensor,
                   forbidden_idx: Tensor, k: int, t_prev: float, t_now: float, device: torch.device,
-                  words: WordRule | None, n_commit: int, avoid: LabelRule, pins: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+                  words: WordRule | None, n_commit: int, avoid: LabelRule, pins: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Step k: tokens at t_prev -> (tokens at t_now, confidence, newly committed), all (L,), held
     positions kept. With cfg.commit, the n_commit free positions whose x̂0 draw is most
     confident take that draw and become final; the others take the posterior draw. `held` is
     what is fixed at this step (the caller's holds and the committed); `pins` (L,) the caller's
-    holds alone, which bound the slots of cfg.end_of_slot (default: held).
+    holds alone, which bound the slots of cfg.end_of_slot.
     Runs under inference mode; the mode ends before the generator yields to its caller."""
     S = cfg.steps
     new = tokens.clone()  # (L,)
@@ -368,7 +368,6 @@ def _reverse_step(model: Denoiser, diffusion: Diffusion, cfg: SamplerConfig, tok
     if forbidden_idx.numel():
         logits.index_fill_(-1, forbidden_idx, FORBIDDEN_LOGIT)  # ours to change: fresh from the head
     greedy = k == S and cfg.greedy_last
-    pins = held if pins is None else pins
     ends = end_cut(tokens, pins, held, free_idx, EOS) if cfg.end_of_slot else None
     weights, shaped, total = step_weights(logits, step_temperature(cfg, k), cfg.top_p, greedy, tokens, held, free_idx,
                                           words if cfg.whole_words else None, avoid, ends)

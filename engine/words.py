@@ -127,13 +127,9 @@ class WordRule:
         return out
 
     @staticmethod
-    def neighbours(tokens: Tensor | list[int], final: Tensor | list[bool], p: int) -> tuple[list[int], list[int]]:
+    def neighbours(tokens: list[int], final: list[bool], p: int) -> tuple[list[int], list[int]]:
         """The final tokens right before and after position p, up to PHRASE_WINDOW each side
-        (tokens and final as tensors (L,) or as lists)."""
-        if isinstance(tokens, Tensor):
-            tokens = tokens.tolist()
-        if isinstance(final, Tensor):
-            final = final.tolist()
+        (tokens and final as lists of the L positions)."""
         L = len(tokens)
         a, b = p, p + 1
         while a > 0 and p - a < PHRASE_WINDOW and final[a - 1]:
