@@ -22,7 +22,7 @@ import math
 import torch
 from torch import Tensor
 
-from engine.draws import categorical
+from engine.draws import categorical, has_mass
 from engine.words import PHRASE_TRIES, WordRule
 
 
@@ -51,11 +51,12 @@ def derive_committed(confidence: Tensor, held: Tensor, index: int, total_steps: 
 
 
 def ban_nearby_words(dist: Tensor, tokens: Tensor, fixed: Tensor, free_idx: Tensor, window: int, rule: WordRule,
-                     inplace: bool = False) -> Tensor:
+                     inplace: bool = False, best: Tensor | None = None) -> Tensor:
     """dist (n, V) with zero mass on every token that spells the same word as a token that is
     final (fixed) within `window` positions of the row's position (" slide", "slide", " Slide"
     alike); a row left with no mass keeps its original distribution. With `inplace`, dist itself
-    is changed and returned; otherwise a copy, where a row changes."""
+    is changed and returned; otherwise a copy, where a row changes. `best` (n,), the rows' best
+    ids, only makes the check for emptied rows cheaper (`draws.has_mass`)."""
     word_of = rule.word_of
     L = tokens.shape[0]
     offsets = torch.cat([torch.arange(-window, 0), torch.arange(1, window + 1)])  # (2w,)
@@ -74,11 +75,12 @@ def ban_nearby_words(dist: Tensor, tokens: Tensor, fixed: Tensor, free_idx: Tens
     at = rows[pair]  # (q,) its row
     hit_rows = torch.unique(rows)  # (m,)
     out = dist if inplace else dist.clone()
-    saved = out[hit_rows]  # (m, V)
+    kept = out[at, ids]  # (q,) what the ban takes away
     out[at, ids] = 0.0
-    empty = out[hit_rows].sum(-1) <= 0  # (m,) a row left with no mass keeps its distribution
+    empty = ~has_mass(out, hit_rows, best)  # (m,) a row left with no mass keeps its distribution
     if bool(empty.any()):
-        out[hit_rows[empty]] = saved[empty]
+        back = torch.isin(at, hit_rows[empty])  # (q,)
+        out[at[back], ids[back]] = kept[back]
     return out
 
 

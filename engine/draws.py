@@ -14,6 +14,21 @@ from torch import Tensor
 DRAW_BLOCK = 64  # ids per block of the two-level inverse CDF in `categorical`
 
 
+def has_mass(weights: Tensor, rows: Tensor, hint: Tensor | None = None) -> Tensor:
+    """(r,) bool: which rows `rows` (r,) of the non-negative weights (n, V) keep some mass.
+
+    `hint` (n,) names one id per row that usually carries weight (the row's best id before any
+    cut): a row whose hinted weight is positive has mass, and only the others are summed. The
+    answer is the same as summing every row; the hint saves a copy and a pass over (r, V)."""
+    if hint is None:
+        return weights[rows].sum(-1) > 0
+    out = weights[rows, hint[rows]] > 0  # (r,)
+    doubt = (~out).nonzero().flatten()
+    if doubt.numel():
+        out[doubt] = weights[rows[doubt]].sum(-1) > 0
+    return out
+
+
 def categorical(probs: Tensor, generator: torch.Generator) -> Tensor:
     """(n,) one draw per row of (n, V) probabilities by inverse CDF: one uniform per row, instead
     of V random numbers per row. Rows need not be normalised. An id with probability 0 is never

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from engine.draws import categorical
+from engine.draws import categorical, has_mass
 
 
 @dataclass(frozen=True)
@@ -65,8 +65,9 @@ def end_cut(tokens: Tensor, held: Tensor, fixed: Tensor, free_idx: Tensor, eos: 
     return EndCut(eos, no.nonzero().flatten(), only.nonzero().flatten())
 
 
-def apply_cut(cut: EndCut, weights: Tensor, shaped: Tensor | None) -> tuple[Tensor, Tensor]:
-    """In place on weights (n, V) (and `shaped`, the draw's weights, when given). Returns the
+def apply_cut(cut: EndCut, weights: Tensor, shaped: Tensor | None, best: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """In place on weights (n, V) (and `shaped`, the draw's weights, when given); `best` (n,), the
+    rows' best ids, only makes the check for emptied rows cheaper (`draws.has_mass`). Returns the
     rows that lost eos and the weight each lost: the caller counts it in the row's total, so a
     draw's confidence is still its share of x̂0 (a position the model thinks has ended is not
     made confident by the cut, and is committed late, once the text before it is written)."""
@@ -74,7 +75,7 @@ def apply_cut(cut: EndCut, weights: Tensor, shaped: Tensor | None) -> tuple[Tens
     if cut.no.numel():
         kept = weights[cut.no, cut.eos].clone()  # (a,)
         weights[cut.no, cut.eos] = 0.0
-        empty = weights[cut.no].sum(-1) <= 0  # rows whose only mass was eos keep it
+        empty = ~has_mass(weights, cut.no, best)  # rows whose only mass was eos keep it
         weights[cut.no[empty], cut.eos] = kept[empty]
         if shaped is not None:
             shaped[cut.no[~empty], cut.eos] = 0.0

@@ -56,17 +56,18 @@ def tempered(log_w: Tensor, temperature: float) -> Tensor:
     subnormal float, on which arithmetic runs 30-40x slower on x86
     (docs/notebook/2026-12-06-cheaper-steps.md). Otherwise the distribution of
     shape_x0(exp(log_w), temperature)."""
-    return torch.nn.functional.threshold(log_w * (1.0 / temperature), TEMPER_FLOOR, -math.inf).exp_()
+    return torch.nn.functional.threshold_(log_w * (1.0 / temperature), TEMPER_FLOOR, -math.inf).exp_()
 
 
 def step_weights(logits: Tensor, temperature: float, top_p: float, greedy: bool, tokens: Tensor, held: Tensor,
                  free_idx: Tensor, words: WordRule | None, avoid: LabelRule,
-                 ends: EndCut | None = None) -> tuple[Tensor, Tensor | None, Tensor]:
+                 ends: EndCut | None = None) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
     """From the head's logits (n, V) at the free positions free_idx (consumed): (weights, x̂0 up
     to a factor per row with the step's cuts; the draw's shaped weights or None; the weights'
-    row totals). Cuts: with `words`, only spaced tokens right after a held clause end; none of
-    the template's label ids in `avoid`; the end_of_slot rule's <eos> rows in `ends`
-    (engine.slot_end); a row a cut would leave empty keeps its x̂0. Shaped:
+    row totals; each row's best id before the cuts, (n,)). Cuts: with `words`, only spaced
+    tokens right after a held clause end; none of the template's label ids in `avoid`; the
+    end_of_slot rule's <eos> rows in `ends` (engine.slot_end); a row a cut would leave empty
+    keeps its x̂0. Shaped:
     None where x̂0 itself is drawn (T = 1 without top-p, or a greedy step), else weights ∝
     x̂0^(1/T) (`tempered`, with the same cuts) or shape_x0 (T = 0, top-p)."""
     top, top_id = logits.max(-1, keepdim=True)  # (n, 1), (n, 1)
@@ -76,7 +77,7 @@ def step_weights(logits: Tensor, temperature: float, top_p: float, greedy: bool,
     shaped = tempered(log_w, temperature) if tempering else None
     if words is not None:
         words.space_after_held_clause(weights, tokens, held, free_idx, also=shaped)
-    held_back = apply_cut(ends, weights, shaped) if ends is not None else None
+    held_back = apply_cut(ends, weights, shaped, top_id[:, 0]) if ends is not None else None
     if avoid.ids.numel():
         saved = weights[:, avoid.ids]  # (n, m)
         weights.index_fill_(-1, avoid.ids, 0.0)
@@ -102,4 +103,4 @@ def step_weights(logits: Tensor, temperature: float, top_p: float, greedy: bool,
             shaped[rows] = tempered(lw - lw.amax(-1, keepdim=True), temperature)
     elif not greedy and not (temperature == 1.0 and top_p == 1.0):
         shaped = shape_x0(weights, temperature, top_p)
-    return weights, shaped, total
+    return weights, shaped, total, top_id[:, 0]

@@ -9,7 +9,7 @@ import torch
 
 from bench.draw_cost import flat_cdf
 from engine.commit import ban_nearby_words
-from engine.draws import DRAW_BLOCK, categorical
+from engine.draws import DRAW_BLOCK, categorical, has_mass
 from engine.x0 import shape_x0, step_weights, tempered
 from engine.words import LabelRule
 
@@ -66,7 +66,7 @@ def test_a_step_cut_of_a_rows_best_id_tempers_from_the_best_left() -> None:
     logits[:, 4] = 9.0  # every row's best is id 4
     logits[:, 7] = 3.0
     labels = LabelRule(ids=torch.tensor([4]))
-    weights, shaped, total = step_weights(logits.clone(), 0.5, 1.0, False, torch.zeros(5, dtype=torch.long),
+    weights, shaped, total, _ = step_weights(logits.clone(), 0.5, 1.0, False, torch.zeros(5, dtype=torch.long),
                                           torch.zeros(5, dtype=torch.bool), torch.tensor([0, 1, 2]), None, labels)
     assert bool((weights[:, 4] == 0).all()) and bool((shaped[:, 4] == 0).all()), "the label id is cut from both"
     assert bool((shaped[:, 7] == 1.0).all()), "the best id left weighs 1, not e^-12"
@@ -74,7 +74,7 @@ def test_a_step_cut_of_a_rows_best_id_tempers_from_the_best_left() -> None:
     torch.testing.assert_close(total, weights.sum(-1))
     only = torch.full((1, V), -1e9)
     only[0, 4] = 0.0  # a row whose only id is a label id keeps it
-    w1, s1, t1 = step_weights(only, 0.5, 1.0, False, torch.zeros(2, dtype=torch.long), torch.zeros(2, dtype=torch.bool),
+    w1, s1, t1, _ = step_weights(only, 0.5, 1.0, False, torch.zeros(2, dtype=torch.long), torch.zeros(2, dtype=torch.bool),
                               torch.tensor([0]), None, labels)
     assert float(w1[0, 4]) == 1.0 and float(s1[0, 4]) == 1.0 and float(t1[0]) == 1.0
 
@@ -121,3 +121,21 @@ def test_ban_nearby_words_matches_its_definition() -> None:
         mine = dist.clone()
         assert ban_nearby_words(mine, tokens, fixed, free_idx, 3, rule, inplace=True) is mine
         assert torch.equal(mine, want)
+        best = dist.argmax(-1) if trial % 2 else torch.randint(V, (free_idx.numel(),), generator=gen)  # a hint, good or not
+        hinted = dist.clone()
+        assert torch.equal(ban_nearby_words(hinted, tokens, fixed, free_idx, 3, rule, inplace=True, best=best), want)
+
+
+def test_has_mass_with_a_hint_agrees_with_summing_every_row() -> None:
+    gen = torch.Generator().manual_seed(4)
+    w = torch.rand(60, 50, generator=gen)
+    w[torch.rand(60, 50, generator=gen) < 0.8] = 0.0
+    w[::7] = 0.0  # rows with nothing left
+    w[3] = 0.0
+    w[3, 49] = 1e-40  # a subnormal weight is still mass
+    rows = torch.tensor([0, 3, 7, 8, 14, 21, 30, 59, 5])
+    want = w[rows].sum(-1) > 0
+    for hint in (w.argmax(-1), torch.zeros(60, dtype=torch.long), torch.randint(50, (60,), generator=gen)):
+        assert torch.equal(has_mass(w, rows, hint), want)
+    assert torch.equal(has_mass(w, rows), want)
+    assert bool(want[1]) and not bool(want[2])

@@ -179,7 +179,7 @@ def test_eos_a_row_may_not_draw_still_counts_against_its_confidence() -> None:
     free_idx = torch.tensor([1, 2])
     cut = end_cut(tokens, held, held, free_idx, EOS)  # row 0 opens its run, row 1 has no final left neighbour
     assert set(cut.no.tolist()) == {0, 1}
-    weights, shaped, total = step_weights(logits.clone(), 0.5, 1.0, False, tokens, held, free_idx, None, LabelRule(), cut)
+    weights, shaped, total, _ = step_weights(logits.clone(), 0.5, 1.0, False, tokens, held, free_idx, None, LabelRule(), cut)
     assert float(weights[:, EOS].max()) == 0.0 and float(shaped[:, EOS].max()) == 0.0
     full = torch.exp(logits - 3.0).sum(-1)  # the rows' x̂0 totals before the cut
     assert torch.allclose(total, full)
