@@ -85,6 +85,7 @@ class TrainConfig:
     max_seconds: float = 0.0  # > 0: stop after this much training time; the cosine schedule then runs over time
     feedback_share: float = 0.0  # fine-tuning on feedback (engine.feedback): share of each batch drawn from it
     slot_share: float = 0.0  # share of each batch drawn as template-shaped rows (engine.slot_data: fills end in <eos>)
+    slot_tight: float = 0.7  # of those rows' fills that end early, the share in a slot sized to them (engine.slot_data)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from engine.train_data import windows
 from engine.words import words
 
 SLOT_MIN, SLOT_MAX = 4, 48  # a fill's budget, tokens
-TIGHT = 0.7  # share of fills that end early whose slot is sized to them (up to a third more)
+TIGHT = 0.7  # default share of fills that end early whose slot is sized to them (up to a third more)
 LABEL_WORDS = 3  # at most, per label
 SENTENCE_END = " ."
 
@@ -56,10 +56,12 @@ class SlotMix:
     rows from the noise generator, as the plain loop does, so a run is deterministic and resumes
     exactly. Template-shaped rows are clean on their labels only."""
 
-    def __init__(self, texts: Sequence[str], tok: Tokenizer, seq_len: int, share: float) -> None:
+    def __init__(self, texts: Sequence[str], tok: Tokenizer, seq_len: int, share: float, tight: float = TIGHT) -> None:
         if not 0.0 < share <= 1.0:
             raise ValueError(f"the template-row share must be in (0, 1], got {share}")
-        self.tok, self.seq_len, self.share = tok, seq_len, share
+        if not 0.0 <= tight <= 1.0:
+            raise ValueError(f"the share of tight slots must be in [0, 1], got {tight}")
+        self.tok, self.seq_len, self.share, self.tight = tok, seq_len, share, tight
         self.reports = [s for s in (sentences(t) for t in texts) if s]
         if not self.reports:
             raise ValueError("no report with a sentence to fill slots from")
@@ -80,7 +82,7 @@ class SlotMix:
         """A slot's ids: whole sentences of one report from a random sentence on, within a budget
         of SLOT_MIN..SLOT_MAX tokens (a first sentence over it is cut to it: a long answer runs to
         the slot's end), then <eos>. Where the text ends early the slot is mostly sized to it
-        (TIGHT of the time: up to a third more positions than the text), as a template's author
+        (`tight` of the time: up to a third more positions than the text), as a template's author
         sizes slots to the usual answer; otherwise it keeps the whole budget."""
         report = self.reports[_pick(rnd, len(self.reports))]
         i = _pick(rnd, len(report))
@@ -94,7 +96,7 @@ class SlotMix:
                 break
             ids += more
         n = budget
-        if len(ids) < budget and rnd.pop() < TIGHT:
+        if len(ids) < budget and rnd.pop() < self.tight:
             n = min(budget, len(ids) + _pick(rnd, max(2, len(ids) // 3) + 1))
         return ids + [EOS] * (n - len(ids))
 

@@ -290,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feedback", type=Path, help="with --init-from: also train on this feedback folder (python -m storage.export training)")
     p.add_argument("--feedback-share", type=float, help="share of each batch drawn from --feedback (default 0.5)")
     p.add_argument("--slot-share", type=float, help="share of each batch drawn as template-shaped rows whose fills end in <eos> (engine.slot_data; default 0)")
+    p.add_argument("--slot-tight", type=float, help="of the template-shaped fills that end early, the share whose slot is sized to them (default 0.7; the rest keep a longer slot, so <eos> runs are longer)")
     p.add_argument("--version", help="version label written into the model's manifest (default: the --out folder's name)")
     p.add_argument("--tokenizer", type=Path, help="tokenizer.json to use (default: train one on the training split)")
     p.add_argument("--vocab-size", type=int, help="vocabulary size of a newly trained tokenizer (default: the model config's)")
@@ -376,7 +377,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             ("train", "batch_size"): args.batch_size, ("train", "max_steps"): args.max_steps, ("train", "lr"): args.lr,
             ("train", "warmup_steps"): args.warmup_steps, ("train", "eval_every"): args.eval_every, ("train", "seed"): args.seed,
             ("train", "max_seconds"): None if args.max_minutes is None else 60.0 * args.max_minutes,
-            ("train", "feedback_share"): args.feedback_share, ("train", "slot_share"): args.slot_share}
+            ("train", "feedback_share"): args.feedback_share, ("train", "slot_share"): args.slot_share,
+            ("train", "slot_tight"): args.slot_tight}
     given.update({k: v for k, v in flag.items() if v is not None})
     tokenizer: Tokenizer | None = None
     init_state, lineage = None, None
@@ -386,6 +388,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               "--init-from, --tokenizer and --vocab-size start a new run (give a new --out)")
     if args.feedback_share is not None and not args.feedback:
         _fail("--feedback-share needs --feedback DIR")
+    if args.slot_tight is not None and not args.slot_share:
+        _fail("--slot-tight shapes the template-shaped rows: give --slot-share as well")
     if args.feedback and not (args.init_from or args.resume):
         _fail("--feedback fine-tunes an existing model: give --init-from MODEL (or --resume such a fine-tune)")
     if args.feedback and not args.resume:
@@ -429,7 +433,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if tcfg.slot_share:
             if mix is not None:
                 raise TrainError("--slot-share and --feedback cannot be mixed in one run (fine-tune on one, then the other)")
-            mix = SlotMix(train_texts, tokenizer, tcfg.seq_len, tcfg.slot_share)
+            mix = SlotMix(train_texts, tokenizer, tcfg.seq_len, tcfg.slot_share, tcfg.slot_tight)
         if args.resume:
             lineage = checkpoint.read_lineage(args.out / "model") or None
             saved = json.loads((args.out / "model" / "config.json").read_text())

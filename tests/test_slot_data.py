@@ -80,6 +80,33 @@ def test_rows_are_a_function_of_the_generator_and_share_picks_how_many(tok, mix)
 def test_a_share_outside_its_range_is_refused(tok) -> None:
     with pytest.raises(ValueError, match="share"):
         SlotMix(list(SENTENCES), tok, L, 0.0)
+    with pytest.raises(ValueError, match="tight"):
+        SlotMix(list(SENTENCES), tok, L, 0.5, tight=1.5)
+
+
+def _eos_tail(m: SlotMix, seeds: range) -> float:
+    """Mean length of the <eos> run of the fills that end early, over the rows of `seeds`."""
+    tails = []
+    for seed in seeds:
+        ids, clean = m.row(torch.rand(4 * L, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).tolist())
+        for f in _fills(ids.tolist(), clean.tolist())[:-1]:
+            if EOS in f:
+                tails.append(len(f) - f.index(EOS))
+    assert len(tails) > 20
+    return sum(tails) / len(tails)
+
+
+def test_loose_slots_leave_longer_eos_runs_than_tight_ones(tok) -> None:
+    """`tight` is the share of early-ending fills whose slot is sized to the text (up to a third
+    more positions); the others keep their whole budget, so their <eos> runs are longer."""
+    tight, loose = SlotMix(list(SENTENCES), tok, L, 1.0, tight=1.0), SlotMix(list(SENTENCES), tok, L, 1.0, tight=0.0)
+    assert _eos_tail(loose, range(120)) > 1.5 * _eos_tail(tight, range(120))
+    for seed in range(40):  # tight: never more than a third of the text's length (at least 2) past its end
+        ids, clean = tight.row(torch.rand(4 * L, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).tolist())
+        for f in _fills(ids.tolist(), clean.tolist())[:-1]:
+            if EOS in f:
+                e = f.index(EOS)
+                assert len(f) - e <= max(2, e // 3)
 
 
 def _tiny_run(tmp_path: Path) -> tuple[Path, Path]:
@@ -102,6 +129,7 @@ def test_cli_fine_tunes_with_template_rows_and_records_the_share(tmp_path: Path)
                  "--slot-share", "0.5", "--max-steps", "2", "--seq-len", "48", "--batch-size", "2"]) == 0
     ft = json.loads((tmp_path / "ft" / "model" / "config.json").read_text())
     assert ft["meta"]["train_config"]["slot_share"] == 0.5
+    assert ft["meta"]["train_config"]["slot_tight"] == 0.7  # the default, recorded
     assert checkpoint.load(tmp_path / "ft" / "model").model_cfg.d_model == 32
 
 
@@ -112,6 +140,13 @@ def test_cli_refuses_a_bad_slot_share(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit):
         main(["--data", str(data), "--out", str(tmp_path / "o"), "--slot-share", "1.5", "--max-steps", "1", "--vocab-size", "300"])
     assert "share" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--data", str(data), "--out", str(tmp_path / "o"), "--slot-tight", "0.3", "--max-steps", "1", "--vocab-size", "300"])
+    assert "--slot-tight" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--data", str(data), "--out", str(tmp_path / "o"), "--slot-share", "0.5", "--slot-tight", "2",
+              "--max-steps", "1", "--vocab-size", "300"])
+    assert "tight" in capsys.readouterr().err
 
 
 def test_a_model_that_learnt_eos_in_slots_keeps_end_of_slot_through_fine_tunes(tmp_path: Path) -> None:
