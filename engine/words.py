@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from engine.tokenizer import Tokenizer
+from engine.tokenizer import EOS, Tokenizer
 
 _WORD = re.compile(r"[^\W_]+")
 LEXICON_FILE = "lexicon.txt"
@@ -101,6 +101,8 @@ class WordRule:
         counts = torch.bincount(self.word_of[has_word], minlength=len(index))  # (W,)
         self.word_start = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])  # (W + 1,)
         self.spaced = torch.tensor([piece[:1] == " " for piece in self.text], dtype=torch.bool)  # (V,)
+        if EOS < len(self.text):  # ending a fill right after "." glues nothing on: <eos> is allowed there
+            self.spaced[EOS] = True
         self.clause_end = torch.tensor([piece[-1:] in CLAUSE_ENDS for piece in self.text], dtype=torch.bool)  # (V,)
 
     def label_ids(self, ids: Iterable[int]) -> list[int]:

@@ -12,6 +12,7 @@ from engine.config import DiffusionConfig, SamplerConfig
 from engine.diffusion import make_diffusion
 from engine.sampler import sample
 from engine.tiny import build_tiny_tokenizer, corpus, tiny_config
+from engine.tokenizer import BOS, EOS, MASK, PAD
 from engine.words import WordRule, build_lexicon, words
 
 
@@ -126,6 +127,8 @@ def test_after_held_clause_ends_only_spaced_tokens_are_drawn(tok, rule) -> None:
     rule.space_after_held_clause(weights, tokens, held, free_idx)
     assert torch.equal(weights[0] > 0, rule.spaced), "right after the held ':' only spaced tokens remain"
     assert bool((weights[1:] == 1).all()), "after free tokens (even a free ':') nothing changes"
+    assert bool(weights[0, EOS] > 0), "a fill may end right after a clause end: <eos> glues nothing on"
+    assert not any(rule.spaced[i] for i in (PAD, MASK, BOS)), "the other special ids are not openings"
 
 
 def test_a_glued_piece_right_after_noise_is_broken(tok, rule) -> None:
