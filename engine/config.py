@@ -66,7 +66,7 @@ class SamplerConfig:
 
 # What engine.train writes into a new model folder (which always has a lexicon): the setting
 # chosen from bench.draft_quality's quality / latency table (docs/RESULTS.md, "Draft quality").
-RECOMMENDED_SAMPLER = SamplerConfig(steps=16, temperature=0.5, temperature_end=0.2, commit=True, commit_power=2.0, no_repeat=5,
+RECOMMENDED_SAMPLER = SamplerConfig(steps=10, temperature=0.6, temperature_end=0.25, commit=True, commit_power=2.0, no_repeat=5,
                                     whole_words=True, avoid_labels=True)
 
 
