@@ -369,8 +369,8 @@ def _reverse_step(model: Denoiser, diffusion: Diffusion, cfg: SamplerConfig, tok
         logits.index_fill_(-1, forbidden_idx, FORBIDDEN_LOGIT)  # ours to change: fresh from the head
     greedy = k == S and cfg.greedy_last
     ends = end_cut(tokens, pins, held, free_idx, EOS) if cfg.end_of_slot else None
-    weights, shaped, total, best = step_weights(logits, step_temperature(cfg, k), cfg.top_p, greedy, tokens, held, free_idx,
-                                          words if cfg.whole_words else None, avoid, ends)
+    weights, shaped, total, best = step_weights(logits, step_temperature(cfg, k), cfg.top_p, greedy, tokens, held,
+                                                free_idx, words if cfg.whole_words else None, avoid, ends)
     z = tokens[free_idx]  # (n,)
     gen = _generator(cfg.seed, k)
     if greedy:
