@@ -28,13 +28,13 @@ import torch
 from torch import Tensor
 
 from engine.clean_mask import random_clean_mask
+from engine.config import TrainConfig
 from engine.template import expand
 from engine.tokenizer import EOS, Tokenizer
 from engine.train_data import windows
 from engine.words import words
 
 SLOT_MIN, SLOT_MAX = 4, 48  # a fill's budget, tokens
-TIGHT = 0.7  # default share of fills that end early whose slot is sized to them (up to a third more)
 LABEL_WORDS = 3  # at most, per label
 SENTENCE_END = " ."
 
@@ -56,7 +56,8 @@ class SlotMix:
     rows from the noise generator, as the plain loop does, so a run is deterministic and resumes
     exactly. Template-shaped rows are clean on their labels only."""
 
-    def __init__(self, texts: Sequence[str], tok: Tokenizer, seq_len: int, share: float, tight: float = TIGHT) -> None:
+    def __init__(self, texts: Sequence[str], tok: Tokenizer, seq_len: int, share: float,
+                 tight: float = TrainConfig.slot_tight) -> None:
         if not 0.0 < share <= 1.0:
             raise ValueError(f"the template-row share must be in (0, 1], got {share}")
         if not 0.0 <= tight <= 1.0:
