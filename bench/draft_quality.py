@@ -53,6 +53,7 @@ from engine.words import PHRASE_WINDOW, LabelRule
 
 MEASURES = ("ppl", "oov", "distinct2", "repeat", "entropy")
 REAL_PER_DRAFT = 20  # real-text twins per draft: the reference is cheap, and one twin each was noisy
+SENTENCE_ENDS = ".!?"  # a fill whose text ends with one of these ends a sentence (`end_rate`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +95,7 @@ def end_rate(drafts: Sequence[Sequence[str]]) -> float:
     """Share of non-empty fills whose text ends a sentence (".", "!" or "?" last): a fill that
     stopped where its text did, not one cut off by its slot's last position."""
     fills = [f.rstrip() for d in drafts for f in d if f.strip()]
-    return sum(f[-1] in ".!?" for f in fills) / len(fills) if fills else float("nan")
+    return sum(f[-1] in SENTENCE_ENDS for f in fills) / len(fills) if fills else float("nan")
 
 
 def _prefix_ids(ck: checkpoint.Checkpoint, test: Sequence[str], seed: int, n_words: int) -> list[int]:

@@ -16,16 +16,22 @@ import torch
 
 from engine import checkpoint, template
 from engine.cli import Parser
+from engine.config import SamplerConfig
 from engine.sampler import sample
 
 
-def draft(ck: checkpoint.Checkpoint, layout: template.Layout, seed: int) -> str:
-    cfg = dataclasses.replace(ck.sampler_cfg, seed=seed)
+def draft_ids(ck: checkpoint.Checkpoint, layout: template.Layout, seed: int, cfg: SamplerConfig | None = None) -> list[int]:
+    """The token ids of one finished draft of `layout` (the model's own settings unless `cfg`)."""
+    cfg = dataclasses.replace(cfg or ck.sampler_cfg, seed=seed)
     last = None
     for last in sample(ck.model, ck.diffusion(), cfg, length=layout.length, pins=layout.pins, words=ck.words,
                        labels=list(layout.pins.values())):
         pass
-    return ck.tokenizer.decode(last.tokens.tolist())
+    return last.tokens.tolist()
+
+
+def draft(ck: checkpoint.Checkpoint, layout: template.Layout, seed: int) -> str:
+    return ck.tokenizer.decode(draft_ids(ck, layout, seed))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,36 +7,29 @@ every shipped template and seeds 0..N-1, under each sampler setting (a change to
 - slots ended by <eos>: the share of slots whose fill stops before the slot's last position;
 - kept: of those, the mean share of the slot the fill's text takes;
 - on a full stop: of those, the share whose text ends with ". ! ?";
-- fills ending a sentence: the share of all non-empty fills whose text ends with ". ! ?", as
-  `bench.draft_quality` counts it.
+- fills ending a sentence: the share of all non-empty fills whose text ends with ". ! ?"
+  (`bench.draft_quality.end_rate`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from bench.draft_quality import SENTENCE_ENDS, end_rate
+from bench.samples import draft_ids
 from engine import checkpoint, template
 from engine.cli import Parser
 from engine.config import SamplerConfig, parse_sampler_spec
-from engine.sampler import sample
 from engine.tokenizer import EOS
-
-SENTENCE_ENDS = ".!?"
 
 
 def slot_fills(ck: checkpoint.Checkpoint, cfg: SamplerConfig, layout: template.Layout, seed: int) -> list[list[int]]:
     """The token ids of each slot of one draft of `layout`, <eos> included."""
-    cfg = dataclasses.replace(cfg, seed=seed)
-    last = None
-    for last in sample(ck.model, ck.diffusion(), cfg, length=layout.length, pins=layout.pins, words=ck.words,
-                       labels=list(layout.pins.values())):
-        pass
-    ids = last.tokens.tolist()
+    ids = draft_ids(ck, layout, seed, cfg)
     return [ids[s.start:s.start + s.length] for s in layout.slots]
 
 
@@ -46,8 +39,7 @@ def tally(ck: checkpoint.Checkpoint, fills: Sequence[Sequence[int]]) -> dict:
     for f in fills:
         e = list(f).index(EOS) if EOS in f else len(f)
         text = ck.tokenizer.decode(list(f[:e])).rstrip()
-        if text:
-            texts.append(text)
+        texts.append(text)
         if e < len(f):
             ended += 1
             kept.append(e / len(f))
@@ -55,7 +47,7 @@ def tally(ck: checkpoint.Checkpoint, fills: Sequence[Sequence[int]]) -> dict:
     return {"slots": len(fills), "ended": ended / len(fills) if fills else float("nan"),
             "kept": statistics.mean(kept) if kept else float("nan"),
             "on_stop": stops / ended if ended else float("nan"),
-            "sentence": sum(t[-1] in SENTENCE_ENDS for t in texts) / len(texts) if texts else float("nan")}
+            "sentence": end_rate([texts])}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
