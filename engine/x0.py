@@ -67,9 +67,8 @@ def step_weights(logits: Tensor, temperature: float, top_p: float, greedy: bool,
     row totals; each row's best id before the cuts, (n,)). Cuts: with `words`, only spaced
     tokens right after a held clause end; none of the template's label ids in `avoid`; the
     end_of_slot rule's <eos> rows in `ends` (engine.slot_end); a row a cut would leave empty
-    keeps its x̂0. Shaped:
-    None where x̂0 itself is drawn (T = 1 without top-p, or a greedy step), else weights ∝
-    x̂0^(1/T) (`tempered`, with the same cuts) or shape_x0 (T = 0, top-p)."""
+    keeps its x̂0. Shaped: None where x̂0 itself is drawn (T = 1 without top-p, or a greedy
+    step), else weights ∝ x̂0^(1/T) (`tempered`, with the same cuts) or shape_x0 (T = 0, top-p)."""
     top, top_id = logits.max(-1, keepdim=True)  # (n, 1), (n, 1)
     log_w = logits.sub_(top)  # (n, V) log x̂0 up to a constant per row: 0 at the best id
     weights = log_w.exp()  # (n, V)
