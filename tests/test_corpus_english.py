@@ -131,6 +131,10 @@ def test_a_tampered_or_foreign_release_is_refused(signed_release: tuple[Path, Pa
         fetch_english(tmp_path / "cache", tmp_path / "out", inrelease=inrelease, index=index, keyring=other)
     with pytest.raises(CorpusError, match="not found"):
         fetch_english(tmp_path / "cache", tmp_path / "out", inrelease=inrelease, index=index, keyring=tmp_path / "none.gpg")
+    with pytest.raises(CorpusError, match="none.asc: no such file"):
+        fetch_english(tmp_path / "cache", tmp_path / "out", inrelease=tmp_path / "none.asc", index=index, keyring=keyring)
+    with pytest.raises(CorpusError, match="none.xz: no such file"):
+        fetch_english(tmp_path / "cache", tmp_path / "out", inrelease=inrelease, index=tmp_path / "none.xz", keyring=keyring)
 
 
 def test_offline_english_exits_1_with_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

@@ -52,6 +52,8 @@ def download(url: str, dest: Path, timeout: float = 60) -> Path:
 
 def signed_text(inrelease: Path, keyring: Path = KEYRING) -> str:
     """The text of a clear-signed InRelease whose signature `gpgv` accepts; CorpusError otherwise."""
+    if not inrelease.is_file():
+        raise CorpusError(f"{inrelease}: no such file")
     if not keyring.is_file():
         raise CorpusError(f"{keyring} not found: install Debian's debian-archive-keyring package to check the signature")
     try:
