@@ -7,7 +7,7 @@
 # its default rows, one thread). Figures land in $OUT: eval-A.json, dq-A.txt / .json, likewise B.
 #
 # Before:  bash .ci/dev py -m engine.corpus fetch && bash .ci/dev py -m engine.corpus english
-# Then:    bash bench/pretrain_english.sh            (about 75 min on a 2-core machine)
+# Then:    bash bench/pretrain_english.sh            (about an hour on a 2-core machine)
 # Knobs: STEPS (default 2000), SEED (11), DRAFTS (per row, 50), OUT (data/pretrain-ab), PYTHON
 # (default .venv/bin/python, which `bash .ci/dev` makes, else python3).
 set -euo pipefail
