@@ -10,6 +10,7 @@ import lzma
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -78,7 +79,7 @@ def test_listed_sha256_reads_only_the_sha256_section() -> None:
 
 
 @pytest.fixture()
-def signed_release(tmp_path: Path) -> tuple[Path, Path, Path]:
+def signed_release(tmp_path: Path) -> Iterator[tuple[Path, Path, Path]]:
     """(InRelease signed with a throwaway key, the xz index it lists, the keyring holding the key)."""
     if shutil.which("gpg") is None or shutil.which("gpgv") is None:
         pytest.skip("gpg and gpgv (Debian's gnupg and gpgv packages) are needed to sign a test release")
@@ -96,7 +97,8 @@ def signed_release(tmp_path: Path) -> tuple[Path, Path, Path]:
     subprocess.run([*gpg, "--yes", "--clearsign", "-o", str(inrelease), str(plain)], env=env, check=True, capture_output=True)
     keyring = tmp_path / "keyring.gpg"
     keyring.write_bytes(subprocess.run([*gpg, "--export"], env=env, check=True, capture_output=True).stdout)
-    return inrelease, index, keyring
+    yield inrelease, index, keyring
+    subprocess.run(["gpgconf", "--kill", "gpg-agent"], env=env, capture_output=True)  # gpg started one to sign
 
 
 def test_fetch_english_from_signed_files(signed_release: tuple[Path, Path, Path], tmp_path: Path) -> None:
