@@ -21,7 +21,6 @@ import urllib.request
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from engine.corpus.fetch import sha256_of
 from engine.corpus.splits import split_random, write_splits
 from engine.corpus.text import CorpusError, Document, normalise
 
@@ -185,15 +184,18 @@ def fetch_english(
     release = signed_text(release_path, keyring)
     want, size = listed_sha256(release, INDEX)
     index_path = Path(index) if index else cache / f"{SUITE}-Translation-en.xz"
-    if index is None and not (index_path.is_file() and sha256_of(index_path) == want):
+    raw = index_path.read_bytes() if index_path.is_file() else None
+    got = hashlib.sha256(raw).hexdigest() if raw is not None else ""
+    if index is None and got != want:  # absent or stale in the cache
         download(f"{MIRROR}/dists/{SUITE}/{INDEX}", index_path)
-    if not index_path.is_file():
+        raw = index_path.read_bytes()
+        got = hashlib.sha256(raw).hexdigest()
+    if raw is None:
         raise CorpusError(f"{index_path}: no such file")
-    got = sha256_of(index_path)
     if got != want:
         raise CorpusError(f"{index_path}: SHA-256 {got} is not the {want} that the signed release lists")
     try:
-        text = lzma.decompress(index_path.read_bytes()).decode("utf-8")
+        text = lzma.decompress(raw).decode("utf-8")
     except (lzma.LZMAError, UnicodeDecodeError) as exc:
         raise CorpusError(f"{index_path}: not an xz file of UTF-8 text ({exc})") from None
     docs, counts = to_documents(parse_translation(text), style)
