@@ -17,6 +17,8 @@ from typing import NoReturn
 
 from engine.cli import Parser, one_line
 
+SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "assets" / "model"
+
 MAX_LENGTH = 16384
 MAX_STEPS = 4096
 
@@ -36,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Draft text with a DiffDraft model: start from noise and refine it step by step, "
         "keeping pinned tokens fixed.",
     )
-    p.add_argument("--model", required=True, help="model folder (weights.pt, config.json, tokenizer.json, manifest.json)")
+    p.add_argument("--model", type=Path, default=SHIPPED_MODEL,
+                   help="model folder (weights.pt, config.json, tokenizer.json, manifest.json; default: the shipped model, assets/model)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--length", type=int, help="number of tokens to draft when no template is given (default 64)")
     src.add_argument("--template", type=Path, help="template file: fixed text is pinned, {{slot:N}} places are generated")

@@ -127,3 +127,14 @@ def test_sampler_spec_changes_the_models_defaults_and_bad_ones_exit_2(model_dir:
     for spec, message in [("bogus=1", "bad sampler setting"), ("no_repeat=2", "lexicon"), ("avoid_labels=1", "lexicon"), ("temperature_end=-1", "temperature_end must be")]:
         rc, _, err = _run(capsys, *base, "--sampler", spec)
         assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, (spec, err)
+
+
+def test_without_model_drafts_with_the_shipped_one(capsys) -> None:
+    """`--model` may be left out, as the model card's and docs/samples.md's commands do."""
+    args = ("--length", "12", "--steps", "2", "--seed", "3", "--jsonl")
+    rc, default_out, err = _run(capsys, *args)
+    assert rc == 0, err
+    rc, shipped_out, err = _run(capsys, "--model", str(ROOT / "assets" / "model"), *args)
+    assert rc == 0, err
+    assert default_out == shipped_out
+    assert json.loads(default_out.splitlines()[-1])["text"].strip()
