@@ -28,6 +28,7 @@ from app.draft_view import DraftUpdate, error_update
 from app.runs import RunControl
 from app.services import Services
 from app.state import DraftState
+from engine.config import for_kind
 from engine.template import expand
 from storage import repository as repo
 from storage.db import transaction
@@ -49,6 +50,22 @@ def pace_seconds(pace: Any) -> float:
 def template_choices(svc: Services) -> list[str]:
     with svc.reader() as s:
         return [FREE_LENGTH] + [t.name for t in repo.list_templates(s)]
+
+
+def default_steps(svc: Services, template: Any, current: Any) -> Any:
+    """The Steps field once the Template field changes to `template`: the model's default for that
+    kind of draft (engine.config.for_kind: free-length drafts may take more steps than a
+    template's), where the field is empty or holds a kind's default; a number the person typed
+    stays."""
+    cfg = svc.ckpt.sampler_cfg
+    defaults = {cfg.steps, for_kind(cfg, free_length=True).steps}
+    try:
+        mine = current not in (None, "") and int(current) not in defaults
+    except (TypeError, ValueError, OverflowError):
+        mine = True  # not a number: left for Generate to refuse with its message
+    if mine:
+        return current
+    return for_kind(cfg, free_length=template in (None, "", FREE_LENGTH)).steps
 
 
 def generate(svc: Services, username: str | None, state: DraftState | None, *, template: str | None, length: Any,
@@ -77,7 +94,9 @@ def generate(svc: Services, username: str | None, state: DraftState | None, *, t
             kinds = {p: "template" for p in held}
         else:
             n_tokens = as_int(length, "length", 1, lim.max_length)
-        settings = {**dataclasses.asdict(svc.ckpt.sampler_cfg), "steps": n_steps, "seed": seed_v, "temperature": temp_v,
+        # a run has one step count, the one it ran: the model's default by kind (free_steps) is not its setting
+        model_cfg = {k: v for k, v in dataclasses.asdict(svc.ckpt.sampler_cfg).items() if k != "free_steps"}
+        settings = {**model_cfg, "steps": n_steps, "seed": seed_v, "temperature": temp_v,
                     "length": n_tokens, "template": template}
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         title = title or f"{template or 'Free draft'} · {stamp}"

@@ -20,6 +20,7 @@ from app.draft_view import DraftUpdate
 from app.services import Services
 from app.state import DraftState
 from app.ui_common import UNDOCUMENTED, event_value, keep, message, user_of
+from engine.config import for_kind
 
 TOKEN_TEMPLATE = '<div class="dd-view"><div class="dd-caption"></div><div class="dd-tokens" aria-label="draft"></div></div>'
 
@@ -169,11 +170,15 @@ class DraftTab:
     def _settings(self, template_choices: list[str]) -> None:
         lim, cfg = self.svc.limits, self.svc.ckpt.sampler_cfg
         self.template = gr.Dropdown(label="Template", choices=template_choices, value=template_choices[-1],
-                                    allow_custom_value=True)
+                                    allow_custom_value=True, elem_id="dd-template")
         # no bounds in the page: a number out of range is refused with the range, never silently changed
         self.length = gr.Number(label=f"Length (tokens, free length only; 1 to {lim.max_length})", value=64,
                                 precision=0, elem_id="dd-length")
-        self.steps = gr.Number(label=f"Steps (1 to {lim.max_steps})", value=cfg.steps, precision=0, elem_id="dd-steps")
+        free = for_kind(cfg, free_length=True).steps
+        kinds = f"; {cfg.steps} for a template, {free} for free length" if free != cfg.steps else ""
+        self.steps = gr.Number(label=f"Steps (1 to {lim.max_steps}{kinds})",
+                               value=draft.default_steps(self.svc, template_choices[-1], None), precision=0,
+                               elem_id="dd-steps")
         with gr.Row():
             self.seed = gr.Number(label="Seed", value=0, precision=0)
             self.temperature = gr.Slider(label="Temperature", minimum=0.1, maximum=2.0, step=0.05,
@@ -261,6 +266,10 @@ class DraftTab:
                 yield draft_outputs(up)
 
         self.resume_btn.click(do_resume, [state, self.pace, self.run_ref], outs, api_name="resume", **drafting)
+
+        # the Steps field follows the kind of draft chosen, unless the person typed their own number
+        self.template.input(lambda tpl, k: draft.default_steps(svc, tpl, k), [self.template, self.steps], [self.steps],
+                            queue=False, api_visibility="private", show_progress="hidden")
 
         def do_pace(st: DraftState, pace: Any, ref: Any, request: gr.Request) -> list[Any]:
             st = self.on_screen(st, ref, request)

@@ -16,7 +16,8 @@ Rows
            --ar-labels it keeps the template's labels out of them as avoid_labels does
   sweep    --sweep SPEC ... : the quality-against-latency table on --sweep-rows, one line per
            setting. A SPEC is comma-separated SamplerConfig fields, e.g.
-           "steps=64,temperature=0.7,temperature_end=0.3,whole_words=1"
+           "steps=64,temperature=0.7,temperature_end=0.3,whole_words=1"; a SPEC that sets steps
+           sets them for every row, one without them keeps the model's (free_steps on free rows)
 
 Seconds per draft are wall-clock per draft with --threads torch threads (model load excluded).
 "changed / step" is the share of free positions whose token changed, per step, averaged over the
@@ -47,7 +48,7 @@ import torch
 from bench.judge import Judge, Scores, cut_like, words
 from engine import checkpoint, template
 from engine.cli import Parser
-from engine.config import SamplerConfig, parse_sampler_spec
+from engine.config import SamplerConfig, for_kind, parse_sampler_spec
 from engine.sampler import sample
 from engine.words import PHRASE_WINDOW, LabelRule
 
@@ -107,7 +108,7 @@ def sfdlm_draft(ck: checkpoint.Checkpoint, cfg: SamplerConfig, job: Job, seed: i
                 prefix_words: int) -> tuple[list[str], float, tuple[float, float]]:
     """(fill texts, seconds, churn) of one SFDLM draft; churn is the share of free positions that
     changed per step over the last quarter of steps, and at the last step."""
-    cfg = dataclasses.replace(cfg, seed=seed)
+    cfg = dataclasses.replace(for_kind(cfg, free_length=job.layout is None), seed=seed)
     tok = ck.tokenizer
     if job.layout is not None:
         pins, length = dict(job.layout.pins), job.layout.length

@@ -51,7 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--ar-model", type=Path, required=True, help="causal transformer folder (engine.train --objective ar)")
     p.add_argument("--data", type=Path, default=Path("data/corpus"), help="prepared corpus: free-draft prefixes come from test.jsonl")
     p.add_argument("--specs", nargs="*", default=[""], metavar="SPEC",
-                   help="SFDLM settings, each a change to the model's own ('' = the model's settings as they are)")
+                   help="SFDLM settings, each a change to the model's own ('' = the model's settings as they are, "
+                   "free_steps on free rows; a SPEC that sets steps sets them for every row)")
     p.add_argument("--free", default="", help="free-draft lengths in tokens, comma-separated (default none)")
     p.add_argument("--drafts", type=int, default=20, help="drafts per row and model, seeds 0..N-1 (default 20)")
     p.add_argument("--ar-temperature", type=float, default=0.8, help="the causal transformer's temperature (default 0.8)")

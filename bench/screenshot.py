@@ -53,9 +53,9 @@ def main(argv: list[str] | None = None) -> int:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.set_default_timeout(60_000)
             login(page, url, "rita", "screenshot password 1")
-            page.get_by_label("Template").fill(args.template)
-            page.get_by_label("Template").press("Enter")
-            page.get_by_label("Seed").fill(str(args.seed))
+            page.locator("#dd-template input").fill(args.template)
+            page.locator("#dd-template input").press("Enter")
+            page.get_by_label("Seed", exact=True).fill(str(args.seed))
             page.locator("#dd-generate").click()
             total = svc.ckpt.sampler_cfg.steps
             _wait_step(page, total // 3)

@@ -62,12 +62,24 @@ class SamplerConfig:
     avoid_labels: bool = False  # free positions never draw the capitalised words of the template's text
     commit_power: float = 1.0  # commit schedule's exponent: > 1 commits few tokens early and more late
     end_of_slot: bool = False  # <eos> ends a slot's fill and stays a suffix of it (engine.slot_end; without commit: no <eos>)
+    end_at_stop: bool = False  # with end_of_slot and a lexicon: at the last step a fill ends at its last sentence end (engine.slot_end)
+    free_steps: int | None = None  # the default steps of a free-length draft (None: `steps`, as a template's); see for_kind
+
+
+def for_kind(cfg: SamplerConfig, *, free_length: bool) -> SamplerConfig:
+    """The settings a draft of this kind runs with by default: a free-length draft takes
+    `free_steps` where the model sets it (its whole canvas is written, where a template's slots
+    are short runs between fixed text), a template draft `steps`. The sampler itself reads
+    `steps` only."""
+    if free_length and cfg.free_steps is not None:
+        return dataclasses.replace(cfg, steps=cfg.free_steps)
+    return cfg
 
 
 # What engine.train writes into a new model folder (which always has a lexicon): the setting
 # chosen from bench.draft_quality's quality / latency table (docs/RESULTS.md, "Draft quality").
-RECOMMENDED_SAMPLER = SamplerConfig(steps=10, temperature=0.6, temperature_end=0.25, commit=True, commit_power=2.0, no_repeat=5,
-                                    whole_words=True, avoid_labels=True)
+RECOMMENDED_SAMPLER = SamplerConfig(steps=10, free_steps=14, temperature=0.6, temperature_end=0.25, commit=True,
+                                    commit_power=2.0, no_repeat=5, whole_words=True, avoid_labels=True, end_at_stop=True)
 
 
 @dataclass(frozen=True)
@@ -109,7 +121,8 @@ def save_json(path: Path, **configs: Any) -> None:
 def parse_sampler_spec(spec: str, base: SamplerConfig) -> SamplerConfig:
     """'steps=64,commit=1,temperature_end=0.5' -> `base` with those fields replaced. Values are read
     by each field's type (bools: 1/0/true/false; 'none' for an optional float); the seed is per
-    draft and cannot be set here. ValueError names a bad part."""
+    draft and cannot be set here. Setting `steps` without `free_steps` sets both: one step count
+    for every kind of draft (see for_kind). ValueError names a bad part."""
     kinds = {f.name: str(f.type) for f in fields(SamplerConfig) if f.name != "seed"}
     changes: dict[str, Any] = {}
     for part in filter(None, (p.strip() for p in spec.split(","))):
@@ -124,10 +137,14 @@ def parse_sampler_spec(spec: str, base: SamplerConfig) -> SamplerConfig:
                 changes[key] = low in ("1", "true")
             elif kind == "int":
                 changes[key] = int(raw)
+            elif kind == "int | None":
+                changes[key] = None if low == "none" else int(raw)
             elif kind == "str":
                 changes[key] = raw
             else:
                 changes[key] = None if low == "none" and "None" in kind else float(raw)
         except ValueError:
             raise ValueError(f"bad sampler setting {part!r}: {raw!r} is not a {kind}") from None
+    if "steps" in changes and "free_steps" not in changes:
+        changes["free_steps"] = None
     return dataclasses.replace(base, **changes)

@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--length", type=int, help="number of tokens to draft when no template is given (default 64)")
     src.add_argument("--template", type=Path, help="template file: fixed text is pinned, {{slot:N}} places are generated")
     p.add_argument("--prefix", default="", help="text pinned at the start of a free-length draft")
-    p.add_argument("--steps", type=int, default=None, help="reverse-diffusion steps (default: the model's sampler setting)")
+    p.add_argument("--steps", type=int, default=None, help="reverse-diffusion steps (default: the model's sampler setting for the kind of draft, "
+                   "free length or template)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed and pins give the same draft")
     p.add_argument("--temperature", type=float, default=None, help="sampling temperature > 0 (default: the model's)")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1] (default: the model's)")
@@ -87,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     from engine import checkpoint, template
-    from engine.config import parse_sampler_spec
+    from engine.config import for_kind, parse_sampler_spec
     from engine.sampler import sample, validate_pins
 
     if args.threads:
@@ -136,6 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = parse_sampler_spec(args.sampler, ckpt.sampler_cfg)
     except ValueError as exc:
         _fail(f"--sampler: {exc}")
+    cfg = for_kind(cfg, free_length=args.template is None)
     changes = {"seed": args.seed}
     if args.steps is not None:
         changes["steps"] = args.steps

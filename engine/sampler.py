@@ -46,7 +46,7 @@ from engine.diffusion import Denoiser, Diffusion
 from engine.draws import categorical
 from engine.kernels import FORBIDDEN_LOGIT
 from engine.positions import shift_positions
-from engine.slot_end import end_cut, same_step
+from engine.slot_end import end_at_stop, end_cut, same_step
 from engine.tokenizer import EOS
 from engine.words import LabelRule, WordRule
 from engine.x0 import shape_x0, step_weights, tempered  # noqa: F401  (shape_x0, tempered: the sampler's API)
@@ -225,6 +225,9 @@ def edit_step(step: Step, pins: Mapping[int, int], start: int, end: int, new_ids
 def _check_config(cfg: SamplerConfig) -> None:
     if isinstance(cfg.steps, bool) or not isinstance(cfg.steps, int) or cfg.steps < 1:
         raise ValueError(f"sampler steps must be an integer >= 1, got {cfg.steps!r}")
+    free = cfg.free_steps
+    if free is not None and (isinstance(free, bool) or not isinstance(free, int) or free < 1):
+        raise ValueError(f"sampler free_steps must be an integer >= 1 or none, got {free!r}")
     if not (math.isfinite(cfg.temperature) and cfg.temperature >= 0.0):
         raise ValueError(f"sampler temperature must be >= 0 (0 = argmax), got {cfg.temperature}")
     if not 0.0 < cfg.top_p <= 1.0:
@@ -439,6 +442,8 @@ def _run(model: Denoiser, diffusion: Diffusion, cfg: SamplerConfig, tokens: Tens
         new, conf, now = _reverse_step(model, diffusion, cfg, tokens, fixed, free_idx, forbidden_idx, k, t_prev, t_now,
                                        device, words, n_commit, avoid, held)
         new, conf = new.clone(), conf.clone()  # ordinary tensors for the caller, not inference tensors
+        if k == S and cfg.end_at_stop and cfg.end_of_slot and words is not None:
+            new = end_at_stop(new, held, EOS, words.stops, words.spaced, words.line_start)
         if cfg.commit:
             conf = torch.where(committed, last_conf, conf)  # a committed token keeps its confidence
             committed = committed | now.clone()

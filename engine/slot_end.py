@@ -118,3 +118,36 @@ def same_step(draw: Tensor, dist: Tensor, order: list[int], tokens: Tensor, held
         draw[r] = t
         cur[p], final[p] = t, True
     return draw
+
+
+def end_at_stop(tokens: Tensor, held: Tensor, eos: int, stops: Tensor, spaced: Tensor, line_start: Tensor,
+                keep: float = 0.5) -> Tensor:
+    """The finished draft's fills ended at their last sentence end (`end_at_stop`): in each run
+    that a line break or the draft's end closes (a template's slot, a free draft's text; not a run
+    that a pin inside a line closes, whose text leads into the pin), a fill that runs on after a
+    final ". ! ?" token followed by a space has its tail turned into <eos>, where that keeps at
+    least `keep` of the fill's tokens. tokens, held (L,); stops, spaced, line_start (V,) mark the
+    ids that end a sentence, open with a space, open with a line break. Returns new tokens."""
+    out = tokens.clone()
+    ids, hold = tokens.tolist(), held.tolist()
+    L, a = len(ids), 0
+    while a < L:
+        if hold[a]:
+            a += 1
+            continue
+        b = a
+        while b < L and not hold[b]:
+            b += 1
+        if b == L or bool(line_start[ids[b]]):
+            fill = a
+            while fill < b and ids[fill] != eos:
+                fill += 1
+            ends_already = fill > a and bool(stops[ids[fill - 1]])
+            for p in range(fill - 2, a - 1, -1):
+                if ends_already or p + 1 - a < keep * (fill - a):
+                    break
+                if bool(stops[ids[p]]) and bool(spaced[ids[p + 1]]):
+                    out[p + 1 : b] = eos
+                    break
+        a = b
+    return out

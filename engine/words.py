@@ -39,6 +39,7 @@ from engine.tokenizer import EOS, Tokenizer
 _WORD = re.compile(r"[^\W_]+")
 LEXICON_FILE = "lexicon.txt"
 CLAUSE_ENDS = tuple(":;,.!?")
+SENTENCE_ENDS = tuple(".!?")  # a token whose text ends with one of these ends a sentence (WordRule.stops)
 _PASSES = 4
 PHRASE_WINDOW = 12  # final tokens on either side read for a label phrase
 PHRASE_TRIES = 8  # choices of a position before it keeps one that writes a label out
@@ -104,6 +105,8 @@ class WordRule:
         if EOS < len(self.text):  # ending a fill right after "." glues nothing on: <eos> is allowed there
             self.spaced[EOS] = True
         self.clause_end = torch.tensor([piece[-1:] in CLAUSE_ENDS for piece in self.text], dtype=torch.bool)  # (V,)
+        self.stops = torch.tensor([piece[-1:] in SENTENCE_ENDS for piece in self.text], dtype=torch.bool)  # (V,)
+        self.line_start = torch.tensor([piece.lstrip(" ")[:1] == "\n" for piece in self.text], dtype=torch.bool)  # (V,)
 
     def label_ids(self, ids: Iterable[int]) -> list[int]:
         """Tokens that would echo a template's labels: every token (of the whole vocabulary) whose

@@ -4,6 +4,7 @@ stay on screen while the stream goes on, and numbers out of range are refused, n
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 
@@ -159,3 +160,37 @@ def test_steps_out_of_range_are_refused_in_the_page(live_app, page, value):
     page.locator("#dd-generate").click()
     page.locator("#dd-draft-msg").get_by_text("steps must be between 1 and 512").wait_for(timeout=10_000)
     assert page.locator("#dd-view span[data-pos]").count() == 0
+
+
+@pytest.fixture
+def kinds_model(app_services):
+    """The tiny model with a free-length default of its own (engine.config.for_kind), set before
+    live_app builds the page."""
+    cfg = app_services.ckpt.sampler_cfg
+    app_services.ckpt.sampler_cfg = dataclasses.replace(cfg, free_steps=cfg.steps + 8)
+    return cfg.steps, cfg.steps + 8
+
+
+def test_the_steps_field_follows_the_template_choice(kinds_model, live_app, page):
+    template_steps, free_steps = kinds_model
+    url, _ = live_app
+    login(page, url, "olga")
+    box = page.locator("#dd-steps input")
+    assert box.input_value() == str(template_steps)
+    page.get_by_text(f"{template_steps} for a template, {free_steps} for free length").wait_for()
+
+    def choose(name: str) -> None:
+        page.locator("#dd-template input").click()
+        page.get_by_role("option", name=name).click()
+
+    choose("Free length")
+    page.wait_for_function(f"document.querySelector('#dd-steps input').value === '{free_steps}'")
+    choose("Shift handover")
+    page.wait_for_function(f"document.querySelector('#dd-steps input').value === '{template_steps}'")
+    _steps(page, 30)  # the person's own number stays
+    choose("Free length")
+    page.locator("#dd-length input").fill("20")
+    page.locator("#dd-generate").click()
+    page.locator("#dd-status").get_by_text("Draft complete").wait_for(timeout=60_000)
+    assert box.input_value() == "30"
+    assert "step 30 of 30" in page.locator("#dd-view .dd-caption").inner_text()

@@ -4,6 +4,8 @@ manager, adam admin)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import storage_fixtures as sf
 from sqlalchemy import select
@@ -63,6 +65,27 @@ def test_free_length_draft_and_bad_settings(app_services):
         args = dict(steps=3) | kw
         (up,) = list(start(app_services, **args))
         assert up.kind == "error" and word in up.message
+
+
+def test_the_steps_field_follows_the_kind_of_draft(app_services):
+    """The model's free_steps become the Steps field's value when Free length is chosen, its
+    steps when a template is; a number the person typed stays, and the run records what it ran."""
+    svc = app_services
+    svc.ckpt.sampler_cfg = dataclasses.replace(svc.ckpt.sampler_cfg, steps=4, free_steps=7)
+    assert draft.default_steps(svc, draft.FREE_LENGTH, 4) == 7
+    assert draft.default_steps(svc, TEMPLATE, 7) == 4
+    assert draft.default_steps(svc, draft.FREE_LENGTH, None) == 7
+    assert draft.default_steps(svc, TEMPLATE, "") == 4
+    assert draft.default_steps(svc, draft.FREE_LENGTH, 12) == 12  # the person's own number
+    assert draft.default_steps(svc, draft.FREE_LENGTH, "many") == "many"  # Generate refuses it with its message
+    ups = run_to_end(start(svc, template=draft.FREE_LENGTH, length=16,
+                           steps=draft.default_steps(svc, draft.FREE_LENGTH, 4)))
+    assert ups[-1].kind == "ok" and ups[-1].step == 7
+    with svc.reader() as s:
+        recorded = repo.get_run(s, ups[-1].state.run_id).sampler_settings
+    assert recorded["steps"] == 7 and "free_steps" not in recorded  # one count, the one it ran
+    svc.ckpt.sampler_cfg = dataclasses.replace(svc.ckpt.sampler_cfg, free_steps=None)
+    assert draft.default_steps(svc, draft.FREE_LENGTH, 4) == 4  # a model without it: one count
 
 
 def test_pin_and_edit_during_the_run_hold_in_every_later_step(app_services):

@@ -65,7 +65,13 @@ def test_sampler_spec_parsing() -> None:
     cfg = parse_sampler_spec("steps=64, commit=1, temperature_end=0.5, whole_words=true", SamplerConfig())
     assert (cfg.steps, cfg.commit, cfg.temperature_end, cfg.whole_words) == (64, True, 0.5, True)
     assert parse_sampler_spec("temperature_end=none", cfg).temperature_end is None
-    for bad in ("seed=3", "colour=red", "steps", "commit=maybe", "steps=x"):
+    assert parse_sampler_spec("free_steps=16", cfg).free_steps == 16
+    assert parse_sampler_spec("free_steps=none", SamplerConfig(free_steps=16)).free_steps is None
+    # steps alone are one count for every kind of draft; both may be set together
+    assert parse_sampler_spec("steps=12", SamplerConfig(free_steps=16)).free_steps is None
+    assert parse_sampler_spec("steps=12,free_steps=20", SamplerConfig()).free_steps == 20
+    assert parse_sampler_spec("temperature=0.5", SamplerConfig(free_steps=16)).free_steps == 16
+    for bad in ("seed=3", "colour=red", "steps", "commit=maybe", "steps=x", "free_steps=1.5"):
         with pytest.raises(ValueError, match="bad sampler setting"):
             parse_sampler_spec(bad, SamplerConfig())
 
@@ -88,6 +94,27 @@ def test_bench_runs_main_and_sweep_rows_on_the_tiny_model(tmp_path, capsys) -> N
     twins = draft_quality.REAL_PER_DRAFT
     assert all(r["model"]["drafts"] == 2 and r["real"]["words"] == twins * r["model"]["words"] for r in data["main"])
     assert len(data["sweep"]) == 2
+
+
+def test_bench_drafts_free_rows_at_the_models_free_steps(monkeypatch) -> None:
+    """The bench writes drafts as a user gets them: a free row at the model's free_steps, a
+    template at its steps (engine.config.for_kind)."""
+    from engine import checkpoint, template
+
+    ck = checkpoint.load("assets/tiny")
+    seen: list[int] = []
+    real = draft_quality.sample
+
+    def spy(model, diffusion, cfg, **kw):
+        seen.append(cfg.steps)
+        return real(model, diffusion, cfg, **kw)
+
+    monkeypatch.setattr(draft_quality, "sample", spy)
+    cfg = SamplerConfig(steps=2, free_steps=3)
+    layout = template.expand("REPORT\nWork: {{slot:4}}", ck.tokenizer)
+    for job in (draft_quality.Job("tpl", layout=layout), draft_quality.Job("free-12", length=12)):
+        draft_quality.sfdlm_draft(ck, cfg, job, 0, DOCS, 2)
+    assert seen == [2, 3]
 
 
 def test_template_labels_and_echo_rate() -> None:

@@ -138,3 +138,27 @@ def test_without_model_drafts_with_the_shipped_one(capsys) -> None:
     assert rc == 0, err
     assert default_out == shipped_out
     assert json.loads(default_out.splitlines()[-1])["text"].strip()
+
+
+def test_a_free_length_draft_takes_the_models_free_steps(model_dir: Path, tmp_path: Path, capsys) -> None:
+    """Without --steps a draft runs the model's default for its kind (engine.config.for_kind):
+    free_steps for a free-length draft, steps for a template; --steps is one count for both."""
+    import shutil
+
+    from engine.config import SamplerConfig
+
+    m = tmp_path / "kinds"
+    shutil.copytree(model_dir, m)
+    checkpoint.amend(m, sampler_cfg=SamplerConfig(steps=3, free_steps=5))
+
+    def last_step(*argv: str) -> int:
+        rc, out, err = _run(capsys, "--model", str(m), "--jsonl", *argv)
+        assert rc == 0, err
+        return json.loads(out.splitlines()[-1])["step"]
+
+    assert last_step("--length", "12") == 5
+    assert last_step("--length", "12", "--prefix", "Crew reported") == 5
+    assert last_step("--template", str(TEMPLATE)) == 3
+    assert last_step("--length", "12", "--steps", "4") == 4
+    assert last_step("--template", str(TEMPLATE), "--steps", "4") == 4
+    assert last_step("--length", "12", "--sampler", "steps=2") == 2  # steps alone set both kinds

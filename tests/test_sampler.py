@@ -467,6 +467,8 @@ def test_bad_input_raises_clear_errors() -> None:
         validate_pins({-1: 0}, 5)
     with pytest.raises(ValueError, match="steps must be an integer >= 1"):
         sample(model, d, SamplerConfig(steps=0), length=4)
+    with pytest.raises(ValueError, match="free_steps must be an integer >= 1"):
+        sample(model, d, SamplerConfig(free_steps=0), length=4)
     with pytest.raises(ValueError, match="top_p"):
         sample(model, d, SamplerConfig(top_p=0.0), length=4)
     with pytest.raises(ValueError, match="temperature"):

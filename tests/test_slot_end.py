@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from engine.config import SamplerConfig
-from engine.slot_end import EndCut, apply_cut, end_cut, same_step
+from engine.slot_end import EndCut, apply_cut, end_at_stop, end_cut, same_step
 from engine.tokenizer import EOS
 from test_sampler import V, FakeDenoiser, make, run
 
@@ -184,3 +184,70 @@ def test_eos_a_row_may_not_draw_still_counts_against_its_confidence() -> None:
     full = torch.exp(logits - 3.0).sum(-1)  # the rows' x̂0 totals before the cut
     assert torch.allclose(total, full)
     assert float((weights.max(-1).values / total).max()) < 0.1, "a word here is a low-confidence draw"
+
+
+# ---------------------------------------------------------------- end_at_stop: the last step
+# a toy vocabulary: 10 " word", 11 " stop." (ends a sentence), 12 "3." (ends with "." but glues on:
+# a number), 13 "5" (no space), 14 "\n Next:" (a template's next line), 15 " pin"
+STOPS = torch.zeros(16, dtype=torch.bool)
+STOPS[[11, 12]] = True
+SPACED = torch.zeros(16, dtype=torch.bool)
+SPACED[[10, 11, 15, EOS]] = True
+LINE = torch.zeros(16, dtype=torch.bool)
+LINE[14] = True
+W, S_, N3, N5, NL, PIN = 10, 11, 12, 13, 14, 15
+
+
+def ended(ids: list[int], held: set[int], keep: float = 0.5) -> list[int]:
+    hold = torch.tensor([q in held for q in range(len(ids))])
+    return end_at_stop(torch.tensor(ids), hold, EOS, STOPS, SPACED, LINE, keep).tolist()
+
+
+def test_a_fill_ends_at_its_last_sentence_end() -> None:
+    ids = [PIN, W, W, S_, W, S_, W, W, NL]  # label, a fill of 7 tokens, the next line
+    assert ended(ids, {0, 8}) == [PIN, W, W, S_, W, S_, EOS, EOS, NL]
+    assert ended(ids[:-1], {0}) == [PIN, W, W, S_, W, S_, EOS, EOS]  # the draft's end closes a run too
+
+
+def test_what_would_lose_more_than_the_kept_share_stays() -> None:
+    ids = [PIN, W, S_, W, W, W, W, W, NL]  # the only stop leaves 2 of 7 tokens
+    assert ended(ids, {0, 8}) == ids
+    assert ended(ids, {0, 8}, keep=0.25) == [PIN, W, S_] + [EOS] * 5 + [NL]
+
+
+def test_a_number_a_pin_inside_a_line_and_an_ended_fill_are_left_alone() -> None:
+    assert ended([PIN, W, W, W, N3, N5, W, NL], {0, 7}) == [PIN, W, W, W, N3, N5, W, NL]  # "3.5" is no sentence end
+    assert ended([PIN, W, W, S_, W, PIN, W], {0, 5, 6}) == [PIN, W, W, S_, W, PIN, W]  # text leads into the pin
+    done = [PIN, W, W, S_, W, S_, EOS, EOS, NL]
+    assert ended(done, {0, 8}) == done
+    assert ended([PIN, W, S_, W, S_, W, EOS, EOS, NL], {0, 8}) == [PIN, W, S_, W, S_, EOS, EOS, EOS, NL]
+
+
+def test_the_last_step_of_a_real_draft_ends_its_fills_and_nothing_else_changes() -> None:
+    """The shipped model on a template: with end_at_stop every step but the last is the same
+    draft, and the last differs only where a fill's tail after its last sentence end became <eos>."""
+    from pathlib import Path
+
+    from engine import checkpoint, template
+    from engine.sampler import sample
+
+    root = Path(__file__).resolve().parent.parent
+    ck = checkpoint.load(root / "assets" / "model")
+    layout = template.expand((root / "assets" / "templates" / "shift_handover.txt").read_text(), ck.tokenizer)
+    trimmed = 0
+    for seed in range(4):
+        cfg = dataclasses.replace(ck.sampler_cfg, seed=seed, end_at_stop=False)
+        kw = dict(length=layout.length, pins=dict(layout.pins), words=ck.words, labels=list(layout.pins.values()))
+        plain = list(sample(ck.model, ck.diffusion(), cfg, **kw))
+        cut = list(sample(ck.model, ck.diffusion(), dataclasses.replace(cfg, end_at_stop=True), **kw))
+        assert all(torch.equal(a.tokens, b.tokens) for a, b in zip(plain[:-1], cut[:-1]))
+        a, b = plain[-1].tokens.tolist(), cut[-1].tokens.tolist()
+        for slot in layout.slots:
+            span = range(slot.start, slot.start + slot.length)
+            diff = [q for q in span if a[q] != b[q]]
+            if diff:
+                trimmed += 1
+                assert all(b[q] == EOS for q in range(diff[0], span.stop)), "the tail is <eos> to the slot's end"
+                assert ck.tokenizer.decode(b[slot.start : diff[0]]).rstrip()[-1] in ".!?"
+            assert [q for q in span if b[q] == EOS] == list(range(span.stop - b[span.start : span.stop].count(EOS), span.stop))
+    assert trimmed, "some fill ran on after a sentence end in these drafts"
