@@ -50,11 +50,10 @@ from engine import checkpoint, template
 from engine.cli import Parser
 from engine.config import SamplerConfig, for_kind, parse_sampler_spec
 from engine.sampler import sample
-from engine.words import PHRASE_WINDOW, LabelRule
+from engine.words import PHRASE_WINDOW, SENTENCE_ENDS, LabelRule
 
 MEASURES = ("ppl", "oov", "distinct2", "repeat", "entropy")
 REAL_PER_DRAFT = 20  # real-text twins per draft: the reference is cheap, and one twin each was noisy
-SENTENCE_ENDS = ".!?"  # a fill whose text ends with one of these ends a sentence (`end_rate`)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,12 +19,13 @@ from pathlib import Path
 
 import torch
 
-from bench.draft_quality import SENTENCE_ENDS, end_rate
+from bench.draft_quality import end_rate
 from bench.samples import draft_ids
 from engine import checkpoint, template
 from engine.cli import Parser
 from engine.config import SamplerConfig, parse_sampler_spec
 from engine.tokenizer import EOS
+from engine.words import SENTENCE_ENDS
 
 
 def slot_fills(ck: checkpoint.Checkpoint, cfg: SamplerConfig, layout: template.Layout, seed: int) -> list[list[int]]:

@@ -39,7 +39,7 @@ from engine.tokenizer import EOS, Tokenizer
 _WORD = re.compile(r"[^\W_]+")
 LEXICON_FILE = "lexicon.txt"
 CLAUSE_ENDS = tuple(":;,.!?")
-SENTENCE_ENDS = tuple(".!?")  # a token whose text ends with one of these ends a sentence (WordRule.stops)
+SENTENCE_ENDS = tuple(".!?")  # text ending with one of these ends a sentence (WordRule.stops, the benches)
 _PASSES = 4
 PHRASE_WINDOW = 12  # final tokens on either side read for a label phrase
 PHRASE_TRIES = 8  # choices of a position before it keeps one that writes a label out
