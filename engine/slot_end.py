@@ -142,12 +142,12 @@ def end_at_stop(tokens: Tensor, held: Tensor, eos: int, stops: Tensor, spaced: T
             fill = a
             while fill < b and ids[fill] != eos:
                 fill += 1
-            ends_already = fill > a and bool(stops[ids[fill - 1]])
-            for p in range(fill - 2, a - 1, -1):
-                if ends_already or p + 1 - a < keep * (fill - a):
-                    break
-                if bool(stops[ids[p]]) and bool(spaced[ids[p + 1]]):
-                    out[p + 1 : b] = eos
-                    break
+            if fill > a and not bool(stops[ids[fill - 1]]):  # a fill that already ends a sentence stays
+                for p in range(fill - 2, a - 1, -1):
+                    if p + 1 - a < keep * (fill - a):
+                        break
+                    if bool(stops[ids[p]]) and bool(spaced[ids[p + 1]]):
+                        out[p + 1 : b] = eos
+                        break
         a = b
     return out
